@@ -1,0 +1,146 @@
+"""The plugin contract: an `Optimization` applies one technique to a workload run and checks its invariant."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+KINDS = ("training", "inference")
+
+
+class ParamError(ValueError):
+    """A parameter value is wrong; `field` names it (dotted) so the suite loader can point at its line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class NoParams:
+    """Parameters of an optimization that takes none."""
+
+
+@dataclass
+class Check:
+    """One invariant: its name, whether it held, the values compared and the tolerance used."""
+
+    name: str
+    passed: bool
+    values: dict[str, Any] = field(default_factory=dict)
+    tolerance: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Optimization:
+    """One optimization. Subclass it, set the class attributes, implement `apply` and `check`.
+
+    `apply(run)` changes a freshly built workload run (a `TrainRun` or `GenerateRun`) in place: wrap the model,
+    swap the optimizer, add an autocast context, replace the generate function. `check(baseline, optimized)`
+    compares the outputs of the baseline run and of this run (same seed) and returns the invariant's checks.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "training" or "inference"
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+    def processes(self) -> int:
+        """How many processes (torchrun ranks) this optimization needs; >1 launches the case under torchrun."""
+        return 1
+
+    def supports(self, env: dict[str, Any]) -> str | None:
+        """None if it can run on this environment (see `harness.env`), else the reason why not."""
+        return None
+
+    def apply(self, run: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.apply")
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        """The invariant this optimization must keep, from both runs' `outputs()`."""
+        return []
+
+    def label(self) -> str:
+        """Name plus the parameters that differ from their defaults, e.g. ``mixed_precision(dtype=fp16)``."""
+        changed = {k: v for k, v in dataclasses.asdict(self.params).items()
+                   if v != getattr(self.Params(), k)}
+        inner = ",".join(f"{k}={v}" for k, v in changed.items())
+        return f"{self.name}({inner})" if inner else self.name
+
+
+def describe_params(params_cls: type) -> list[dict[str, Any]]:
+    """Each parameter's name, type, default and help text, for `harness plugins`."""
+    hints = typing.get_type_hints(params_cls)
+    return [{"name": f.name, "type": type_name(hints[f.name]), "default": f.default,
+             "help": f.metadata.get("help", "")} for f in dataclasses.fields(params_cls)]
+
+
+def type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def build_params(params_cls: type, values: dict[str, Any] | None) -> Any:
+    """Make a Params dataclass from suite values, checking names and types; raises `ParamError`."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(params_cls)
+    known = [f.name for f in dataclasses.fields(params_cls)]
+    for key in values:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(known) or 'none'}"
+            raise ParamError(str(key), f"unknown parameter '{key}'{suggestion}")
+    for key, value in values.items():
+        values[key] = coerce(key, value, hints[key])
+    try:
+        return params_cls(**values)
+    except ParamError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ParamError("", str(exc)) from None
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp` (int, float, bool, str, Literal, X | None, list)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ParamError(key, f"must be one of {', '.join(map(repr, choices))} (got {value!r})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return coerce(key, value, option)
+            except ParamError as exc:
+                errors.append(str(exc))
+        raise ParamError(key, errors[0] if errors else f"must be null (got {value!r})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamError(key, f"must be a list (got {type(value).__name__} {value!r})")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [coerce(key, v, item_tp) for v in value]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ParamError(key, f"must be {type_name(tp)} (got {type(value).__name__} {value!r})")
+    return value

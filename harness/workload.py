@@ -1,0 +1,80 @@
+"""The workload contract: what a case measures (a training step, a generation), built once per side of a case."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class RunContext:
+    """Where a run is built: device, environment block, seed and, under torchrun, rank and world size."""
+
+    device: Any  # torch.device
+    env: dict[str, Any]
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    threads: int = 1
+
+
+class Run:
+    """A built workload, ready to be timed. The worker calls `outputs()` once, then `step()` many times.
+
+    Attributes a workload sets and optimizations may change:
+      units: work done by one `step()`, e.g. ``{"tokens": 2048, "samples": 8}``; throughput = units / time.
+      contexts: context-manager factories entered around every `step()` call (autocast, flags).
+      distributed: under torchrun, True if every rank runs `step()`; False if only rank 0 does (a
+        single-process baseline), the other ranks waiting.
+      info: free-form facts to report (dtype in use, policy chosen, cache kind, ...).
+    """
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.units: dict[str, float] = {}
+        self.contexts: list[Any] = []
+        self.distributed = False
+        self.info: dict[str, Any] = {}
+
+    def step(self) -> None:
+        """One timed unit of work (no synchronization: the timer does that)."""
+        raise NotImplementedError
+
+    def outputs(self) -> dict[str, Any]:
+        """A deterministic correctness pass whose results the optimizations' `check` compare."""
+        return {}
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held by this run's tensors, by category (weights, gradients, optimizer_states, kv_cache...)."""
+        return {}
+
+    def extra_metrics(self, median_s: float) -> dict[str, Any]:
+        """Metrics derived from the median step time (MFU, TTFT, TPOT, ...); called after timing."""
+        return {}
+
+    def timed_step(self) -> None:
+        """`step()` inside this run's contexts; what the timer calls."""
+        with contextlib.ExitStack() as stack:
+            for make_context in self.contexts:
+                stack.enter_context(make_context())
+            self.step()
+
+
+@dataclass
+class NoSpec:
+    """Settings of a workload that takes none."""
+
+
+class Workload:
+    """A kind of work to measure. Subclass: set `name`, `kind` and `Spec`, implement `build`."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "training" or "inference"
+    description: ClassVar[str] = ""
+    Spec: ClassVar[type] = NoSpec
+
+    def build(self, spec: Any, optimizations: list[Any], ctx: RunContext) -> Run:
+        """Make a fresh run (same seed every time) and apply each optimization to it, in order."""
+        raise NotImplementedError
+

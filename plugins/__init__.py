@@ -1,0 +1,1 @@
+"""Built-in optimization plugins, one module each (installed as `harness_plugins`)."""

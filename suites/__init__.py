@@ -1,0 +1,1 @@
+"""Built-in benchmark suites (YAML files), shipped as package data."""
