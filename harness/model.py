@@ -172,6 +172,13 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
+    def new_cache(self, kind: str, batch: int, max_len: int):
+        """A KV cache for `forward(..., cache=)`: kind "dynamic" (grows by concatenation) or "static"."""
+        if kind == "dynamic":
+            return DynamicCache(self.args.n_layer)
+        p = self.lm_head.weight
+        return StaticCache(self.args, batch, max_len, p.dtype, p.device)
+
     def num_params(self, matmul_only: bool = False) -> int:
         """All parameters, or (matmul_only) those in matmuls: embedding lookups excluded (torchtitan's N)."""
         n = sum(p.numel() for p in self.parameters())
