@@ -1,0 +1,127 @@
+"""What a measured speed costs: $ per 1M tokens, per step, per 1B training tokens, energy per token.
+
+Formulas (EFFECTS.md, "Cost framing"): $/1M tokens = price per device-hour / (3600 * tokens/s) * 1e6; a step costs
+price / 3600 * step time; inference spending passes the training bill after training cost / cost per query
+queries. Prices are inputs, not measurements: EXAMPLE_PRICES are example on-demand list prices that a user
+overrides with `--price` or a YAML file; an unknown device without a price gets "n/a", never a guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import InputError
+
+# Example on-demand prices in USD per device-hour, for illustration only: they differ by provider, region and
+# commitment. Keys are matched as case-insensitive substrings of the CUDA device name, longest key first.
+EXAMPLE_PRICES: dict[str, float] = {
+    "H200": 3.50,
+    "H100": 2.50,
+    "A100": 1.50,
+    "L40S": 1.00,
+    "L4": 0.70,
+    "A10": 0.75,
+    "T4": 0.35,
+}
+EXAMPLE_SOURCE = "example on-demand price (harness.cost.EXAMPLE_PRICES; override with --price or a prices YAML)"
+JOULES_PER_KWH = 3.6e6
+
+
+def load_prices(path: str | Path) -> dict[str, float]:
+    """Read a prices YAML file: a mapping of device-name substring (e.g. ``H100``, ``cpu``) to USD per hour."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"cannot read prices file: {e.strerror}", path=str(path)) from None
+    except yaml.YAMLError as e:
+        raise InputError(f"not valid YAML: {e}", path=str(path)) from None
+    if not isinstance(data, dict) or not data:
+        raise InputError("expected a mapping of device name to USD per hour, e.g. 'H100: 2.5'", path=str(path))
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise InputError(f"price must be a positive number of USD per hour, got {value!r}",
+                             path=str(path), field=str(key))
+        out[str(key)] = float(value)
+    return out
+
+
+def device_name(env: dict[str, Any]) -> str:
+    """The device a run used, as a readable name: the CUDA device name, else the CPU model."""
+    cuda = env.get("cuda") or {}
+    devices = cuda.get("devices") or []
+    if str(env.get("device", "cpu")).startswith("cuda") and devices:
+        index = int(str(env["device"]).partition(":")[2] or 0)
+        return devices[min(index, len(devices) - 1)]["name"]
+    return "cpu: " + str((env.get("cpu") or {}).get("model", "unknown"))
+
+
+def price_for(env: dict[str, Any], price_per_hour: float | None = None,
+              prices: dict[str, float] | None = None) -> tuple[float, str] | None:
+    """(USD per device-hour, where it came from) for a run's environment, or None when unknown."""
+    if price_per_hour is not None:
+        return float(price_per_hour), "given by the user"
+    name = device_name(env).lower()
+    tables = [(prices or {}, "prices file")]
+    if not name.startswith("cpu"):  # the example table names GPUs only
+        tables.append((EXAMPLE_PRICES, EXAMPLE_SOURCE))
+    for table, source in tables:
+        for key in sorted(table, key=len, reverse=True):
+            if key.lower() in name:
+                return table[key], source
+    return None
+
+
+def side_cost(side: dict[str, Any], price: float | None) -> dict[str, float | None]:
+    """Cost and energy figures of one measured side: $/step, $/1M tokens, $/1B tokens, J/token, kWh/1M tokens."""
+    median = side["latency"]["median"]
+    tps = (side.get("throughput") or {}).get("tokens_per_s")
+    tokens_per_step = tps * median if tps else None
+    out: dict[str, float | None] = {"usd_per_step": None, "usd_per_1m_tokens": None, "usd_per_1b_tokens": None,
+                                    "joules_per_token": None, "kwh_per_1m_tokens": None}
+    if price is not None:
+        out["usd_per_step"] = price / 3600 * median
+        if tps:
+            out["usd_per_1m_tokens"] = price / (3600 * tps) * 1e6
+            out["usd_per_1b_tokens"] = price / (3600 * tps) * 1e9
+    energy = side.get("energy") or {}
+    if energy.get("joules_per_step") is not None and tokens_per_step:
+        out["joules_per_token"] = energy["joules_per_step"] / tokens_per_step
+        out["kwh_per_1m_tokens"] = out["joules_per_token"] * 1e6 / JOULES_PER_KWH
+    return out
+
+
+def training_vs_inference(results: dict[str, Any], price: float | None, train_tokens: float = 1e9,
+                          ) -> dict[str, Any] | None:
+    """After how many queries inference spending passes the training bill, from the run's fastest ok sides.
+
+    Training bill = `train_tokens` at the fastest measured training side's tokens/s; one query = one sample of
+    the fastest inference side (one generated sequence), so cost per query = price / (3600 * samples/s).
+    None when there is no price or the run lacks an ok training or inference case.
+    """
+    if price is None:
+        return None
+    unit = {"training": "tokens_per_s", "inference": "samples_per_s"}
+    best: dict[str, tuple[float, str, str]] = {}
+    for case in results.get("cases", []):
+        if case.get("status") != "ok" or case.get("kind") not in unit:
+            continue
+        for side_name, key in (("baseline", "baseline"), ("optimized", "metrics")):
+            rate = (case.get(key, {}).get("throughput") or {}).get(unit[case["kind"]])
+            if rate and rate > best.get(case["kind"], (0.0,))[0]:
+                best[case["kind"]] = (rate, case["id"], side_name)
+    if "training" not in best or "inference" not in best:
+        return None
+    (t_rate, t_case, t_side), (q_rate, q_case, q_side) = best["training"], best["inference"]
+    train_bill = price / (3600 * t_rate) * train_tokens
+    per_query = price / (3600 * q_rate)
+    return {
+        "price_per_hour": price, "train_tokens": train_tokens,
+        "training_case": t_case, "training_side": t_side, "training_tokens_per_s": t_rate,
+        "training_bill_usd": train_bill,
+        "inference_case": q_case, "inference_side": q_side, "queries_per_s": q_rate, "usd_per_query": per_query,
+        "breakeven_queries": train_bill / per_query,
+    }
