@@ -1,0 +1,322 @@
+"""The `generate` workload: prompts in, exactly `new_tokens` tokens out, with the parts plugins replace.
+
+Metric definitions (stated once; the report shows them):
+  e2e: one `step()`, a whole generate (prefill + decode) of the batch, synchronized wall clock (`wall_sync`).
+  TTFT (time to first token): a generate of one token with the same model, cache and generate function, i.e.
+    the prefill plus the first sampling; measured separately in `extra_metrics` (synchronized perf_counter,
+    median of 3 calls after the timed samples), not carved out of the e2e samples.
+  TPOT (time per output token) = (e2e - TTFT) / (new_tokens - 1); ITL (inter-token latency) is the same
+    quantity seen by a streaming client, so one number is reported for both.
+  tokens/s total = batch x new_tokens / e2e; tokens/s per sequence = new_tokens / (the time one sequence took:
+    e2e when the batch runs together, e2e / batch when sequences run one after another).
+  weight bytes: parameters and buffers outside `nn.Embedding` modules (gpt-fast); quantized weights count their
+    packed int8 bytes plus scales.
+  MBU (CUDA, peak bandwidth known) = (weight bytes + KV bytes read per decode step) / TPOT / peak bandwidth;
+    regime: launch-bound below 10 %, bandwidth-bound at 50 % or more, mixed in between (METHODOLOGY.md U3).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from harness.hookspecs import hookimpl
+from harness.model import GPT, PRESETS, ModelArgs, kv_cache_bytes
+from harness.optimization import ParamError
+from harness.workload import Run, RunContext, Workload
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EVAL_SEQS, EVAL_LEN = 4, 128  # held-out tokens for the quality outputs (perplexity, top-1)
+
+
+@dataclass
+class GenerateSpec:
+    """Settings of a `generate` case."""
+
+    model: str = field(default="nano", metadata={"help": "preset name, reference:NAME or hf:PATH"})
+    batch: int = field(default=1, metadata={"help": "sequences generated per step"})
+    prompt_len: int = field(default=64, metadata={"help": "prompt tokens per sequence"})
+    new_tokens: int = field(default=128, metadata={"help": "tokens generated per sequence (no early stop)"})
+    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "weights and activations"})
+    sampling: Literal["greedy", "sample"] = field(default="greedy", metadata={"help": "argmax or sampling"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature when sampling"})
+    top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
+    prompts: Literal["text", "synthetic"] = field(
+        default="text", metadata={"help": "held-out text of harness.data, or seeded random tokens"})
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "prompt_len", "new_tokens"):
+            if getattr(self, name) < 1:
+                raise ParamError(name, f"must be >= 1 (got {getattr(self, name)})")
+        if self.temperature <= 0:
+            raise ParamError("temperature", f"must be > 0 (got {self.temperature}); use sampling: greedy")
+        if self.top_k is not None and self.top_k < 1:
+            raise ParamError("top_k", f"must be >= 1 or null (got {self.top_k})")
+        args = PRESETS.get(self.model)
+        if args is not None and self.prompt_len + self.new_tokens > args.block_size:
+            raise ParamError("new_tokens", f"prompt_len + new_tokens = {self.prompt_len + self.new_tokens} "
+                                           f"exceeds the '{self.model}' context of {args.block_size}")
+
+
+def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
+    """A model by spec name (seeded random init for presets), in eval mode on `device` in `dtype`."""
+    torch.manual_seed(seed)
+    try:
+        from harness.reference import load_model as load
+    except ImportError:  # harness.reference not present: presets only
+        if name not in PRESETS:
+            raise ParamError("model", f"unknown model '{name}'; known presets: {', '.join(PRESETS)}") from None
+        model = GPT(ModelArgs.from_name(name))
+    else:
+        model = load(name, device)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int) -> torch.Tensor:
+    """[n, length] prompt tokens from held-out text (harness.data) or seeded random bytes."""
+    if not synthetic:
+        try:
+            from harness.data import prompts
+        except ImportError:
+            synthetic = True
+        else:
+            return prompts(n, length, seed)
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def make_sampler(spec: GenerateSpec, seed: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits [B, V] -> tokens [B]; a fresh seeded generator per call of this function (one per generate)."""
+    if spec.sampling == "greedy":
+        return lambda logits: logits.argmax(dim=-1)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(probabilities(logits, spec), 1, generator=gen).squeeze(-1)
+    return sample
+
+
+def probabilities(logits: torch.Tensor, spec: GenerateSpec) -> torch.Tensor:
+    """Sampling distribution: softmax(logits / temperature), restricted to the top_k tokens if set."""
+    logits = logits.float() / spec.temperature
+    if spec.top_k is not None:
+        kth = torch.topk(logits, min(spec.top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def generate_no_cache(model: nn.Module, prompts: torch.Tensor, n: int, sampler) -> torch.Tensor:
+    """Baseline decode: recompute the whole prefix for every new token. prompts [B, P] -> [B, n]."""
+    idx = prompts
+    for _ in range(n):
+        tok = sampler(model(idx)[:, -1])  # [B]
+        idx = torch.cat([idx, tok[:, None]], dim=1)
+    return idx[:, prompts.size(1):]
+
+
+def decode_one_token(model: nn.Module, tok: torch.Tensor, input_pos: torch.Tensor, cache) -> torch.Tensor:
+    """tok [B, 1] at input_pos [1] -> logits [B, V], appending to the cache."""
+    return model(tok, cache=cache, input_pos=input_pos)[:, -1]
+
+
+def generate_cached(model: nn.Module, prompts: torch.Tensor, n: int, sampler, cache, decode) -> torch.Tensor:
+    """Prefill the prompt into `cache`, then decode one token per forward. prompts [B, P] -> [B, n]."""
+    P = prompts.size(1)
+    pos = torch.arange(P, device=prompts.device)
+    tok = sampler(model(prompts, cache=cache, input_pos=pos)[:, -1])  # [B]
+    out = [tok]
+    for i in range(n - 1):
+        tok = sampler(decode(model, tok[:, None], pos[-1:] + 1 + i, cache))
+        out.append(tok)
+    return torch.stack(out, dim=1)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers outside nn.Embedding; packed quantized weights count too (gpt-fast)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            continue
+        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        if callable(getattr(module, "weight", None)):  # torch.ao dynamic-quantized Linear: packed params
+            w = module.weight()
+            total += w.numel() * w.element_size() + _qparams_bytes(w)
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            tensors += [bias] if bias is not None else []
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def _qparams_bytes(w: torch.Tensor) -> int:
+    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return w.q_per_channel_scales().numel() * 8 + w.q_per_channel_zero_points().numel() * 8
+    return 16
+
+
+def embedding_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for m in model.modules() if isinstance(m, nn.Embedding)
+               for p in m.parameters(recurse=False))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GenerateRun(Run):
+    """One generation case. Plugins replace: `model`, `cache_kind` ("none" / "dynamic" / "static"), `decode`
+    (the one-token step, e.g. CUDA-graphed), `generate_fn(run, prompts, n) -> [B, n]` (e.g. speculative),
+    `layout` ("batched": one forward for the batch, "sequential": one sequence at a time) and `prompts`.
+    `metric_fns` are extra `fn(median_s) -> dict` merged into `extra_metrics`."""
+
+    def __init__(self, spec: GenerateSpec, ctx: RunContext):
+        super().__init__(ctx)
+        self.spec, self.device = spec, ctx.device
+        self.dtype = DTYPES[spec.dtype]
+        self.model = load_model(spec.model, ctx.device, self.dtype, ctx.seed)
+        vocab = self.model.args.vocab_size
+        synthetic = spec.prompts == "synthetic"
+        self.prompts = held_out(spec.batch, spec.prompt_len, ctx.seed, synthetic, vocab).to(ctx.device)
+        self.eval_tokens = held_out(EVAL_SEQS, EVAL_LEN + 1, ctx.seed + 1, synthetic, vocab).to(ctx.device)
+        self.new_tokens = spec.new_tokens
+        self.cache_kind = "none"
+        self.decode = decode_one_token
+        self.generate_fn: Callable[..., torch.Tensor] | None = None
+        self.layout = "batched"
+        self.last_cache = None
+        self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
+        self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
+
+    @property
+    def batch(self) -> int:
+        return self.prompts.size(0)
+
+    @property
+    def units(self) -> dict[str, float]:
+        """Work per step; follows the prompts unless a plugin sets its own (e.g. a request trace)."""
+        return self._units or {"tokens": self.batch * self.new_tokens, "sequences": self.batch}
+
+    @units.setter
+    def units(self, value: dict[str, float]) -> None:
+        self._units = value
+
+    def new_cache(self, batch: int, max_len: int):
+        self.last_cache = None if self.cache_kind == "none" else self.model.new_cache(self.cache_kind, batch, max_len)
+        return self.last_cache
+
+    @torch.inference_mode()
+    def generate(self, prompts: torch.Tensor, n: int) -> torch.Tensor:
+        """prompts [B, P] -> new tokens [B, n], with this run's layout, generate function, cache and sampler."""
+        if self.layout == "sequential" and prompts.size(0) > 1:
+            return torch.cat([self.generate(p[None], n) for p in prompts], dim=0)
+        if self.generate_fn is not None:
+            return self.generate_fn(self, prompts, n)
+        sampler = make_sampler(self.spec, self.ctx.seed, self.device)
+        if self.cache_kind == "none":
+            return generate_no_cache(self.model, prompts, n, sampler)
+        cache = self.new_cache(prompts.size(0), prompts.size(1) + n)
+        return generate_cached(self.model, prompts, n, sampler, cache, self.decode)
+
+    def step(self) -> None:
+        self.generate(self.prompts, self.new_tokens)
+
+    @torch.inference_mode()
+    def quality(self) -> dict[str, Any]:
+        """Perplexity and top-1 predictions of this run's model on held-out tokens (teacher forcing)."""
+        x, y = self.eval_tokens[:, :-1], self.eval_tokens[:, 1:]
+        logits = self.model(x).float()  # [N, T, V]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        return {"perplexity": float(torch.exp(nll)), "top1": logits.argmax(-1).cpu()}
+
+    def outputs(self) -> dict[str, Any]:
+        tokens = self.generate(self.prompts, self.new_tokens).cpu()
+        return {"tokens": tokens, "prompts": self.prompts.cpu(), **self.quality(),
+                "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}
+
+    def kv_bytes(self) -> dict[str, int] | None:
+        """Measured bytes of the last generate's KV cache and the EFFECTS.md formula for the same length."""
+        cache = self.last_cache
+        if cache is None:
+            return None
+        length = cache.max_len if hasattr(cache, "max_len") else cache.keys[0].size(2)
+        batch = cache.k.size(1) if hasattr(cache, "k") else cache.keys[0].size(0)
+        element = self.model.lm_head.weight.element_size()
+        return {"measured": cache.nbytes(), "formula": kv_cache_bytes(self.model.args, batch, length, element),
+                "seq": length, "batch": batch}
+
+    def memory(self) -> dict[str, int]:
+        out = {"weights": weight_bytes(self.model) + embedding_bytes(self.model)}
+        kv = self.kv_bytes()
+        if kv:
+            out["kv_cache"] = kv["measured"]
+        return out
+
+    def extra_metrics(self, median_s: float) -> dict[str, Any]:
+        n, B = self.new_tokens, self.batch
+        ttft = self.time_first_token()
+        seq_s = median_s / B if self.layout == "sequential" else median_s
+        wb = weight_bytes(self.model)
+        out: dict[str, Any] = {
+            "ttft_s": ttft, "tpot_s": (seq_s - ttft) / (n - 1) if n > 1 else None, "e2e_s": median_s,
+            "tokens_per_s_total": B * n / median_s, "tokens_per_s_per_seq": n / seq_s, "weight_bytes": wb,
+        }
+        kv = self.kv_bytes()
+        if kv:
+            out.update(kv_bytes_measured=kv["measured"], kv_bytes_formula=kv["formula"])
+        if out["tpot_s"] and out["tpot_s"] > 0:
+            # bytes read per decode step: all weights, plus on average half of the final cache (dynamic or static)
+            kv_read = kv_cache_bytes(self.model.args, B, self.spec.prompt_len + n // 2,
+                                     self.model.lm_head.weight.element_size()) if kv else 0
+            out["achieved_bandwidth_bytes_s"] = (wb + kv_read) / out["tpot_s"]
+            peak = (self.ctx.env or {}).get("peak") or {}
+            bw = peak.get("bandwidth_bytes_s") if self.device.type == "cuda" else None
+            out["mbu"] = out["achieved_bandwidth_bytes_s"] / bw if bw else None
+            out["regime"] = regime(out["mbu"])
+        for fn in self.metric_fns:
+            out.update(fn(median_s))
+        return out
+
+    def time_first_token(self, repeats: int = 3) -> float:
+        """Median synchronized time of generating one token (prefill + first sample); keeps `last_cache`."""
+        times, cache = [], self.last_cache
+        for _ in range(repeats):
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.generate(self.prompts[:1] if self.layout == "sequential" else self.prompts, 1)
+            sync(self.device)
+            times.append(time.perf_counter() - t0)
+        self.last_cache = cache
+        return statistics.median(times)
+
+
+def regime(mbu: float | None) -> str | None:
+    """launch-bound (MBU < 10 %), bandwidth-bound (>= 50 %), else mixed; None when MBU is unknown."""
+    if mbu is None:
+        return None
+    return "launch-bound" if mbu < 0.10 else "bandwidth-bound" if mbu >= 0.50 else "mixed"
+
+
+class GenerateWorkload(Workload):
+    """Generate `new_tokens` tokens for `batch` held-out prompts; baseline: greedy decode without a KV cache."""
+
+    name = "generate"
+    kind = "inference"
+    description = "prefill + decode of exactly new_tokens tokens per sequence; step = one full generate"
+    Spec = GenerateSpec
+
+    def build(self, spec: GenerateSpec, optimizations: list[Any], ctx: RunContext) -> GenerateRun:
+        run = GenerateRun(spec, ctx)
+        for opt in optimizations:
+            opt.apply(run)
+        run.info.update(cache=run.cache_kind, layout=run.layout, batch=run.batch)
+        return run
+
+
+@hookimpl
+def register_workloads(register) -> None:
+    register(GenerateWorkload)
