@@ -1,0 +1,300 @@
+"""The training workload: one forward + loss + backward + optimizer step of the GPT on fixed batches.
+
+Optimizations change a `TrainRun` through its attributes: `autocast_dtype` (None = fp32), `scaler` (a
+GradScaler for fp16), `model` (wrapped by DDP / FSDP / torch.compile; `raw_model` stays the plain GPT, whose
+parameter names every check uses), `optimizer` (rebuilt with `make_optimizer`), the local batch slice
+(`shard_batches`) and `sharding` (the ZeRO stage, for the memory formula).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+
+from harness.hookspecs import hookimpl
+from harness.model import GPT, PRESETS, ModelArgs
+from harness.optimization import ParamError
+from harness.workload import Run, RunContext, Workload
+
+PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
+
+
+@dataclass
+class TrainSpec:
+    """Settings of a training case."""
+
+    model: str = field(default="nano", metadata={"help": f"model preset: {', '.join(PRESETS)}"})
+    batch: int = field(default=8, metadata={"help": "global batch (sequences per step, summed over ranks)"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence (<= the preset's block_size)"})
+    steps: int = field(default=3, metadata={"help": "K: steps of the correctness pass (distinct fixed batches)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    optimizer: Literal["adamw"] = field(
+        default="adamw", metadata={"help": "optimizer: AdamW, fused or foreach where the device has it"})
+    tf32: bool = field(default=False, metadata={"help": "allow TF32 matmuls in the fp32 parts (CUDA only)"})
+    data: Literal["synthetic"] = field(
+        default="synthetic", metadata={"help": "batches: 'synthetic' = seeded uniform random byte tokens"})
+
+    def __post_init__(self):
+        if self.model not in PRESETS:
+            raise ParamError("model", f"unknown preset '{self.model}'; use one of {', '.join(PRESETS)}")
+        if self.batch < 1:
+            raise ParamError("batch", f"batch must be >= 1 (got {self.batch})")
+        block = PRESETS[self.model].block_size
+        if not 1 <= self.seq_len <= block:
+            raise ParamError("seq_len", f"seq_len must be in 1..{block} for preset '{self.model}' "
+                                        f"(got {self.seq_len})")
+        if self.steps < 1:
+            raise ParamError("steps", f"steps must be >= 1 (got {self.steps})")
+        if not self.lr > 0:
+            raise ParamError("lr", f"lr must be > 0 (got {self.lr})")
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the local storage of tensors (a DTensor counts its local shard only)."""
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        t = t.to_local() if hasattr(t, "to_local") else t
+        total += t.numel() * t.element_size()
+    return total
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A CPU fp32 copy of the whole tensor (gathers a DTensor shard; a collective, so every rank calls it)."""
+    t = t.full_tensor() if hasattr(t, "full_tensor") else t
+    return t.detach().float().cpu().clone()
+
+
+class TrainRun(Run):
+    """A GPT, an AdamW optimizer and fixed batches; `step()` trains on the next batch."""
+
+    def __init__(self, spec: TrainSpec, ctx: RunContext):
+        super().__init__(ctx)
+        self.spec, self.device = spec, torch.device(ctx.device)
+        if self.device.type == "cuda":  # the fp32 baseline's precision is part of the case (rule T10)
+            torch.backends.cuda.matmul.allow_tf32 = spec.tf32
+            torch.backends.cudnn.allow_tf32 = spec.tf32
+        torch.manual_seed(ctx.seed)
+        self.args: ModelArgs = ModelArgs.from_name(spec.model)
+        self.raw_model = GPT(self.args).to(self.device)
+        self.model: torch.nn.Module = self.raw_model
+        self.optimizer = self.make_optimizer(self.raw_model.parameters())
+        self.autocast_dtype: torch.dtype | None = None
+        self.scaler: Any = None  # torch.amp.GradScaler when fp16
+        self.sharding: str | None = None  # "zero1" / "fsdp_grad_op" / "fsdp_full": which memory formula applies
+        self.world = 1  # ranks sharing the global batch
+        self.count_activations = True  # measure saved-for-backward bytes in outputs() (off under compile)
+        self.saved: dict[int, int] | None = None
+        self.grad_bytes = 0
+        gen = torch.Generator().manual_seed(ctx.seed + 1)
+        tokens = torch.randint(0, self.args.vocab_size, (spec.steps, spec.batch, spec.seq_len + 1), generator=gen)
+        self.global_batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in tokens]  # x, y: [B, T]
+        self.batches = [(x.to(self.device), y.to(self.device)) for x, y in self.global_batches]
+        self.steps_done = 0
+        self.last_loss: torch.Tensor | None = None
+        self.units = {"tokens": spec.batch * spec.seq_len, "samples": spec.batch}
+        self.info.update({"model": spec.model, "params": self.raw_model.num_params(),
+                          "matmul_params": self.raw_model.num_params(matmul_only=True),
+                          "optimizer": self.optimizer_kind, "data": spec.data, "autocast": None})
+        if self.device.type == "cuda":
+            self.info["tf32"] = spec.tf32
+
+    def make_optimizer(self, params, optimizer_class: type = torch.optim.AdamW) -> torch.optim.Optimizer:
+        """AdamW over `params`, fused where the device supports it, else foreach (feature-detected)."""
+        return optimizer_class(params, **self.optimizer_kwargs())
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"lr": self.spec.lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
+        signature = inspect.signature(torch.optim.AdamW).parameters
+        if self.device.type == "cuda" and "fused" in signature:
+            kwargs["fused"] = True
+        elif "foreach" in signature:
+            kwargs["foreach"] = True
+        return kwargs
+
+    @property
+    def optimizer_kind(self) -> str:
+        kw = self.optimizer_kwargs()
+        return "adamw(fused)" if kw.get("fused") else "adamw(foreach)" if kw.get("foreach") else "adamw"
+
+    def shard_batches(self, rank: int, world_size: int) -> None:
+        """Keep this rank's slice of each global batch; the global batch (and so the result) is unchanged."""
+        if self.spec.batch % world_size:
+            raise ParamError("batch", f"global batch {self.spec.batch} does not split over {world_size} ranks; "
+                                      f"use a multiple of {world_size}")
+        per = self.spec.batch // world_size
+        self.batches = [(x[rank * per:(rank + 1) * per].to(self.device), y[rank * per:(rank + 1) * per].to(self.device))
+                        for x, y in self.global_batches]
+        self.world = world_size
+        self.distributed = True
+        self.info["local_batch"] = per
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> torch.Tensor:
+        """Forward, loss, backward, optimizer step. With `keep_grads`, returns before the step (grads kept)."""
+        with self.autocast():
+            _, loss = self.model(x, y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if not keep_grads:
+            self.optimizer_step()
+        return loss
+
+    def optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
+
+    def step(self) -> None:
+        x, y = self.batches[self.steps_done % len(self.batches)]
+        self.last_loss = self.train_step(x, y).detach()
+
+    def outputs(self) -> dict[str, Any]:
+        """K steps from the fresh state: losses per step, first-step gradients, final parameters (CPU fp32)."""
+        losses, grads = [], {}
+        for i, (x, y) in enumerate(self.batches):
+            if i == 0:
+                with self.count_saved_tensors() as saved:
+                    loss = self.train_step(x, y, keep_grads=True)
+                if saved is not None:
+                    self.info["activation_bytes"] = sum(saved.values())
+                scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+                grads = {n: full_tensor(p.grad) / scale for n, p in self.raw_model.named_parameters()
+                         if p.grad is not None}
+                self.grad_bytes = tensor_bytes(p.grad for p in self.raw_model.parameters())
+                self.optimizer_step()
+            else:
+                loss = self.train_step(x, y)
+            losses.append(self.global_loss(loss))
+        params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
+        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1]}
+        if self.scaler is not None:
+            out["skipped_steps"] = self.skipped_steps()
+        return out
+
+    @contextlib.contextmanager
+    def count_saved_tensors(self):
+        """Yield a dict storage -> bytes of what autograd saves for backward (parameters excluded), or None.
+
+        Tensors saved inside a `torch.utils.checkpoint` region are dropped (its own hooks take them), so they do
+        not appear; the plugin adds the block inputs the checkpoint keeps to `self.saved` itself.
+        """
+        if not self.count_activations:
+            self.saved = None
+            yield None
+            return
+        params = {p.untyped_storage().data_ptr() for p in self.raw_model.parameters()}
+        self.saved = {}
+
+        def pack(t: torch.Tensor):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                self.saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                yield self.saved
+        finally:
+            self.saved = None
+
+    def global_loss(self, loss: torch.Tensor) -> float:
+        """The loss over the global batch: the mean of the ranks' local means (equal slices)."""
+        loss = loss.detach().float()
+        if self.distributed and dist.is_initialized():
+            loss = loss.clone()
+            dist.all_reduce(loss)
+            loss /= self.world
+        return loss.item()
+
+    def skipped_steps(self) -> int:
+        """Optimizer steps the GradScaler skipped (inf/nan gradients): steps taken minus Adam's step count."""
+        states = [s for s in self.optimizer.state.values() if "step" in s]
+        taken = int(states[0]["step"]) if states else 0
+        return self.steps_done - taken
+
+    def memory(self) -> dict[str, int]:
+        """Bytes on this rank of weights, gradients and optimizer states, counted from the tensors.
+
+        Gradients exist only inside a step (zero_grad sets them to None), so they are the bytes counted after
+        the first backward of `outputs()`; 0 if it has not run.
+        """
+        optimizer = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: local shard
+        states = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return {"weights": tensor_bytes(self.raw_model.parameters()), "gradients": self.grad_bytes,
+                "optimizer_states": tensor_bytes(states)}
+
+    def memory_estimate(self) -> dict[str, Any]:
+        """Per-rank bytes by the ZeRO formulas of EFFECTS.md, adapted to fp32 AdamW (4 + 4 + 8 bytes/param)."""
+        n, w = self.raw_model.num_params(), self.world
+        stage = self.sharding
+        weights = 4 * n / w if stage == "fsdp_full" else 4 * n
+        grads = 4 * n / w if stage in ("fsdp_grad_op", "fsdp_full") else 4 * n
+        states = 8 * n / w if stage else 8 * n
+        return {"formula": f"fp32 AdamW, Psi={n}, N={w}, stage={stage or 'none'}: 4Psi weights + 4Psi grads "
+                           "+ 8Psi Adam states, each sharded /N from its ZeRO stage on",
+                "weights": int(weights), "gradients": int(grads), "optimizer_states": int(states)}
+
+    def extra_metrics(self, median_s: float) -> dict[str, Any]:
+        """tokens/s, samples/s, model TFLOP/s (6N + 12LHQT, recompute not counted), MFU, final loss."""
+        tokens_s = self.units["tokens"] / median_s
+        flops = self.raw_model.flops_per_token(self.spec.seq_len) * tokens_s
+        out: dict[str, Any] = {"tokens_per_s": tokens_s, "samples_per_s": self.units["samples"] / median_s,
+                               "model_tflops": flops / 1e12, "mfu": None,
+                               "loss": self.global_loss(self.last_loss) if self.last_loss is not None else None,
+                               "memory_estimate": self.memory_estimate()}
+        peak = self.ctx.env.get("peak") or {}
+        key = self.peak_key()
+        if peak.get(key):
+            out["mfu"] = flops / self.world / peak[key] if self.distributed else flops / peak[key]
+            out["mfu_peak"] = key
+        if self.distributed:
+            out["tokens_per_s_per_process"] = tokens_s / self.world
+            out["world_size"] = self.world
+        if self.scaler is not None:
+            out["skipped_steps"] = self.skipped_steps()
+        return out
+
+    def peak_key(self) -> str:
+        """Which peak of the environment's table this run's matmuls use."""
+        if self.autocast_dtype in PEAK_KEYS:
+            return PEAK_KEYS[self.autocast_dtype]
+        tf32 = self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+        return "tf32_flops" if tf32 else "fp32_flops"
+
+
+class TrainWorkload(Workload):
+    """Train the GPT: forward, cross-entropy loss, backward, AdamW step, on seeded synthetic batches."""
+
+    name = "train"
+    kind = "training"
+    description = "One training step (forward + backward + AdamW) of the GPT on a fixed global batch."
+    Spec = TrainSpec
+
+    def build(self, spec: TrainSpec, optimizations: list[Any], ctx: RunContext) -> TrainRun:
+        run = TrainRun(spec, ctx)
+        for optimization in optimizations:
+            optimization.apply(run)
+        run.info["memory_estimate"] = run.memory_estimate()
+        return run
+
+
+@hookimpl
+def register_workloads(register):
+    register(TrainWorkload)
