@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from harness.hookspecs import hookimpl
-from harness.model import GPT, PRESETS, ModelArgs, kv_cache_bytes
-from harness.optimization import ParamError
+from harness.model import GPT, PRESETS, ModelArgs, StaticCache, kv_cache_bytes
+from harness.optimization import Check, ParamError
 from harness.workload import Run, RunContext, Workload
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -189,6 +189,7 @@ class GenerateRun(Run):
         self.generate_fn: Callable[..., torch.Tensor] | None = None
         self.layout = "batched"
         self.last_cache = None
+        self._static_caches: dict[tuple[int, int], Any] = {}
         self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
         self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
 
@@ -206,7 +207,16 @@ class GenerateRun(Run):
         self._units = value
 
     def new_cache(self, batch: int, max_len: int):
-        self.last_cache = None if self.cache_kind == "none" else self.model.new_cache(self.cache_kind, batch, max_len)
+        """A cache of `cache_kind`; static caches are allocated once per shape and reused (positions are
+        overwritten before they are read, and later ones are masked), as a server pre-allocates them."""
+        if self.cache_kind == "static":
+            key = (batch, max_len)
+            if key not in self._static_caches:
+                # built here, not by model.new_cache: a quantized model's weight dtype is not the activations'
+                self._static_caches[key] = StaticCache(self.model.args, batch, max_len, self.dtype, self.device)
+            self.last_cache = self._static_caches[key]
+        else:
+            self.last_cache = None if self.cache_kind == "none" else self.model.new_cache("dynamic", batch, max_len)
         return self.last_cache
 
     @torch.inference_mode()
@@ -245,7 +255,7 @@ class GenerateRun(Run):
             return None
         length = cache.max_len if hasattr(cache, "max_len") else cache.keys[0].size(2)
         batch = cache.k.size(1) if hasattr(cache, "k") else cache.keys[0].size(0)
-        element = self.model.lm_head.weight.element_size()
+        element = self.dtype.itemsize
         return {"measured": cache.nbytes(), "formula": kv_cache_bytes(self.model.args, batch, length, element),
                 "seq": length, "batch": batch}
 
@@ -271,7 +281,7 @@ class GenerateRun(Run):
         if out["tpot_s"] and out["tpot_s"] > 0:
             # bytes read per decode step: all weights, plus on average half of the final cache (dynamic or static)
             kv_read = kv_cache_bytes(self.model.args, B, self.spec.prompt_len + n // 2,
-                                     self.model.lm_head.weight.element_size()) if kv else 0
+                                     self.dtype.itemsize) if kv else 0
             out["achieved_bandwidth_bytes_s"] = (wb + kv_read) / out["tpot_s"]
             peak = (self.ctx.env or {}).get("peak") or {}
             bw = peak.get("bandwidth_bytes_s") if self.device.type == "cuda" else None
@@ -292,6 +302,17 @@ class GenerateRun(Run):
             times.append(time.perf_counter() - t0)
         self.last_cache = cache
         return statistics.median(times)
+
+
+def compare_tokens(name: str, expected: torch.Tensor, got: torch.Tensor) -> Check:
+    """Check that two [B, n] token tensors are identical; values say where they first differ."""
+    same = expected.shape == got.shape and bool(torch.equal(expected, got))
+    values: dict[str, Any] = {"shape": list(got.shape), "expected_shape": list(expected.shape)}
+    if not same and expected.shape == got.shape:
+        diff = (expected != got).nonzero()
+        values.update(mismatches=int(diff.size(0)), first_mismatch=diff[0].tolist(),
+                      sequences_differing=int((expected != got).any(dim=1).sum()))
+    return Check(name, same, values, "exact")
 
 
 def regime(mbu: float | None) -> str | None:

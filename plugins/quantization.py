@@ -1,0 +1,150 @@
+"""Quantization of the Linear weights: int8 dynamic (CPU), int8 weight-only (plain PyTorch or torchao),
+int4 weight-only and fp8 (CUDA, torchao). Fewer bytes per token; speed is whatever the kernels make of it."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import Check, Optimization, ParamError, hookimpl
+from harness.inference import weight_bytes
+
+
+@dataclass
+class QuantizationParams:
+    method: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "fp8"] = field(
+        default="int8_dynamic", metadata={"help": "int8_dynamic: torch.ao quantize_dynamic (CPU, fp32 model); "
+                                                  "int8_weight_only: per-channel int8 weights; int4_weight_only, "
+                                                  "fp8: torchao on CUDA"})
+    backend: Literal["auto", "torch", "torchao"] = field(
+        default="auto", metadata={"help": "weight-only kernels: torchao when installed (auto), or plain PyTorch"})
+    max_ppl_increase: float = field(
+        default=0.02, metadata={"help": "check bound: perplexity may grow by at most this fraction"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_ppl_increase < 10:
+            raise ParamError("max_ppl_increase", f"must be in [0, 10) (got {self.max_ppl_increase})")
+
+
+def has_torchao() -> bool:
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """Linear with int8 weights and one scale per output channel (symmetric); activations stay in their dtype.
+    Uses torch._weight_int8pack_mm where it exists, else dequantizes the weight in forward."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()  # [out, in]
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+        self.register_buffer("weight", torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.bias = linear.bias
+        self.fused = hasattr(torch, "_weight_int8pack_mm")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales.to(x.dtype))
+            y = y.view(*x.shape[:-1], -1)
+            return y + self.bias if self.bias is not None else y
+        return F.linear(x, self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype), self.bias)
+
+
+def int8_weight_only(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear by an Int8WeightOnlyLinear, in place."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(model, name, Int8WeightOnlyLinear(child))
+        else:
+            int8_weight_only(child)
+    return model
+
+
+def torchao_quantize(model: nn.Module, method: str) -> nn.Module:
+    """torchao's quantize_ with the config for `method` (new *Config names first, then the older functions)."""
+    import torchao.quantization as tq
+
+    names = {"int8_weight_only": ("Int8WeightOnlyConfig", "int8_weight_only"),
+             "int4_weight_only": ("Int4WeightOnlyConfig", "int4_weight_only"),
+             "fp8": ("Float8WeightOnlyConfig", "float8_weight_only")}[method]
+    make = next((getattr(tq, n) for n in names if hasattr(tq, n)), None)
+    if make is None:
+        raise RuntimeError(f"this torchao has none of {names}")
+    tq.quantize_(model, make())
+    return model
+
+
+class Quantization(Optimization):
+    """Quantize the model's Linear layers; check perplexity on held-out text against the unquantized model."""
+
+    name = "quantization"
+    kind = "inference"
+    description = "int8/int4/fp8 weights; perplexity change within a bound, top-1 agreement and bytes reported"
+    Params = QuantizationParams
+
+    def supports(self, env: dict[str, Any]) -> str | None:
+        cuda = str(env.get("device", "cpu")).startswith("cuda")
+        method = self.params.method
+        if method == "int8_dynamic" and cuda:
+            return "quantize_dynamic runs on CPU only; on CUDA use method: int8_weight_only"
+        if method in ("int4_weight_only", "fp8"):
+            if not cuda:
+                return f"{method} needs CUDA kernels (torchao); on CPU use int8_dynamic or int8_weight_only"
+            if not has_torchao():
+                return f"{method} needs torchao (pip install 'harness[torchao]')"
+        if method == "fp8":
+            caps = [d.get("capability", "0") for d in ((env.get("cuda") or {}).get("devices") or [])]
+            if caps and float(caps[0]) < 8.9:
+                return f"fp8 needs compute capability >= 8.9 (Ada/Hopper); this GPU is {caps[0]}"
+        if self.params.backend == "torchao" and not has_torchao():
+            return "backend: torchao asked for but torchao is not installed"
+        return None
+
+    def apply(self, run: Any) -> None:
+        before = weight_bytes(run.model)
+        method = self.params.method
+        use_ao = self.params.backend == "torchao" or (
+            self.params.backend == "auto" and run.device.type == "cuda" and has_torchao())
+        if method == "int8_dynamic":
+            if run.model.lm_head.weight.dtype != torch.float32 or run.device.type != "cpu":
+                raise ValueError("int8_dynamic quantizes an fp32 model on CPU (set dtype: fp32)")
+            with warnings.catch_warnings():  # torch.ao quantized tensors warn that they are deprecated
+                warnings.simplefilter("ignore")
+                run.model = torch.ao.quantization.quantize_dynamic(run.model, {nn.Linear}, dtype=torch.qint8)
+        elif method == "int8_weight_only" and not use_ao:
+            run.model = int8_weight_only(run.model)
+        else:
+            run.model = torchao_quantize(run.model, method)
+        after = weight_bytes(run.model)
+        run.info.update(quantization=method, quantization_backend="torchao" if use_ao else "torch",
+                        weight_bytes_before=before, weight_bytes_after=after)
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        ppl0, ppl1 = baseline["perplexity"], optimized["perplexity"]
+        top1 = float((baseline["top1"] == optimized["top1"]).float().mean())
+        bound = self.params.max_ppl_increase
+        return [
+            Check("perplexity_within_bound", ppl1 <= ppl0 * (1 + bound),
+                  {"baseline": ppl0, "optimized": ppl1, "relative_change": ppl1 / ppl0 - 1, "top1_agreement": top1,
+                   "weight_bytes_baseline": baseline["weight_bytes"],
+                   "weight_bytes_optimized": optimized["weight_bytes"]},
+                  f"perplexity <= baseline x (1 + {bound})"),
+            Check("weights_smaller", optimized["weight_bytes"] < baseline["weight_bytes"],
+                  {"baseline": baseline["weight_bytes"], "optimized": optimized["weight_bytes"],
+                   "ratio": optimized["weight_bytes"] / baseline["weight_bytes"]}, "optimized < baseline"),
+        ]
+
+
+@hookimpl
+def register_optimizations(register) -> None:
+    register(Quantization)
