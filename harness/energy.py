@@ -1,0 +1,78 @@
+"""GPU board energy from NVML (E1-E5): the total-energy counter read around its own window, never per sample."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def nvml_handle(device_index: int):
+    """An NVML device handle, or None when NVML is missing or fails (no driver, CPU machine): never raises."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(device_index)
+    except Exception:
+        return None
+
+
+def energy_window(fn: Callable[[], Any], sync: Callable[[], None], device_index: int,
+                  median_s: float, min_window_s: float = 2.0) -> dict[str, Any] | None:
+    """Repeat `fn` for max(2 s, 20 x median step) between two counter reads taken after synchronizing.
+
+    Returns joules per call, the window and average power, or None where the counter is unsupported.
+    """
+    handle = nvml_handle(device_index)
+    if handle is None:
+        return None
+    import pynvml
+
+    try:
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    except pynvml.NVMLError:
+        return None
+    calls = max(1, int(max(min_window_s, 20 * median_s) / max(median_s, 1e-9)))
+    sync()
+    start_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    window_s = time.perf_counter() - start
+    joules = (pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) - start_mj) / 1e3
+    out = {"joules_per_step": joules / calls, "window_s": window_s, "steps": calls,
+           "avg_power_w": joules / window_s, "source": "nvml_energy_counter",
+           "scope": "GPU board energy (NVML)"}
+    try:
+        limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
+        out["power_limit_w"] = limit_w
+        out["power_capped"] = out["avg_power_w"] >= 0.95 * limit_w
+    except pynvml.NVMLError:
+        pass
+    if window_s < 1.0:
+        out["warning"] = "too short for energy"
+    return out
+
+
+def clock_state(device_index: int) -> dict[str, Any] | None:
+    """SM clock, power, temperature and throttle reasons now (T9); None without NVML."""
+    handle = nvml_handle(device_index)
+    if handle is None:
+        return None
+    import pynvml
+
+    state: dict[str, Any] = {}
+    for key, read in (("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
+                      ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3),
+                      ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(handle, 0)),
+                      ("throttle_reasons", lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle))):
+        try:
+            state[key] = read()
+        except Exception:
+            state[key] = None
+    reasons = state.get("throttle_reasons") or 0
+    # power cap 0x4, hw slowdown 0x8, sw thermal 0x20, hw thermal 0x40, power brake 0x80
+    state["capped"] = bool(reasons & (0x4 | 0x8 | 0x20 | 0x40 | 0x80))
+    return state

@@ -1,0 +1,77 @@
+"""Peak memory of one step: CUDA allocator peaks (M2) or the process's VmHWM on CPU (M3)."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Callable
+from typing import Any
+
+_LIBC = None
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS, so a step's RSS growth shows in VmHWM (glibc only)."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        _LIBC = _LIBC or ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def proc_status_bytes(key: str) -> int | None:
+    """A `VmRSS`/`VmHWM` line of /proc/self/status in bytes, None where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (write 5 to clear_refs); False if the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_bytes(device: Any) -> int | None:
+    """Bytes in use now: CUDA tensors allocated, or the process's resident set on CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated(device)
+    _trim_heap()
+    return proc_status_bytes("VmRSS")
+
+
+def peak_of(fn: Callable[[], Any], device: Any) -> dict[str, Any]:
+    """Run `fn` once and return the peak bytes in use during it (absolute: subtract a `current_bytes` taken
+    before the side was built to get what one side holds)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize()
+        stats = torch.cuda.memory_stats(device)
+        return {"peak": torch.cuda.max_memory_allocated(device), "source": "cuda_max_memory_allocated",
+                "reserved_peak": torch.cuda.max_memory_reserved(device),
+                "num_alloc_retries": stats.get("num_alloc_retries", 0), "num_ooms": stats.get("num_ooms", 0)}
+    _trim_heap()
+    if not reset_hwm():
+        fn()
+        return {"peak": None, "source": "unavailable (/proc/self/clear_refs not writable)"}
+    fn()
+    return {"peak": proc_status_bytes("VmHWM"), "source": "cpu_vmhwm"}

@@ -1,0 +1,195 @@
+"""Runs a suite: one fresh process per case (torchrun when it needs several), a timeout per case, results
+written atomically after every case, resume, Ctrl-C that keeps what was measured."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import InputError
+from harness.suite import CaseSpec, Suite
+from harness.worker import write_json
+
+SCHEMA_VERSION = 1
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_results(suite: Suite, env: dict[str, Any], run_id: str) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "harness_version": __version__,
+            "started": now(), "finished": None, "status": "running",
+            "suite": {"name": suite.name, "path": suite.path, "description": suite.description,
+                      "device": suite.device, "measure": dataclasses.asdict(suite.measure)},
+            "environment": env, "cases": []}
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read a results file; InputError if it is missing or not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read results: {exc.strerror or exc}", str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg}", str(path), exc.lineno) from None
+    if not isinstance(data, dict) or "schema_version" not in data or "cases" not in data:
+        raise InputError("not a harness results file (no schema_version/cases)", str(path))
+    if data["schema_version"] > SCHEMA_VERSION:
+        raise InputError(f"schema_version {data['schema_version']} is newer than this harness "
+                         f"understands ({SCHEMA_VERSION}); upgrade harness", str(path), None, "schema_version")
+    return data
+
+
+def case_record(case: CaseSpec) -> dict[str, Any]:
+    """The part of a case's results that is known before running it."""
+    return {"id": case.id, "workload": {"name": case.workload, "type": case.workload_type,
+                                        "spec": case.workload_spec},
+            "kind": case.kind, "plugins": [dataclasses.asdict(p) for p in case.plugins],
+            "baseline_plugins": [dataclasses.asdict(p) for p in case.baseline], "note": case.note,
+            "processes": case.processes}
+
+
+def worker_command(case: CaseSpec, job_path: Path, result_path: Path) -> list[str]:
+    """`python -m harness.worker`, under torchrun when the case needs several processes."""
+    if case.processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={case.processes}",
+                "-m", "harness.worker", str(job_path), str(result_path)]
+    return [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
+
+
+def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
+             plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
+    """Run one case in a fresh process (or in this one with `inline`) and return its result record."""
+    record = case_record(case)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.id)[:120]
+    job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
+    timeout = case.timeout_s or suite.measure.timeout_s
+    job = {"case": {**dataclasses.asdict(case)}, "env": env, "threads": threads,
+           "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0}
+    write_json(str(job_path), job)
+    result_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    if inline:
+        from harness import worker
+
+        worker.main([str(job_path), str(result_path)])
+        status = None
+    else:
+        status = _launch(worker_command(case, job_path, result_path), log_path, timeout)
+    record["duration_s"] = time.perf_counter() - start
+    record["log"] = str(log_path) if not inline else None
+    if result_path.exists():
+        record.update(json.loads(result_path.read_text()))
+    elif status == "timeout":
+        record.update(status="timeout", error=f"no result after the {timeout:g} s timeout; process killed")
+    elif status and status.startswith("signal"):
+        reason = " (the kernel's OOM killer sends SIGKILL)" if status == "signal SIGKILL" else ""
+        record.update(status="crashed", error=f"worker killed by {status[7:]}{reason}{_tail(log_path)}")
+    else:
+        record.update(status="crashed", error=f"worker exited with {status} and wrote no result{_tail(log_path)}")
+    return record
+
+
+def _launch(command: list[str], log_path: Path, timeout: float) -> str:
+    """Start the worker in its own process group; kill the group on timeout or Ctrl-C. Returns "exit N",
+    "signal NAME" or "timeout"."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return "timeout"
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            raise
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _tail(log_path: Path, lines: int = 8) -> str:
+    try:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ("; last output:\n" + "\n".join(tail)) if tail else ""
+
+
+def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int, plugins_dirs: list[str],
+              inline: bool = False, resume: bool = False, only: list[str] | None = None,
+              progress: Callable[[str], None] = print, registry=None) -> dict[str, Any]:
+    """Run every case of `suite` and write out_dir/results.json after each; returns the results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    workdir = out_dir / "cases"
+    workdir.mkdir(exist_ok=True)
+    if resume and results_path.exists():
+        results = load_results(results_path)
+        results["status"] = "running"
+    else:
+        results = new_results(suite, env, out_dir.name)
+    done = {c["id"] for c in results["cases"] if c.get("status") not in ("interrupted",)}
+    results["cases"] = [c for c in results["cases"] if c["id"] in done]
+    cases = [c for c in suite.cases if not only or any(p.name in only for p in c.plugins)]
+    todo = [c for c in cases if c.id not in done]
+    if done and resume:
+        progress(f"resuming: {len(cases) - len(todo)} of {len(cases)} cases already done")
+    started, durations = time.perf_counter(), []
+    try:
+        for i, case in enumerate(todo):
+            eta = f", about {_fmt(sum(durations) / len(durations) * (len(todo) - i))} left" if durations else ""
+            progress(f"[{i + 1}/{len(todo)}] {case.id}{eta}")
+            t0 = time.perf_counter()
+            record = run_case(case, suite, env, threads, workdir, plugins_dirs, inline)
+            durations.append(time.perf_counter() - t0)
+            results["cases"].append(record)
+            write_json(str(results_path), results)
+            progress("    " + one_line(record))
+            if registry is not None:
+                registry.manager.hook.harness_case_finished(case=record)
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        write_json(str(results_path), results)
+        progress(f"interrupted: {len(results['cases'])} cases kept in {results_path}; finish with --resume")
+        raise
+    results["status"], results["finished"] = "complete", now()
+    results["wall_s"] = time.perf_counter() - started
+    write_json(str(results_path), results)
+    return results
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def one_line(record: dict[str, Any]) -> str:
+    """A case's verdict in one line, for the progress display."""
+    if record["status"] != "ok":
+        first = (record.get("error") or "").splitlines()[0][:160] if record.get("error") else ""
+        return f"{record['status'].upper()}: {first}"
+    c = record["comparison"]
+    checks = record.get("checks", [])
+    passed = sum(ch["passed"] for ch in checks)
+    return (f"{c['verdict']}: speedup {c['speedup']:.2f}x [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}], "
+            f"checks {passed}/{len(checks)} passed")

@@ -1,0 +1,291 @@
+"""Suites: YAML files naming a device, workloads and cases. Loaded with safe_load; every error names the file,
+the line and the field (`harness.errors.InputError`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import InputError
+from harness.optimization import ParamError, build_params
+from harness.plugins import Registry
+from harness.timing import MeasureSettings
+
+SUITE_KEYS = ("name", "description", "device", "threads", "measure", "workloads", "cases")
+CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s")
+
+
+@dataclass
+class PluginUse:
+    """One optimization in a case: its name and validated parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CaseSpec:
+    """One case: a workload measured with `baseline` plugins and with `plugins`, interleaved."""
+
+    id: str
+    workload: str
+    workload_type: str
+    workload_spec: dict[str, Any]
+    kind: str
+    plugins: list[PluginUse]
+    baseline: list[PluginUse]
+    processes: int = 1
+    note: str = ""
+    timeout_s: float | None = None
+    line: int | None = None
+
+
+@dataclass
+class Suite:
+    name: str
+    path: str
+    description: str
+    device: str
+    threads: int | None
+    measure: MeasureSettings
+    cases: list[CaseSpec]
+
+
+def builtin_suite_path(name: str) -> Path:
+    """The path of a suite shipped with harness (`quick`, `training`, ...)."""
+    return Path(str(resources.files("harness_suites") / f"{name}.yaml"))
+
+
+def resolve_suite_path(arg: str | None) -> Path:
+    """A file path, or the name of a built-in suite; the default is the quick suite."""
+    if arg is None:
+        return builtin_suite_path("quick")
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in arg:
+        return path
+    return builtin_suite_path(arg)
+
+
+class _Doc:
+    """Parsed YAML plus the line of every node, addressed by its path of keys and indexes."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read suite: {exc.strerror or exc}", self.path) from None
+        try:
+            self.data = yaml.safe_load(text)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark else None
+            raise InputError(f"malformed YAML: {getattr(exc, 'problem', None) or exc}", self.path, line) from None
+        self.lines: dict[tuple, int] = {}
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node, path: tuple) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self.lines[path + (key.value,)] = key.start_mark.line + 1
+                self._walk(value, path + (key.value,))
+                self.lines[path + (key.value,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def error(self, path: tuple, message: str) -> InputError:
+        line = None
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in self.lines:
+                line = self.lines[path[:cut]]
+                break
+        dotted = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(path))
+        return InputError(message, self.path, line, dotted or None)
+
+
+def _check_keys(doc: _Doc, path: tuple, mapping: Any, allowed: tuple, what: str) -> None:
+    if not isinstance(mapping, dict):
+        raise doc.error(path, f"{what} must be a mapping (got {type(mapping).__name__})")
+    for key in mapping:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
+            raise doc.error(path + (key,), f"unknown key '{key}'{suggestion}")
+
+
+def load_suite(path: str | Path, registry: Registry) -> Suite:
+    """Read and validate a suite; raises InputError naming file, line and field."""
+    doc = _Doc(Path(path))
+    data = doc.data
+    if data is None:
+        raise doc.error((), "the suite is empty")
+    _check_keys(doc, (), data, SUITE_KEYS, "a suite")
+    for key in ("name", "workloads", "cases"):
+        if key not in data:
+            raise doc.error((), f"missing required key '{key}'")
+    measure = _measure(doc, data.get("measure") or {})
+    threads = data.get("threads", "auto")
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise doc.error(("threads",), f"must be 'auto' or a positive integer (got {threads!r})")
+    device = data.get("device", "auto")
+    if not isinstance(device, str):
+        raise doc.error(("device",), f"must be a string such as auto, cpu, cuda or cuda:0 (got {device!r})")
+    workloads = _workloads(doc, data["workloads"], registry)
+    if not isinstance(data["cases"], list) or not data["cases"]:
+        raise doc.error(("cases",), "must be a non-empty list of cases")
+    cases: list[CaseSpec] = []
+    for i, case in enumerate(data["cases"]):
+        cases.extend(_cases(doc, ("cases", i), case, workloads, registry))
+    seen: dict[str, int] = {}
+    for case in cases:
+        if case.id in seen:
+            raise doc.error(("cases",), f"two cases have the same id '{case.id}' (lines {seen[case.id]} and "
+                                        f"{case.line}); give one of them different parameters")
+        seen[case.id] = case.line
+    return Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
+                 device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases)
+
+
+def _measure(doc: _Doc, values: dict) -> MeasureSettings:
+    allowed = tuple(f.name for f in dataclasses.fields(MeasureSettings))
+    _check_keys(doc, ("measure",), values, allowed, "measure")
+    try:
+        settings = build_params(MeasureSettings, values)
+    except ParamError as exc:
+        raise doc.error(("measure", exc.field) if exc.field else ("measure",), str(exc)) from None
+    for key in ("min_samples", "warmup_min_iters", "rounds"):
+        value = getattr(settings, key)
+        if value is not None and value < 1:
+            raise doc.error(("measure", key), f"must be at least 1 (got {value})")
+    for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s"):
+        value = getattr(settings, key)
+        if value is not None and value <= 0:
+            raise doc.error(("measure", key), f"must be positive (got {value})")
+    return settings
+
+
+def _workloads(doc: _Doc, workloads: Any, registry: Registry) -> dict[str, tuple[str, dict, str]]:
+    if not isinstance(workloads, dict) or not workloads:
+        raise doc.error(("workloads",), "must be a mapping of workload names to settings")
+    out = {}
+    for name, values in workloads.items():
+        path = ("workloads", name)
+        if not isinstance(values, dict) or "type" not in values:
+            raise doc.error(path, "needs a 'type' (a registered workload: "
+                                  f"{', '.join(registry.workloads) or 'none loaded'})")
+        values = dict(values)
+        wtype = values.pop("type")
+        if wtype not in registry.workloads:
+            raise doc.error(path + ("type",), _unknown("workload type", wtype, registry.workloads, registry))
+        cls = registry.workloads[wtype]
+        try:
+            spec = build_params(cls.Spec, values)
+        except ParamError as exc:
+            raise doc.error(path + (exc.field,) if exc.field else path, str(exc)) from None
+        out[name] = (wtype, dataclasses.asdict(spec), cls.kind)
+    return out
+
+
+def _unknown(what: str, name: Any, known: dict, registry: Registry) -> str:
+    hint = difflib.get_close_matches(str(name), list(known), n=1)
+    message = f"unknown {what} '{name}'"
+    message += f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(known) or 'none'}"
+    broken = [f"{k} ({v})" for k, v in registry.errors.items() if str(name) in k]
+    if broken:
+        message += f". A plugin with that name failed to load: {'; '.join(broken)}"
+    return message
+
+
+def _plugin_list(doc: _Doc, path: tuple, items: Any, registry: Registry) -> list[PluginUse]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        items = [items]
+    uses = []
+    for j, item in enumerate(items):
+        ipath = path + (j,)
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, params = next(iter(item.items()))
+            params = params or {}
+            ipath = ipath + (name,)
+        else:
+            raise doc.error(ipath, "a plugin is a name or a one-key mapping {name: {param: value}}")
+        if name not in registry.optimizations:
+            raise doc.error(ipath, _unknown("plugin", name, registry.optimizations, registry))
+        if not isinstance(params, dict):
+            raise doc.error(ipath, f"parameters of '{name}' must be a mapping (got {params!r})")
+        uses.append(PluginUse(name, params))
+    return uses
+
+
+def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registry) -> list[CaseSpec]:
+    _check_keys(doc, path, case, CASE_KEYS, "a case")
+    if "workload" not in case:
+        raise doc.error(path, "missing required key 'workload'")
+    wname = case["workload"]
+    if wname not in workloads:
+        raise doc.error(path + ("workload",), _unknown("workload", wname, workloads, registry))
+    wtype, wspec, kind = workloads[wname]
+    plugins = _plugin_list(doc, path + ("plugins",), case.get("plugins"), registry)
+    baseline = _plugin_list(doc, path + ("baseline",), case.get("baseline"), registry)
+    if not plugins:
+        raise doc.error(path + ("plugins",), "a case needs at least one plugin")
+    sweep = case.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise doc.error(path + ("sweep",), "must be a mapping {plugin.param: [values]}")
+    axes = []
+    for key, values in sweep.items():
+        plugin, _, param = str(key).partition(".")
+        if plugin not in [p.name for p in plugins] or not param:
+            raise doc.error(path + ("sweep", key), f"'{key}' must be PLUGIN.PARAM with PLUGIN one of this case's "
+                                                   f"plugins ({', '.join(p.name for p in plugins)})")
+        if not isinstance(values, list) or not values:
+            raise doc.error(path + ("sweep", key), "must be a non-empty list of values")
+        axes.append([(plugin, param, v) for v in values])
+    out = []
+    for combo in itertools.product(*axes) if axes else [()]:
+        uses = [PluginUse(p.name, dict(p.params)) for p in plugins]
+        for plugin, param, value in combo:
+            next(u for u in uses if u.name == plugin).params[param] = value
+        out.append(_case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry))
+    return out
+
+
+def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) -> CaseSpec:
+    labels, processes = [], 1
+    for key, group in (("plugins", uses), ("baseline", baseline)):
+        for j, use in enumerate(group):
+            cls = registry.optimizations[use.name]
+            ppath = path + (key, j, use.name)
+            if key == "plugins" and cls.kind != kind:
+                raise doc.error(ppath, f"'{use.name}' is a {cls.kind} optimization but workload '{wname}' is "
+                                       f"{kind}")
+            try:
+                params = build_params(cls.Params, use.params)
+            except ParamError as exc:
+                raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
+            use.params = dataclasses.asdict(params)
+            opt = cls(params)
+            processes = max(processes, opt.processes())
+            if key == "plugins":
+                labels.append(opt.label())
+    timeout = case.get("timeout_s")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
+    base = f" vs {'+'.join(b.name for b in baseline)}" if baseline else ""
+    return CaseSpec(id=f"{wname}/{'+'.join(labels)}{base}", workload=wname, workload_type=wtype,
+                    workload_spec=wspec, kind=kind, plugins=uses, baseline=baseline, processes=processes,
+                    note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path))

@@ -1,0 +1,170 @@
+"""Synchronized timing: warm-up until stable, enough samples, sub-resolution batching (rules T1-T7).
+
+`measure(fn)` is the Python API for timing any callable the way the runner times a case.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_benchmark.timers import compute_timer_precision
+
+CUDA_EVENT_RESOLUTION_S = 0.5e-6
+
+
+@dataclass
+class MeasureSettings:
+    """How long to warm up and sample. `None` defaults depend on the device (GPU, CPU) as in T5/T6."""
+
+    warmup_min_iters: int = 3
+    warmup_min_s: float | None = None  # 0.5 s GPU, 0.2 s CPU
+    warmup_max_s: float = 10.0
+    min_samples: int = 10
+    min_time_s: float | None = None  # per side and round: 1 s GPU, 2 s CPU
+    max_time_s: float = 30.0
+    rounds: int | None = None  # interleaved rounds: 2 GPU, 3 CPU
+    timeout_s: float = 900.0  # per case, process start to end
+    energy: bool = True  # measure an NVML energy window after timing (GPU only)
+    min_effect: float = 0.05  # smallest speedup called "faster"/"slower"
+    memory_limit_gb: float | None = None  # CPU address-space cap for the case process (RLIMIT_AS)
+
+    def resolved(self, cuda: bool) -> MeasureSettings:
+        """A copy with the device-dependent defaults filled in."""
+        return MeasureSettings(**{**self.__dict__,
+                                  "warmup_min_s": _pick(self.warmup_min_s, 0.5, 0.2, cuda),
+                                  "min_time_s": _pick(self.min_time_s, 1.0, 2.0, cuda),
+                                  "rounds": _pick(self.rounds, 2, 3, cuda)})
+
+
+def _pick(value, gpu, cpu, cuda):
+    return value if value is not None else (gpu if cuda else cpu)
+
+
+class Clock:
+    """Times `iterations` calls of a function between synchronizations (T1).
+
+    timer "wall_sync": synchronize + perf_counter around the block (what a user waits for).
+    timer "device_events": CUDA events with the GPU kept busy before the start event and the L2 flushed, as
+    triton's do_bench (T2-T4); only for kernel-level microbenchmarks.
+    `reduce` maps a local time to the value all ranks agree on (all_reduce MAX under torchrun, T11).
+    """
+
+    def __init__(self, device: Any = "cpu", timer: str = "wall_sync", reduce: Callable[[float], float] | None = None):
+        import torch
+
+        self.torch = torch
+        self.cuda = str(device).startswith("cuda")
+        if timer == "device_events" and not self.cuda:
+            raise ValueError("timer 'device_events' needs a CUDA device; use 'wall_sync'")
+        self.timer = timer
+        self.reduce = reduce or (lambda t: t)
+        self.flush_buffer = None
+        if timer == "device_events":
+            props = torch.cuda.get_device_properties(torch.device(device))
+            size = max(256 * 2**20, 2 * getattr(props, "L2_cache_size", 0))
+            self.flush_buffer = torch.empty(size, dtype=torch.int8, device=device)
+
+    @property
+    def resolution_s(self) -> float:
+        if self.timer == "device_events":
+            return CUDA_EVENT_RESOLUTION_S
+        return compute_timer_precision(time.perf_counter)
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def time(self, fn: Callable[[], Any], iterations: int = 1) -> float:
+        """Seconds per call of `fn`, over a block of `iterations` calls."""
+        if self.timer == "device_events":
+            return self.reduce(self._time_events(fn, iterations))
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            fn()
+        self.sync()
+        return self.reduce((time.perf_counter() - start) / iterations)
+
+    def _time_events(self, fn, iterations: int) -> float:
+        cuda = self.torch.cuda
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        self.flush_buffer.zero_()  # evicts L2 and keeps the GPU busy before start.record() (T3, T4)
+        start.record()
+        for _ in range(iterations):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / iterations
+
+
+@dataclass
+class WarmupResult:
+    first_call_s: float  # compile, capture, lazy initialisation: reported as compile_s, never a sample
+    samples: list[float]
+    seconds: float
+    iterations: int  # block size chosen for sampling (T7)
+
+
+def warm_up(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings) -> WarmupResult:
+    """Run `fn` until its time is stable (T5): min iterations and seconds, then last-5 median within 5% of the
+    5 before, capped at `warmup_max_s`. Returns the block size that keeps a sample above 100x resolution."""
+    first = clock.time(fn)
+    samples: list[float] = []
+    total = 0.0
+    while True:
+        samples.append(clock.time(fn))
+        total += samples[-1]
+        enough = len(samples) >= settings.warmup_min_iters and total >= settings.warmup_min_s
+        if enough and (_stable(samples) or total >= settings.warmup_max_s):
+            break
+    iterations = 1
+    floor = 100 * clock.resolution_s
+    while statistics.median(samples[-5:]) * iterations < floor:
+        iterations *= 10
+    return WarmupResult(first, samples, total, iterations)
+
+
+def _stable(samples: list[float]) -> bool:
+    if len(samples) < 10:
+        return False
+    last, before = statistics.median(samples[-5:]), statistics.median(samples[-10:-5])
+    return abs(last - before) <= 0.05 * before
+
+
+def sample(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings, iterations: int = 1) -> list[float]:
+    """One round of samples (T6): at least `min_samples` and `min_time_s`, more while IQR/median >= 0.1,
+    at most `max_time_s`. Elapsed time is the sum of (reduced) samples, so every rank stops together."""
+    samples: list[float] = []
+    elapsed = 0.0
+    while True:
+        samples.append(clock.time(fn, iterations))
+        elapsed += samples[-1] * iterations
+        if elapsed >= settings.max_time_s and len(samples) >= 2:
+            return samples
+        if len(samples) >= settings.min_samples and elapsed >= settings.min_time_s and _quiet(samples):
+            return samples
+
+
+def _quiet(samples: list[float]) -> bool:
+    qs = statistics.quantiles(samples, n=4, method="inclusive")
+    median = statistics.median(samples)
+    return median > 0 and (qs[2] - qs[0]) / median < 0.1
+
+
+def measure(fn: Callable[[], Any], device: Any = "cpu", settings: MeasureSettings | None = None,
+            timer: str = "wall_sync") -> dict[str, Any]:
+    """Time any callable as the runner does: warm-up, then `rounds` rounds of samples. Returns latency
+    statistics (see harness.stats.summarize) plus `compile_s`, `timer` and `warmup_s`."""
+    from harness.stats import summarize
+
+    clock = Clock(device, timer)
+    settings = (settings or MeasureSettings()).resolved(clock.cuda)
+    warm = warm_up(fn, clock, settings)
+    samples = [s for _ in range(settings.rounds) for s in sample(fn, clock, settings, warm.iterations)]
+    out = summarize(samples, warm.iterations)
+    out.update(compile_s=warm.first_call_s, timer=timer, warmup_s=warm.seconds)
+    return out

@@ -1,0 +1,279 @@
+"""Runs one case in its own process (M1): `python -m harness.worker JOB.json RESULT.json`, or under torchrun.
+
+Both sides of the case are built in this process: the baseline first, then the optimization, each measured
+for memory while it is the newest thing in the process; then both are warmed up and timed in interleaved rounds
+B O B O ... (T9). The result is written atomically by rank 0; an exception becomes a failed/oom/unsupported
+result. A crash, an OOM kill or a hang is handled by the parent (`harness.runner`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import tempfile
+import traceback
+from typing import Any
+
+from harness import memory, stats
+from harness.optimization import build_params
+from harness.plugins import load_registry
+from harness.timing import Clock, MeasureSettings, sample, warm_up
+from harness.workload import RunContext
+
+
+class Unsupported(Exception):
+    """An optimization does not support this environment; the case is recorded as "unsupported"."""
+
+
+def log(message: str) -> None:
+    print(f"[worker] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    job_path, result_path = (argv or sys.argv[1:])[:2]
+    with open(job_path) as f:
+        job = json.load(f)
+    limit_gb = job["measure"].get("memory_limit_gb")
+    if limit_gb and not job["env"]["device"].startswith("cuda"):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit_gb * 2**30), int(limit_gb * 2**30)))
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        result = run_case(job)
+    except Unsupported as exc:
+        result = {"status": "unsupported", "error": str(exc)}
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a recorded result
+        traceback.print_exc()
+        result = {"status": "oom" if is_oom(exc) else "failed", "error": f"{type(exc).__name__}: {exc}"}
+    if rank == 0:
+        write_json(result_path, result)
+    return 0 if result["status"] == "ok" else 3
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA OOM, a Python MemoryError, or the CPU allocator's "can't allocate memory"."""
+    text = str(exc).lower()
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "out of memory" in text or "can't allocate memory" in text)
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+class Distributed:
+    """Rank, world size and the collectives the worker needs; a no-op outside torchrun."""
+
+    def __init__(self, device: str):
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist = torch, dist
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = self.world_size > 1 or "RANK" in os.environ
+        if self.active and not dist.is_initialized():
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend)
+
+    def max(self, value: float) -> float:
+        if not self.active:
+            return value
+        t = self.torch.tensor([value], dtype=self.torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.active and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def run_case(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    case, env = job["case"], job["env"]
+    registry = load_registry(job.get("plugins_dirs", []))
+    device_name = env["device"]
+    dist = Distributed(device_name)
+    if device_name.startswith("cuda"):
+        index = int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
+        device_name = f"cuda:{index}" if dist.active else device_name
+        torch.cuda.set_device(torch.device(device_name))
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    settings = MeasureSettings(**job["measure"]).resolved(cuda)
+    threads = job["threads"]
+    rank_threads = max(1, threads // dist.world_size)
+    torch.set_num_threads(rank_threads)
+
+    workload = registry.workloads[case["workload_type"]]()
+    spec = build_params(workload.Spec, case["workload_spec"])
+    sides = {}
+    for side, uses in (("baseline", case["baseline"]), ("metrics", case["plugins"])):
+        opts = []
+        for use in uses:
+            cls = registry.optimizations[use["name"]]
+            opt = cls(build_params(cls.Params, use["params"]))
+            reason = opt.supports(env)
+            if reason:
+                raise Unsupported(f"{use['name']}: {reason}")
+            opts.append(opt)
+        sides[side] = opts
+    ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
+                     world_size=dist.world_size, threads=rank_threads)
+
+    clock_dist = Clock(device, reduce=dist.max)
+    clock_local = Clock(device)
+    runs, outputs, first_call, peaks = {}, {}, {}, {}
+    for side, opts in sides.items():
+        log(f"building {side}")
+        before = memory.current_bytes(device) if dist.rank == 0 else None
+        run = workload.build(spec, opts, ctx)
+        runs[side] = run
+        if not owns(run, dist):
+            dist.barrier()
+            continue
+        with_threads(run, dist, threads, rank_threads)
+        outputs[side] = run.outputs()
+        clock = clock_dist if run.distributed else clock_local
+        first_call[side] = clock.time(run.timed_step)  # compile / capture / lazy init: never a sample
+        peak = memory.peak_of(run.timed_step, device)
+        if before is not None and peak["peak"] is not None:
+            peak["side_peak"] = peak["peak"] - before
+        peaks[side] = peak
+        dist.barrier()
+    checks = []
+    if dist.rank == 0:
+        for opt in sides["metrics"]:
+            checks += [c.as_dict() for c in opt.check(outputs["baseline"], outputs["metrics"])]
+    outputs.clear()
+    gc.collect()
+
+    warm = {}
+    for side, run in runs.items():
+        if owns(run, dist):
+            log(f"warming up {side}")
+            with_threads(run, dist, threads, rank_threads)
+            warm[side] = warm_up(run.timed_step, clock_dist if run.distributed else clock_local, settings)
+        dist.barrier()
+    rounds: dict[str, list[list[float]]] = {"baseline": [], "metrics": []}
+    clocks_log = []
+    for r in range(settings.rounds):
+        clocks_log.append(gpu_state(device, cuda))
+        for side, run in runs.items():
+            if owns(run, dist):
+                log(f"round {r + 1}/{settings.rounds}: {side}")
+                with_threads(run, dist, threads, rank_threads)
+                rounds[side].append(sample(run.timed_step, clock_dist if run.distributed else clock_local,
+                                           settings, warm[side].iterations))
+            dist.barrier()
+    clocks_log.append(gpu_state(device, cuda))
+
+    result = None
+    if dist.rank == 0:
+        result = summarize_case(runs, rounds, warm, first_call, peaks, checks, settings, clocks_log,
+                                threads, rank_threads, dist.world_size, device, cuda)
+    dist.barrier()
+    dist.close()
+    return result if result is not None else {"status": "ok"}
+
+
+def owns(run, dist: Distributed) -> bool:
+    """Whether this rank executes `run`: every rank for a distributed run, rank 0 alone otherwise."""
+    return run.distributed or dist.rank == 0
+
+
+def with_threads(run, dist: Distributed, threads: int, rank_threads: int) -> None:
+    """A single-process side under torchrun gets every thread; a distributed side shares them (T8)."""
+    import torch
+
+    torch.set_num_threads(rank_threads if run.distributed else threads)
+
+
+def gpu_state(device, cuda: bool) -> dict[str, Any] | None:
+    if not cuda:
+        return None
+    from harness.energy import clock_state
+
+    return clock_state(device.index or 0)
+
+
+def summarize_case(runs, rounds, warm, first_call, peaks, checks, settings, clocks_log, threads,
+                   rank_threads, world_size, device, cuda) -> dict[str, Any]:
+    from harness.energy import energy_window
+
+    warnings: list[str] = []
+    out: dict[str, Any] = {"status": "ok", "checks": checks}
+    for side, run in runs.items():
+        samples = [s for r in rounds[side] for s in r]
+        latency = stats.summarize(samples, warm[side].iterations)
+        warnings += stats.warnings_for(side if side == "baseline" else "optimized", samples)
+        median = latency["median"]
+        mem = side_memory(run, peaks[side])
+        energy = None
+        if cuda and settings.energy and not (run.distributed and world_size > 1):  # rank 0 alone
+            energy = energy_window(run.timed_step, lambda: __import__("torch").cuda.synchronize(),
+                                   device.index or 0, median)
+            if energy and energy.get("warning"):
+                warnings.append(f"{side}: energy window {energy['window_s']:.2f} s: {energy['warning']}")
+        out[side] = {
+            "latency": latency,
+            "throughput": {f"{unit}_per_s": count / median for unit, count in run.units.items()},
+            "compile_s": first_call[side],
+            "memory": mem,
+            "energy": energy,
+            "extra": run.extra_metrics(median),
+            "info": run.info,
+            "threads": threads if not run.distributed else rank_threads,
+            "distributed": run.distributed,
+        }
+    comparison = stats.compare(rounds["baseline"], rounds["metrics"], settings.min_effect)
+    base_peak = out["baseline"]["memory"].get("peak_bytes")
+    opt_peak = out["metrics"]["memory"].get("peak_bytes")
+    comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
+    out["comparison"] = comparison
+    capped = [s for s in clocks_log if s and s.get("capped")]
+    if capped:
+        warnings.append(f"GPU clocks were capped (power/thermal) at {len(capped)} of {len(clocks_log)} "
+                        "round boundaries: timings may be throttled")
+    failed = [c["name"] for c in checks if not c["passed"]]
+    if failed:
+        warnings.append(f"invariant failed: {', '.join(failed)}")
+    out["warnings"] = warnings
+    out["measurement"] = {
+        "timer": "wall_sync", "l2_flush": False, "rounds": settings.rounds, "order": "interleaved B O",
+        "num_threads": threads, "processes": world_size,
+        "warmup_s": {side: w.seconds for side, w in warm.items()},
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        "gpu_state": [s for s in clocks_log if s],
+    }
+    return out
+
+
+def side_memory(run, peak: dict[str, Any]) -> dict[str, Any]:
+    """Measured peak of this side (bytes it added to the process, at its peak step) and the counted parts."""
+    breakdown = dict(run.memory())
+    mem = {"peak_bytes": peak.get("side_peak"), "source": peak["source"], "breakdown": breakdown}
+    for key in ("reserved_peak", "num_alloc_retries", "num_ooms"):
+        if key in peak:
+            mem[key] = peak[key]
+    counted = sum(v for k, v in breakdown.items() if isinstance(v, (int, float)) and not k.startswith("estimate"))
+    if mem["peak_bytes"] is not None and "activations" not in breakdown and counted:
+        breakdown["activations"] = max(0, mem["peak_bytes"] - counted)
+    return mem
+
+
+if __name__ == "__main__":
+    sys.exit(main())
