@@ -43,7 +43,7 @@ def case(rng, cid, wl, spec, kind, plugins, b_med, o_med, b_peak, o_peak, tokens
     src = "cuda_max_memory_allocated" if cuda else "cpu_vmhwm"
 
     def breakdown(peak, act_share):
-        w = int(peak * 0.25)
+        w = int(peak * 0.15)
         if kind == "training":
             return {"weights": w, "gradients": w, "optimizer_states": 2 * w, "activations": int(peak * act_share),
                     "kv_cache": 0}

@@ -1,0 +1,307 @@
+"""The HTML report: a pure function of results.json (docs/results.md). No torch, no network, no external files.
+
+The page is one self-contained file: Jinja2 templates from harness/templates with autoescaping (every string
+from a suite, plugin or error shows as text), charts drawn by matplotlib (Agg) as inline SVG with text kept as
+<text> elements, a few lines of inline JS to sort tables, and a Content-Security-Policy that blocks any load.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from harness import cost
+from harness.errors import InputError
+
+TEMPLATES = Path(__file__).parent / "templates"
+MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
+SIDES = (("baseline", "baseline"), ("optimized", "metrics"))  # (label, key in the case)
+COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
+
+
+# ---- formatting (also used by compare and export) ----
+
+def fmt_time(s: float | None) -> str:
+    """Seconds as s / ms / µs with 3 significant digits."""
+    if s is None:
+        return "n/a"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def fmt_bytes(b: float | None) -> str:
+    """Bytes in binary units (GiB = 2**30)."""
+    if b is None:
+        return "n/a"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    """A number with `digits` significant digits and thousands separators for large values."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:,.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
+
+
+def fmt_pct(x: float | None) -> str:
+    """A fraction as a percentage."""
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def fmt_usd(x: float | None) -> str:
+    """US dollars with enough digits for tiny per-step costs."""
+    if x is None:
+        return "n/a"
+    return f"${x:,.2f}" if x >= 1 else f"${x:.3g}"
+
+
+def verdict_text(comparison: dict[str, Any]) -> str:
+    """'1.62× faster', '1.32× slower' (time ratio, so it reads naturally) or 'no significant difference'."""
+    s = comparison["speedup"]
+    if comparison["verdict"] == "faster":
+        return f"{s:.2f}× faster"
+    if comparison["verdict"] == "slower":
+        return f"{1 / s:.2f}× slower"
+    return "no significant difference"
+
+
+def memory_saved(case: dict[str, Any]) -> tuple[float, float] | None:
+    """(bytes saved by the optimized side, fraction of the baseline peak), negative when it uses more."""
+    base = ((case.get("baseline") or {}).get("memory") or {}).get("peak_bytes")
+    opt = ((case.get("metrics") or {}).get("memory") or {}).get("peak_bytes")
+    if not base or opt is None:
+        return None
+    return base - opt, (base - opt) / base
+
+
+def fmt_saved(saved: tuple[float, float] | None) -> str:
+    """'saves 30 MiB (10.0%)' or 'uses 20 MiB more (5.0%)'."""
+    if saved is None:
+        return "n/a"
+    b, frac = saved
+    if b >= 0:
+        return f"saves {fmt_bytes(b)} ({fmt_pct(frac)})"
+    return f"uses {fmt_bytes(-b)} more ({fmt_pct(-frac)})"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists as dotted keys, for the environment table."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: d}
+
+
+# ---- loading ----
+
+def validate(data: Any, path: str | Path | None = None) -> dict[str, Any]:
+    """Check that `data` is a harness results file (schema 1); raise InputError saying what is wrong."""
+    where = None if path is None else str(path)
+    if not isinstance(data, dict) or "cases" not in data or "schema_version" not in data:
+        raise InputError("not a harness results file (no schema_version/cases)", path=where)
+    if data["schema_version"] != 1:
+        raise InputError(f"unsupported schema_version {data['schema_version']!r} (this harness reads 1)",
+                         path=where, field="schema_version")
+    if not isinstance(data["cases"], list):
+        raise InputError("cases must be a list", path=where, field="cases")
+    return data
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; InputError for a missing or malformed file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+
+
+# ---- charts ----
+
+def _svg(fig: Any, salt: str) -> str:
+    """A matplotlib Figure as an inline <svg> element (text as text, deterministic ids, no metadata)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _figure(w: float, h: float) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=96)
+    fig.patch.set_alpha(0)
+    return fig
+
+
+def _time_unit(values: list[float]) -> tuple[str, float]:
+    top = max(values)
+    return ("s", 1.0) if top >= 1 else ("ms", 1e3) if top >= 1e-3 else ("µs", 1e6)
+
+
+def latency_chart(case: dict[str, Any], salt: str) -> str:
+    """Each sample of both sides as a dot (jittered) over a box of the quartiles, per-call time."""
+    data = {label: case[key]["latency"]["data"] for label, key in SIDES if case[key]["latency"].get("data")}
+    if not data:
+        return ""
+    unit, scale = _time_unit([x for xs in data.values() for x in xs])
+    fig = _figure(5.4, 1.7)
+    ax = fig.add_subplot()
+    rng = random.Random(0)
+    for y, (label, xs) in enumerate(reversed(data.items())):
+        ax.boxplot([[x * scale for x in xs]], positions=[y], vert=False, widths=0.5, showfliers=False,
+                   medianprops={"color": COLORS[label], "linewidth": 2})
+        ax.scatter([x * scale for x in xs], [y + rng.uniform(-0.18, 0.18) for _ in xs], s=9, alpha=0.6,
+                   color=COLORS[label], linewidths=0)
+    ax.set_yticks(range(len(data)), list(reversed(data)))
+    ax.set_xlabel(f"time per step ({unit})")
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig, salt)
+
+
+def memory_chart(case: dict[str, Any], salt: str) -> str:
+    """Stacked bars of the counted memory categories per side, with the measured peak as a tick."""
+    sides = [(label, case[key]["memory"]) for label, key in SIDES if case[key].get("memory")]
+    if not sides or not any(m.get("breakdown") for _, m in sides):
+        return ""
+    fig = _figure(5.4, 1.6)
+    ax = fig.add_subplot()
+    palette = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f")
+    for y, (_, mem) in enumerate(reversed(sides)):
+        left = 0.0
+        for cat, color in zip(MEMORY_CATEGORIES, palette):
+            v = (mem.get("breakdown") or {}).get(cat) or 0
+            ax.barh(y, v / 2**20, left=left, color=color, label=cat if y == 0 else None, height=0.55)
+            left += v / 2**20
+        if mem.get("peak_bytes"):
+            ax.plot([mem["peak_bytes"] / 2**20] * 2, [y - 0.35, y + 0.35], color="black", linewidth=2,
+                    label="measured peak" if y == 0 else None)
+    ax.set_yticks(range(len(sides)), [label for label, _ in reversed(sides)])
+    ax.set_xlabel("MiB")
+    ax.legend(fontsize=7, ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return _svg(fig, salt)
+
+
+def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Throughput vs batch for each set of ok cases that differ only in spec.batch (a sweep over batch)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in cases:
+        spec = dict(c["workload"].get("spec") or {})
+        if c.get("status") != "ok" or "batch" not in spec:
+            continue
+        spec.pop("batch")
+        key = json.dumps([c["workload"]["name"], spec, c.get("plugins"), c.get("baseline_plugins")], sort_keys=True)
+        groups.setdefault(key, []).append(c)
+    curves = []
+    for i, group in enumerate(groups.values()):
+        group.sort(key=lambda c: c["workload"]["spec"]["batch"])
+        batches = [c["workload"]["spec"]["batch"] for c in group]
+        if len(set(batches)) < 2:
+            continue
+        unit = "tokens_per_s" if all(c["metrics"]["throughput"].get("tokens_per_s") for c in group) else "samples_per_s"
+        fig = _figure(5.2, 2.6)
+        ax = fig.add_subplot()
+        for label, key in SIDES:
+            ax.plot(batches, [c[key]["throughput"][unit] for c in group], marker="o", color=COLORS[label],
+                    label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("batch")
+        ax.set_ylabel(unit.replace("_per_s", "/s"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+        curves.append({"ids": [c["id"] for c in group], "unit": unit, "svg": _svg(fig, f"batch{i}")})
+    return curves
+
+
+# ---- the page ----
+
+def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environment:
+    """The Jinja2 environment with autoescaping on and the formatting filters registered."""
+    env = jinja_env or jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(time=fmt_time, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
+                       verdict=verdict_text, saved=fmt_saved, tojson_compact=lambda v: json.dumps(v, sort_keys=True))
+    return env
+
+
+def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str, Any]:
+    """What the template shows for one case: the case plus charts, memory saved, checks and costs."""
+    ok = case.get("status") == "ok"
+    checks = case.get("checks") or []
+    view = {"case": case, "anchor": f"case-{index}", "ok": ok,
+            "checks_passed": sum(1 for c in checks if c.get("passed")), "checks_total": len(checks),
+            "saved": memory_saved(case) if ok else None, "latency_svg": "", "memory_svg": "", "costs": {},
+            "extra_keys": [], "info_keys": []}
+    if ok:
+        view["latency_svg"] = latency_chart(case, f"lat{index}")
+        view["memory_svg"] = memory_chart(case, f"mem{index}")
+        view["costs"] = {label: cost.side_cost(case[key], price) for label, key in SIDES}
+        first = ("ttft_s", "tpot_s", "itl_s", "mfu", "hfu", "mbu", "model_tflops", "regime")
+        keys = {k for _, key in SIDES for k in (case[key].get("extra") or {})}
+        view["extra_keys"] = [k for k in first if k in keys] + sorted(keys - set(first))
+        view["info_keys"] = sorted({k for _, key in SIDES for k in (case[key].get("info") or {})})
+    return view
+
+
+def render_report(results: dict[str, Any], price_per_hour: float | None = None,
+                  prices: dict[str, float] | None = None) -> str:
+    """One self-contained HTML page for a results dict (docs/results.md)."""
+    validate(results)
+    env = results.get("environment") or {}
+    price = cost.price_for(env, price_per_hour, prices)
+    cases = [case_view(c, i, price and price[0]) for i, c in enumerate(results["cases"])]
+    warnings = [(c["id"], w) for c in results["cases"] for w in c.get("warnings") or []]
+    if results.get("status") != "complete":
+        warnings.insert(0, ("run", f"the run is {results.get('status')!r}: some cases may be missing"))
+    return environment().get_template("report.html").render(
+        r=results, env=env, env_rows=flatten(env), cases=cases, warnings=warnings,
+        device=cost.device_name(env), price=price,
+        breakeven=cost.training_vs_inference(results, price and price[0]),
+        curves=batch_curves(results["cases"]), sides=SIDES, categories=MEMORY_CATEGORIES,
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_report(results_path: str | Path, out_path: str | Path | None = None,
+                 price_per_hour: float | None = None, prices: dict[str, float] | None = None) -> Path:
+    """Render results.json to report.html beside it (or `out_path`), atomically; return the path written."""
+    results_path = Path(results_path)
+    results = validate(read_json(results_path), results_path)
+    out = Path(out_path) if out_path else results_path.with_name("report.html")
+    write_atomic(out, render_report(results, price_per_hour, prices))
+    return out
