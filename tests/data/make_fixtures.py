@@ -22,7 +22,8 @@ def side(rng, noise, median, n, tokens_per_step, samples_per_step, peak, breakdo
     lat = summarize(data)
     out = {
         "latency": lat,
-        "throughput": {"tokens_per_s": tokens_per_step / lat["median"], "samples_per_s": samples_per_step / lat["median"]},
+        "throughput": {"tokens_per_s": tokens_per_step / lat["median"],
+                       "samples_per_s": samples_per_step / lat["median"]},
         "compile_s": median * 1.5,
         "memory": {"peak_bytes": peak, "source": info.pop("_mem_source", "cpu_vmhwm"), "breakdown": breakdown},
         "energy": energy,
@@ -52,8 +53,9 @@ def case(rng, cid, wl, spec, kind, plugins, b_med, o_med, b_peak, o_peak, tokens
 
     en_b = en_o = None
     if energy:
-        en_b = {"joules_per_step": energy * b_med, "window_s": 2.1, "avg_power_w": energy, "source": "nvml_energy_counter"}
-        en_o = {"joules_per_step": energy * o_med, "window_s": 2.1, "avg_power_w": energy, "source": "nvml_energy_counter"}
+        src_e = "nvml_energy_counter"
+        en_b = {"joules_per_step": energy * b_med, "window_s": 2.1, "avg_power_w": energy, "source": src_e}
+        en_o = {"joules_per_step": energy * o_med, "window_s": 2.1, "avg_power_w": energy, "source": src_e}
     base = side(rng, noise, b_med, n, tokens, samples, b_peak, breakdown(b_peak, 0.3), dict(b_extra or {}),
                 {"dtype": "float32", "_mem_source": src}, en_b)
     opt = side(rng, noise, o_med, n, tokens, samples, o_peak, breakdown(o_peak, 0.2), dict(o_extra or {}),
@@ -148,7 +150,8 @@ def results(cuda: bool) -> dict:
                           {"model": "nano", "batch": 1, "prompt_len": 64, "new_tokens": 64}, "inference",
                           [{"name": "quantization", "params": {"scheme": "int8"}}], 0.12, 0.31, 64_000_000,
                           40_000_000, 64, 1, [tokens_check(False, 0.81)],
-                          b_extra={"ttft_s": 0.004, "tpot_s": 0.12 / 64}, o_extra={"ttft_s": 0.009, "tpot_s": 0.31 / 64}))
+                          b_extra={"ttft_s": 0.004, "tpot_s": 0.12 / 64},
+                          o_extra={"ttft_s": 0.009, "tpot_s": 0.31 / 64}))
         cases.append(failed("train-micro/zero(stage=3)", "train-micro", {"model": "micro", "batch": 64, "seq_len": 512},
                             "training", [{"name": "zero", "params": {"stage": 3}}], "oom",
                             "MemoryError: could not allocate 1.5 GiB for the optimizer states (rank 1)"))
