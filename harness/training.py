@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from harness.hookspecs import hookimpl
 from harness.model import GPT, PRESETS, ModelArgs
-from harness.optimization import ParamError
+from harness.optimization import Check, ParamError
 from harness.workload import Run, RunContext, Workload
 
 PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
@@ -69,6 +69,35 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A CPU fp32 copy of the whole tensor (gathers a DTensor shard; a collective, so every rank calls it)."""
     t = t.full_tensor() if hasattr(t, "full_tensor") else t
     return t.detach().float().cpu().clone()
+
+
+def loss_check(name: str, baseline: dict[str, Any], optimized: dict[str, Any], atol: float) -> Check:
+    """The final loss of the correctness pass (after K steps) of both runs within `atol`."""
+    b, o = baseline["loss"], optimized["loss"]
+    diff = abs(o - b)
+    return Check(name, diff <= atol, {"baseline": b, "optimized": o, "abs_diff": diff,
+                                       "steps": len(optimized["losses"])}, f"abs {atol:g}")
+
+
+def tensors_check(name: str, baseline: dict[str, torch.Tensor], optimized: dict[str, torch.Tensor],
+                  rtol: float, atol: float) -> Check:
+    """Every named tensor equal (`torch.allclose`) in both runs; reports the worst one."""
+    tol = f"rtol {rtol:g}, atol {atol:g} per element"
+    if baseline.keys() != optimized.keys():
+        missing = sorted(baseline.keys() ^ optimized.keys())
+        return Check(name, False, {"mismatched_names": missing[:5]}, tol)
+    worst, worst_diff, passed = "", 0.0, True
+    for key, b in baseline.items():
+        o = optimized[key]
+        if b.shape != o.shape:
+            return Check(name, False, {"tensor": key, "shapes": [list(b.shape), list(o.shape)]}, tol)
+        diff = (o - b).abs().max().item() if b.numel() else 0.0
+        passed = passed and torch.allclose(o, b, rtol=rtol, atol=atol)
+        if not diff <= worst_diff:  # also catches nan
+            worst, worst_diff = key, diff
+    scale = max(t.abs().max().item() for t in baseline.values() if t.numel())
+    return Check(name, passed, {"max_abs_diff": worst_diff, "worst": worst, "max_abs_value": scale,
+                                "tensors": len(baseline)}, tol)
 
 
 class TrainRun(Run):
@@ -183,7 +212,9 @@ class TrainRun(Run):
                 loss = self.train_step(x, y)
             losses.append(self.global_loss(loss))
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
-        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1]}
+        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1],
+               "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
+               "memory_estimate": self.memory_estimate()}
         if self.scaler is not None:
             out["skipped_steps"] = self.skipped_steps()
         return out
@@ -241,15 +272,18 @@ class TrainRun(Run):
                 "optimizer_states": tensor_bytes(states)}
 
     def memory_estimate(self) -> dict[str, Any]:
-        """Per-rank bytes by the ZeRO formulas of EFFECTS.md, adapted to fp32 AdamW (4 + 4 + 8 bytes/param)."""
-        n, w = self.raw_model.num_params(), self.world
-        stage = self.sharding
-        weights = 4 * n / w if stage == "fsdp_full" else 4 * n
-        grads = 4 * n / w if stage in ("fsdp_grad_op", "fsdp_full") else 4 * n
-        states = 8 * n / w if stage else 8 * n
-        return {"formula": f"fp32 AdamW, Psi={n}, N={w}, stage={stage or 'none'}: 4Psi weights + 4Psi grads "
-                           "+ 8Psi Adam states, each sharded /N from its ZeRO stage on",
-                "weights": int(weights), "gradients": int(grads), "optimizer_states": int(states)}
+        """Per-rank bytes at rest by the ZeRO formulas of EFFECTS.md, for fp32 AdamW (16 bytes/param).
+
+        Baseline 4Psi weights + 4Psi grads + 8Psi Adam states; zero1 shards the states (4 + 4 + 8/N);
+        FSDP2 shards all three (16/N at rest). fsdp_grad_op (~ZeRO-2) differs from fsdp_full (~ZeRO-3) only
+        inside the step: it keeps the gathered 4Psi weights from forward to backward.
+        """
+        n, w, stage = self.raw_model.num_params(), self.world, self.sharding
+        fsdp = stage in ("fsdp_grad_op", "fsdp_full")
+        return {"formula": f"fp32 AdamW, Psi={n}, N={w}, stage={stage or 'none'}: weights 4Psi{'/N' * fsdp} + "
+                           f"grads 4Psi{'/N' * fsdp} + Adam states 8Psi{'/N' * bool(stage)} per rank at rest",
+                "weights": 4 * n // w if fsdp else 4 * n, "gradients": 4 * n // w if fsdp else 4 * n,
+                "optimizer_states": 8 * n // w if stage else 8 * n}
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
         """tokens/s, samples/s, model TFLOP/s (6N + 12LHQT, recompute not counted), MFU, final loss."""
