@@ -1,0 +1,301 @@
+"""Trained reference checkpoints (a "target" and a smaller "draft") and `load_model`, the resolver of `model:`.
+
+A reference is a small GPT trained deterministically on the built-in corpus (`harness.data`) the first time it
+is asked for, then cached: ``<cache>/references/<name>-<key>.pt`` (state_dict) beside a ``.json`` (config,
+held-out loss, training time). `<cache>` is ``$HARNESS_CACHE_DIR`` or ``~/.cache/harness``; `key` hashes the
+config, the corpus and `FORMAT_VERSION`, so changing any of them retrains instead of loading stale weights.
+A cache entry that cannot be read back (truncated, edited, wrong shapes) is retrained, not a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import data
+from harness.errors import InputError
+from harness.model import GPT, PRESETS, ModelArgs
+
+FORMAT_VERSION = 1
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Shape and training recipe of one reference model (byte-level vocab, trained at seq_len = block_size)."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int = 256
+    steps: int = 600
+    batch: int = 16
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 50
+    weight_decay: float = 0.1
+    seed: int = 1337
+    max_bytes: int = data.DEFAULT_MAX_BYTES
+    eval_batches: int = 16  # held-out windows of block_size, 16 per batch
+
+    def model_args(self) -> ModelArgs:
+        return ModelArgs(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                         vocab_size=data.VOCAB_SIZE, block_size=self.block_size)
+
+
+# Budgets on a 2-core CPU: target <= ~3 min, draft ~1 min (seconds on a GPU). The draft shares the target's
+# data, seed and block size, so the two learn the same easy bytes and agree often (speculative acceptance).
+REFERENCES: dict[str, ReferenceConfig] = {
+    "target": ReferenceConfig(n_layer=4, n_head=4, n_embd=128, steps=600, batch=16),
+    "draft": ReferenceConfig(n_layer=2, n_head=4, n_embd=64, steps=400, batch=16),
+}
+
+
+def cache_dir() -> Path:
+    """Where reference checkpoints live: ``$HARNESS_CACHE_DIR/references`` or ``~/.cache/harness/references``."""
+    root = os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "harness"
+    return Path(root) / "references"
+
+
+def _config(name: str) -> ReferenceConfig:
+    if name not in REFERENCES:
+        raise InputError(f"unknown reference '{name}'; known: {', '.join(REFERENCES)}")
+    return REFERENCES[name]
+
+
+def cache_key(cfg: ReferenceConfig) -> str:
+    """Hash of the config, the corpus bytes and the format version (16 hex digits)."""
+    blob = json.dumps({"config": asdict(cfg), "corpus": data.corpus_digest(cfg.max_bytes),
+                       "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_paths(name: str) -> tuple[Path, Path]:
+    """(weights .pt, report .json) of the cache entry for reference `name` with its current config."""
+    stem = cache_dir() / f"{name}-{cache_key(_config(name))}"
+    return stem.with_suffix(".pt"), stem.with_suffix(".json")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, tokens: torch.Tensor, seq_len: int, max_batches: int = 16, batch: int = 16) -> float:
+    """Mean next-token cross-entropy (nats/token) over consecutive non-overlapping windows of `tokens`."""
+    n_windows = min((tokens.numel() - 1) // seq_len, max_batches * batch)
+    if n_windows < 1:
+        raise ValueError(f"need more than seq_len = {seq_len} tokens, got {tokens.numel()}")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, n_windows, batch):
+        rows = torch.arange(start, min(start + batch, n_windows))[:, None] * seq_len
+        idx = rows + torch.arange(seq_len + 1)[None, :]  # [b, T+1]
+        window = tokens[idx].to(device)
+        out = model(window[:, :-1])
+        logits = out[0] if isinstance(out, tuple) else out  # [b, T, vocab]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten(), reduction="sum")
+        total, count = total + float(loss), count + window[:, 1:].numel()
+    return total / count
+
+
+def perplexity(model: nn.Module, tokens: torch.Tensor, seq_len: int = 256, max_batches: int = 16) -> float:
+    """exp(mean cross-entropy) of `model` on `tokens` (per byte for the byte-level models)."""
+    return math.exp(eval_loss(model, tokens, seq_len, max_batches))
+
+
+@torch.no_grad()
+def agreement(draft: nn.Module, target: nn.Module, tokens: torch.Tensor, seq_len: int = 256,
+              max_batches: int = 4, batch: int = 16) -> float:
+    """Share of positions where the draft's greedy next token equals the target's (teacher-forced on `tokens`):
+    the acceptance rate of greedy speculative decoding when drafting one token at a time. Chance is ~1/vocab."""
+    n_windows = min(tokens.numel() // seq_len, max_batches * batch)
+    same, count = 0, 0
+    for start in range(0, n_windows, batch):
+        rows = torch.arange(start, min(start + batch, n_windows))[:, None] * seq_len
+        x = tokens[rows + torch.arange(seq_len)[None, :]]
+        picks = [m(x.to(next(m.parameters()).device)).argmax(-1).cpu() for m in (draft, target)]
+        same, count = same + int((picks[0] == picks[1]).sum()), count + x.numel()
+    return same / count
+
+
+def _optimizer(model: GPT, cfg: ReferenceConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matmuls and embeddings; not biases, norms
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def _lr(cfg: ReferenceConfig, step: int) -> float:
+    if step < cfg.warmup:  # linear warm-up, then cosine decay to min_lr (nanoGPT)
+        return cfg.lr * (step + 1) / cfg.warmup
+    ratio = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def train_reference(name: str, device="cpu", progress: Progress | None = None) -> tuple[GPT, dict]:
+    """Train reference `name` from scratch, deterministically (fixed seed, data order and steps).
+
+    Returns the model in eval mode and a report: val_loss, unigram_loss (the context-free bar), steps,
+    seconds, tokens, params. Nothing is cached here; `load_reference` does that."""
+    cfg, say = _config(name), progress or _stderr
+    device = torch.device(device)
+    train, val = data.splits(cfg.max_bytes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.model_args())  # initialised on the CPU: the same start on every device
+    model.to(device).train()
+    opt = _optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    say(f"reference {name}: training {model.num_params() / 1e6:.2f}M params, {cfg.steps} steps of "
+        f"{cfg.batch}x{cfg.block_size} tokens on {device} (cached afterwards)")
+    t0, last, smooth = time.perf_counter(), time.perf_counter(), None
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        x, y = data.get_batch(train, cfg.batch, cfg.block_size, gen, device)  # [B, T] each
+        ctx = torch.autocast("cuda", torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value = loss.item()
+        smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+        now = time.perf_counter()
+        if now - last > 10 or step == cfg.steps - 1:
+            say(f"reference {name}: step {step + 1}/{cfg.steps} train loss {smooth:.3f} ({now - t0:.0f} s)")
+            last = now
+    seconds = time.perf_counter() - t0
+    model.eval()
+    report = {
+        "name": name, "config": asdict(cfg), "format": FORMAT_VERSION, "corpus": data.corpus_digest(cfg.max_bytes),
+        "val_loss": eval_loss(model, val, cfg.block_size, cfg.eval_batches), "train_loss": smooth,
+        "unigram_loss": data.unigram_loss(train, val), "uniform_loss": data.uniform_loss(),
+        "steps": cfg.steps, "seconds": seconds, "tokens": cfg.steps * cfg.batch * cfg.block_size,
+        "params": model.num_params(), "device": str(device), "torch": torch.__version__,
+    }
+    say(f"reference {name}: held-out loss {report['val_loss']:.3f} nats/byte "
+        f"(unigram {report['unigram_loss']:.3f}, uniform {report['uniform_loss']:.3f}) in {seconds:.0f} s")
+    return model, report
+
+
+def _read_cache(name: str, device) -> GPT | None:
+    pt, js = cache_paths(name)
+    if not (pt.exists() and js.exists()):
+        return None
+    try:
+        report = json.loads(js.read_text())
+        if report.get("sha256") != hashlib.sha256(pt.read_bytes()).hexdigest():
+            raise ValueError("checksum mismatch")
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        model = GPT(_config(name).model_args())
+        model.load_state_dict(state)
+    except (OSError, EOFError, ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        _stderr(f"reference {name}: cache entry {pt} is unreadable ({type(e).__name__}: {e}); retraining")
+        return None
+    model.reference = report
+    return model.to(device).eval()
+
+
+def _write_cache(name: str, model: GPT, report: dict) -> None:
+    pt, js = cache_paths(name)
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pt.with_suffix(f".tmp{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    report = dict(report, sha256=hashlib.sha256(tmp.read_bytes()).hexdigest())
+    os.replace(tmp, pt)  # weights first, then the JSON that vouches for them
+    tmp_js = js.with_suffix(f".tmp{os.getpid()}")
+    tmp_js.write_text(json.dumps(report, indent=2))
+    os.replace(tmp_js, js)
+    model.reference = report
+
+
+def load_reference(name: str, device="cpu", progress: Progress | None = None) -> GPT:
+    """Reference `name` in eval mode, from the cache or trained now (and cached). `model.reference` holds the
+    training report (val_loss, seconds, ...)."""
+    model = _read_cache(name, device)
+    if model is None:
+        model, report = train_reference(name, "cpu" if torch.device(device).type == "cpu" else device, progress)
+        _write_cache(name, model, report)
+        model = model.to(device).eval()
+    return model
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """None, a torch.dtype, or one of the names fp32 / bf16 / fp16 (and their long forms)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(spec: str, device="cpu", dtype=None, seed: int = 0) -> nn.Module:
+    """Resolve a suite's `model:` field, in eval mode (call `.train()` to train):
+    a preset name ("nano", "cpu", "small", ...: random init from `seed`), "reference:NAME" (trained reference,
+    cached), or "hf:PATH" (a local Hugging Face causal LM, see `harness.hf`)."""
+    dtype = resolve_dtype(dtype)
+    if spec.startswith("hf:"):
+        from harness.hf import load_hf
+
+        return load_hf(spec[3:], device, dtype)
+    if spec.startswith("reference:"):
+        model = load_reference(spec[len("reference:"):], device)
+    elif spec in PRESETS:
+        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(seed)
+            with torch.device(device):  # initialise in place: a `large` model is not built on the CPU first
+                model = GPT(ModelArgs.from_name(spec))
+        model.eval()
+    else:
+        raise InputError(f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}), "
+                         f"reference:NAME ({', '.join(REFERENCES)}) or hf:PATH")
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
+def main_train_reference(names: list[str], device: str = "cpu", force: bool = False) -> int:
+    """`harness train-reference`: train (or, if cached, load) each reference and print the loss it reached.
+
+    With `force` the cache entries are deleted first. With both "draft" and "target", also prints their greedy
+    top-1 agreement on held-out text. Returns the exit code (2 for an unknown name)."""
+    names = list(names) or list(REFERENCES)
+    unknown = [n for n in names if n not in REFERENCES]
+    if unknown:
+        print(f"error: unknown reference {', '.join(unknown)}; known: {', '.join(REFERENCES)}", file=sys.stderr)
+        return 2
+    models = {}
+    for name in names:
+        if force:
+            for path in cache_paths(name):
+                path.unlink(missing_ok=True)
+        models[name] = model = load_reference(name, device)
+        r = model.reference
+        print(f"{name}: held-out loss {r['val_loss']:.3f} nats/byte (unigram {r['unigram_loss']:.3f}), "
+              f"{r['params'] / 1e6:.2f}M params, {r['steps']} steps in {r['seconds']:.0f} s on {r['device']}; "
+              f"{cache_paths(name)[0]}")
+    if "draft" in models and "target" in models:
+        _, val = data.splits(REFERENCES["target"].max_bytes)
+        rate = agreement(models["draft"], models["target"], val, REFERENCES["target"].block_size)
+        print(f"draft/target greedy top-1 agreement on held-out text: {rate:.1%} (chance ~{1 / data.VOCAB_SIZE:.1%})")
+    return 0
+

@@ -1,0 +1,107 @@
+"""hf: a local transformers causal LM behind the GPT interface; greedy decoding with and without a KV cache."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from harness.errors import InputError
+from harness.model import kv_cache_bytes
+from harness.reference import load_model
+
+
+def greedy(model, idx: torch.Tensor, new_tokens: int, cache_kind: str | None) -> torch.Tensor:
+    """Greedy continuation of idx [B, T0] by `new_tokens`, recomputing the prefix (no cache) or decoding
+    one token at a time through a KV cache of `cache_kind`."""
+    B, T0 = idx.shape
+    out = idx
+    if cache_kind is None:
+        for _ in range(new_tokens):
+            out = torch.cat([out, model(out)[:, -1:].argmax(-1)], dim=1)
+        return out
+    cache = model.new_cache(cache_kind, B, T0 + new_tokens)
+    logits = model(idx, cache=cache, input_pos=torch.arange(T0))
+    for t in range(T0, T0 + new_tokens):
+        nxt = logits[:, -1:].argmax(-1)  # [B, 1]
+        out = torch.cat([out, nxt], dim=1)
+        if t < T0 + new_tokens - 1:
+            logits = model(nxt, cache=cache, input_pos=torch.tensor([t]))
+    return out
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def hf_dir(request, tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if request.param == "gpt2":
+        config = transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+        model = transformers.GPT2LMHeadModel(config)
+    else:  # grouped-query attention: 4 query heads share 2 key/value heads
+        config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        model = transformers.LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(path)
+    return request.param, path
+
+
+@torch.no_grad()
+def test_greedy_with_dynamic_cache_matches_no_cache_and_transformers_generate(hf_dir):
+    _, path = hf_dir
+    model = load_model(f"hf:{path}", "cpu")
+    assert not model.training
+    idx = torch.randint(97, (2, 7), generator=torch.Generator().manual_seed(1))
+    with_cache = greedy(model, idx, 12, "dynamic")
+    without = greedy(model, idx, 12, None)
+    reference = model.hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=12, do_sample=False,
+                                  pad_token_id=0)
+    assert torch.equal(with_cache, without)
+    assert torch.equal(with_cache, reference)
+
+
+@torch.no_grad()
+def test_static_cache_matches_dynamic(hf_dir):
+    _, path = hf_dir
+    model = load_model(f"hf:{path}", "cpu")
+    idx = torch.randint(97, (2, 5), generator=torch.Generator().manual_seed(2))
+    try:
+        cache = model.new_cache("static", 2, 16)
+    except InputError as e:
+        pytest.skip(str(e))
+    assert cache.nbytes() == kv_cache_bytes(model.args, 2, 16, 4)  # pre-allocated, fp32
+    assert torch.equal(greedy(model, idx, 8, "static"), greedy(model, idx, 8, "dynamic"))
+
+
+@torch.no_grad()
+def test_shape_facts_and_loss(hf_dir):
+    kind, path = hf_dir
+    model = load_model(f"hf:{path}", "cpu")
+    assert (model.n_layer, model.head_dim, model.vocab_size) == (2, 8, 97)
+    assert model.n_head == (4 if kind == "gpt2" else 2)  # key/value heads, what the KV cache stores
+    cache = model.new_cache("dynamic", 1, 16)
+    model(torch.zeros(1, 5, dtype=torch.long), cache=cache, input_pos=torch.arange(5))
+    assert cache.nbytes() == kv_cache_bytes(model.args, 1, 5, 4)
+    x = torch.randint(97, (2, 9))
+    logits, loss = model(x, targets=x)
+    assert logits.shape == (2, 9, 97)
+    assert abs(float(loss) - float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten()))) < 1e-6
+
+
+def test_dtype_is_applied(hf_dir):
+    _, path = hf_dir
+    model = load_model(f"hf:{path}", "cpu", dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(InputError, match="no config.json"):
+        load_model(f"hf:{tmp_path / 'nope'}", "cpu")
+
+
+def test_without_transformers_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
+    with pytest.raises(InputError, match=r"pip install 'harness\[hf\]'"):
+        load_model(f"hf:{tmp_path}", "cpu")
