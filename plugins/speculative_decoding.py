@@ -1,0 +1,164 @@
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a small draft model proposes `gamma` tokens,
+the target checks them all in one forward. Greedy: keep the longest prefix the target agrees with, plus the
+target's own next token, so the output is the target's greedy output. Sampled: rejection sampling, which keeps
+the target's distribution (no token-level invariant then)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness import Check, Optimization, ParamError, hookimpl
+from harness.inference import compare_tokens, load_model, probabilities, sync
+from harness.model import StaticCache
+
+
+@dataclass
+class SpeculativeParams:
+    draft: str = field(default="reference:draft", metadata={"help": "draft model: preset, reference:NAME, hf:PATH"})
+    gamma: int = field(default=4, metadata={"help": "draft tokens proposed per target forward"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.gamma <= 32:
+            raise ParamError("gamma", f"must be in [1, 32] (got {self.gamma})")
+
+
+def greedy_accept(draft_tokens: list[int], target_tokens: list[int]) -> int:
+    """How many leading draft tokens equal the target's argmax at the same position."""
+    n = 0
+    while n < len(draft_tokens) and draft_tokens[n] == target_tokens[n]:
+        n += 1
+    return n
+
+
+def rejection_accept(draft_tokens: list[int], q: torch.Tensor, p: torch.Tensor, gen) -> tuple[int, int]:
+    """Leviathan et al. Algorithm 1. q: draft probs [gamma, V]; p: target probs [gamma + 1, V].
+    Returns (accepted count, next token drawn from the residual or, if all were accepted, from p[gamma])."""
+    for i, d in enumerate(draft_tokens):
+        r = torch.rand((), generator=gen, device=p.device)
+        if r < torch.clamp(p[i, d] / q[i, d], max=1.0):
+            continue
+        residual = torch.clamp(p[i] - q[i], min=0)
+        return i, int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
+    return len(draft_tokens), int(torch.multinomial(p[-1], 1, generator=gen))
+
+
+def speculative_generate(target, draft, prompt: torch.Tensor, n: int, gamma: int, spec, gen, stats: dict,
+                         caches: tuple[StaticCache, StaticCache]) -> list[int]:
+    """One sequence. prompt [1, P] -> n token ids. Static caches make rollback free: rejected positions are
+    overwritten next round and masked until then."""
+    tc, dc = caches
+    P, dev = prompt.size(1), prompt.device
+    greedy = spec.sampling == "greedy"
+    pos = torch.arange(P, device=dev)
+    t_logits = target(prompt, cache=tc, input_pos=pos)[0, -1]
+    draft(prompt, cache=dc, input_pos=pos)
+    first = t_logits.argmax() if greedy else torch.multinomial(probabilities(t_logits, spec), 1, generator=gen)
+    out, draft_valid = [int(first)], P  # out[j] sits at position P + j; draft cache valid below draft_valid
+    while len(out) < n:
+        cur = P + len(out) - 1  # position of the last accepted token, not yet in the target cache
+        x = torch.tensor([out[draft_valid - P:]], device=dev)
+        xpos = torch.arange(draft_valid, cur + 1, device=dev)
+        d_toks, q = [], []
+        for _ in range(gamma):
+            logits = draft(x, cache=dc, input_pos=xpos)[0, -1]
+            if greedy:
+                d = int(logits.argmax())
+            else:
+                q.append(probabilities(logits, spec))
+                d = int(torch.multinomial(q[-1], 1, generator=gen))
+            d_toks.append(d)
+            x, xpos = torch.tensor([[d]], device=dev), xpos[-1:] + 1
+        v = torch.tensor([[out[-1]] + d_toks], device=dev)
+        t_logits = target(v, cache=tc, input_pos=torch.arange(cur, cur + gamma + 1, device=dev))[0]  # [gamma+1, V]
+        if greedy:
+            t_toks = t_logits.argmax(-1).tolist()
+            n_acc = greedy_accept(d_toks, t_toks)
+            nxt = t_toks[n_acc]
+        else:
+            n_acc, nxt = rejection_accept(d_toks, torch.stack(q), probabilities(t_logits, spec), gen)
+        out += d_toks[:n_acc] + [nxt]
+        draft_valid = cur + min(gamma, n_acc + 1)
+        stats["drafted"] += gamma
+        stats["accepted"] += n_acc
+        stats["target_forwards"] += 1
+    stats["target_forwards"] += 1  # the prefill
+    return out[:n]
+
+
+class SpeculativeDecoding(Optimization):
+    """Replace the run's generate function by draft-then-verify decoding with static caches."""
+
+    name = "speculative_decoding"
+    kind = "inference"
+    description = "draft model proposes gamma tokens, target verifies in one forward; greedy output unchanged"
+    Params = SpeculativeParams
+    greedy = True  # set from the run's sampling in apply()
+
+    def apply(self, run: Any) -> None:
+        draft = load_model(self.params.draft, run.device, run.dtype, run.ctx.seed)
+        if draft.args.vocab_size != run.model.args.vocab_size:
+            raise ParamError("draft", f"draft vocabulary {draft.args.vocab_size} != target "
+                                      f"{run.model.args.vocab_size}")
+        self.draft, self.stats = draft, {"drafted": 0, "accepted": 0, "target_forwards": 0, "tokens": 0}
+        gamma, caches = self.params.gamma, {}
+        self.greedy = run.spec.sampling == "greedy"
+
+        def generate(run: Any, prompts: torch.Tensor, n: int) -> torch.Tensor:
+            stats = {"drafted": 0, "accepted": 0, "target_forwards": 0}
+            max_len = prompts.size(1) + n + gamma + 1
+            if max_len not in caches:
+                caches[max_len] = tuple(StaticCache(m.args, 1, max_len, run.dtype, run.device)
+                                        for m in (run.model, draft))
+            gen = torch.Generator(device=run.device).manual_seed(run.ctx.seed)
+            rows = [speculative_generate(run.model, draft, p[None], n, gamma, run.spec, gen, stats, caches[max_len])
+                    for p in prompts]
+            if n == run.new_tokens:  # keep the statistics of full generates, not of the TTFT probes
+                self.stats = {**stats, "tokens": n * prompts.size(0)}
+            return torch.tensor(rows, device=prompts.device)
+
+        run.generate_fn = generate
+        run.cache_kind = "static"
+        run.metric_fns.append(lambda median_s: self.metrics(run))
+        run.info.update(draft=self.params.draft, gamma=gamma, draft_params=sum(p.numel() for p in draft.parameters()))
+
+    @torch.inference_mode()
+    def metrics(self, run: Any) -> dict[str, Any]:
+        """alpha, tokens per target forward, cost ratio c and the speedup E / (gamma c + 1) it predicts."""
+        s, g = self.stats, self.params.gamma
+        alpha = s["accepted"] / s["drafted"] if s["drafted"] else 0.0
+        expected = g + 1 if alpha >= 1 else (1 - alpha ** (g + 1)) / (1 - alpha)
+        c = self.forward_time(self.draft, run) / self.forward_time(run.model, run)
+        return {"acceptance_rate": alpha, "tokens_per_target_forward": s["tokens"] / max(s["target_forwards"], 1),
+                "expected_tokens_per_step": expected, "cost_ratio_c": c,
+                "predicted_speedup_vs_cached_decode": expected / (g * c + 1)}
+
+    @staticmethod
+    def forward_time(model, run: Any, repeats: int = 7) -> float:
+        """Median synchronized time of one cached decode forward (batch 1) after the prompt."""
+        P = run.prompts.size(1)
+        cache = StaticCache(model.args, 1, P + 1, run.dtype, run.device)
+        model(run.prompts[:1], cache=cache, input_pos=torch.arange(P, device=run.device))
+        tok, pos = run.prompts[:1, -1:], torch.tensor([P], device=run.device)
+        times = []
+        for _ in range(repeats):
+            sync(run.device)
+            t0 = time.perf_counter()
+            model(tok, cache=cache, input_pos=pos)
+            sync(run.device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        if not self.greedy:
+            return []  # sampled: rejection sampling keeps the target's distribution, not its tokens
+        return [compare_tokens("tokens_identical_to_target_greedy", baseline["tokens"], optimized["tokens"])]
+
+
+@hookimpl
+def register_optimizations(register) -> None:
+    register(SpeculativeDecoding)
