@@ -1,0 +1,174 @@
+"""Compare runs (machines, commits, library versions): align cases by id, ratio per metric, significance, gate.
+
+Each side of each case (baseline / optimized) is one entry. For every later run against the first: time ratio
+(later / first median), throughput and peak-memory ratios, and the bootstrap verdict of harness.stats over the
+two runs' samples (the runner's rule: the 95% interval excludes 1 and the change is at least 5%). Cases present
+in only some runs are listed, not dropped. `--fail-if median:10%` follows pytest-benchmark's
+`--benchmark-compare-fail`: fail when a later run's statistic is more than 10% (or, without %, more than that
+many seconds) above the first run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pytest_benchmark.utils import parse_compare_fail
+
+from harness import cost, stats
+from harness.errors import InputError
+from harness.export import load_run
+from harness.report import SIDES, environment, flatten, fmt_time, write_atomic
+
+IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted
+
+
+def _sides(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    if case.get("status") != "ok":
+        return []
+    if "baseline" in case:
+        return [(label, case[key]) for label, key in SIDES if key in case]
+    return [("", case["metrics"])]  # a foreign pytest-benchmark entry: one side
+
+
+def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: float | None) -> dict[str, Any]:
+    if case is None:
+        return {"present": False, "status": "absent"}
+    if side is None:
+        return {"present": True, "status": case.get("status"), "error": case.get("error")}
+    tps = (side.get("throughput") or {}).get("tokens_per_s")
+    return {"present": True, "status": "ok", "latency": side["latency"], "median": side["latency"]["median"],
+            "tokens_per_s": tps, "peak_bytes": (side.get("memory") or {}).get("peak_bytes"),
+            "usd_per_1m_tokens": cost.side_cost(side, price)["usd_per_1m_tokens"]}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return b / a if a and b is not None else None
+
+
+def _versus(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | None:
+    """Later run against the first for one entry: ratios and the bootstrap verdict (speedup > 1 = later faster)."""
+    if first.get("status") != "ok" or later.get("status") != "ok":
+        return None
+    out = {"time_ratio": _ratio(first["median"], later["median"]),
+           "throughput_ratio": _ratio(first["tokens_per_s"], later["tokens_per_s"]),
+           "memory_ratio": _ratio(first["peak_bytes"], later["peak_bytes"]),
+           "speedup": None, "ci95": None, "verdict": "n/a (no samples)"}
+    a, b = first["latency"].get("data") or [], later["latency"].get("data") or []
+    if len(a) >= 2 and len(b) >= 2:
+        c = stats.compare([a], [b])
+        out.update(speedup=c["speedup"], ci95=c["ci95"], verdict=c["verdict"])
+    return out
+
+
+def compare(paths: list[Path], price_per_hour: float | None = None,
+            prices: dict[str, float] | None = None) -> dict[str, Any]:
+    """Align the runs at `paths` (harness results or pytest-benchmark JSON) by case id and side."""
+    if len(paths) < 2:
+        raise InputError("compare needs at least two results files")
+    runs = [load_run(p) for p in paths]
+    envs = [flatten(r.get("environment") or {}) for r in runs]
+    run_prices = [cost.price_for(r.get("environment") or {}, price_per_hour, prices) for r in runs]
+    keys = list(dict.fromkeys(k for e in envs for k in e))
+    env_rows = [{"key": k, "values": [e.get(k) for e in envs],
+                 "differs": k not in IGNORED_ENV and len({repr(e.get(k)) for e in envs}) > 1} for k in keys]
+    by_id = [{c["id"]: c for c in r["cases"]} for r in runs]
+    ids = list(dict.fromkeys(c["id"] for r in runs for c in r["cases"]))
+    rows = []
+    for cid in ids:
+        cases = [m.get(cid) for m in by_id]
+        labels = list(dict.fromkeys(label for c in cases if c for label, _ in _sides(c))) or [""]
+        for label in labels:
+            entries = []
+            for c, price in zip(cases, run_prices):
+                side = dict(_sides(c)).get(label) if c else None
+                entries.append(_entry(c, side, price and price[0]))
+            rows.append({"case": cid, "side": label, "entries": entries,
+                         "versus": [None] + [_versus(entries[0], e) for e in entries[1:]]})
+    return {
+        "runs": [{"path": str(p), "run_id": r.get("run_id"), "suite": (r.get("suite") or {}).get("name"),
+                  "started": r.get("started"), "device": cost.device_name(r.get("environment") or {}),
+                  "imported_from": r.get("imported_from"), "price": price}
+                 for p, r, price in zip(paths, runs, run_prices)],
+        "env_rows": env_rows,
+        "rows": rows,
+        "partial": [cid for cid in ids if any(cid not in m for m in by_id)],
+    }
+
+
+def _verdict_word(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "—"
+    if v["verdict"] in ("faster", "slower") and v["speedup"]:
+        x = v["speedup"] if v["verdict"] == "faster" else 1 / v["speedup"]
+        return f"{x:.2f}× {v['verdict']}"
+    return "no sig. diff." if v["verdict"] == "no significant difference" else v["verdict"]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table: median per run, then each later run's time ratio and verdict against the first."""
+    n = len(result["runs"])
+    head = ["case", "side"] + [f"median #{i}" for i in range(n)]
+    head += [h for i in range(1, n) for h in (f"#{i}/#0 time", f"#{i} vs #0")]
+    lines = [head]
+    for row in result["rows"]:
+        cells = [row["case"], row["side"] or "-"]
+        cells += [fmt_time(e["median"]) if e["status"] == "ok" else e["status"] for e in row["entries"]]
+        for v in row["versus"][1:]:
+            cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", _verdict_word(v)]
+        lines.append(cells)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = [f"#{i}: {r['path']} ({r['device']}, run {r['run_id']})" for i, r in enumerate(result["runs"])]
+    for j, line in enumerate(lines):
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    if result["partial"]:
+        out.append("not in every run: " + ", ".join(result["partial"]))
+    out.append("time ratio = later median / first median (< 1 = later faster); verdict: 95% bootstrap interval.")
+    return "\n".join(out) + "\n"
+
+
+def render_compare(result: dict[str, Any]) -> str:
+    """The comparison as one self-contained HTML page (same template base and escaping as the report)."""
+    env = environment()
+    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=_verdict_word)
+    return env.get_template("compare.html").render(c=result)
+
+
+def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...]) -> list[str]:
+    """Messages for each `--fail-if` expression breached by a later run against the first run."""
+    checks = []
+    for expr in fail_if:
+        try:
+            checks.append((expr, parse_compare_fail(expr)))
+        except argparse.ArgumentTypeError:
+            raise InputError(f"bad --fail-if expression {expr!r}: use FIELD:N% or FIELD:SECONDS with FIELD one of "
+                             "min, max, mean, median, stddev, iqr (e.g. median:10%, median:0.001)",
+                             field="fail-if") from None
+    failures = []
+    for row in result["rows"]:
+        first = row["entries"][0]
+        for i, later in enumerate(row["entries"][1:], start=1):
+            if first["status"] != "ok" or later["status"] != "ok":
+                continue
+            for expr, check in checks:
+                msg = check.fails(later["latency"], first["latency"])
+                if msg:
+                    failures.append(f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0: {expr}: {msg}")
+    return failures
+
+
+def main(paths: list[str | Path], out: str | Path | None = None, fail_if: list[str] | tuple[str, ...] = (),
+         price_per_hour: float | None = None, prices: dict[str, float] | None = None) -> int:
+    """Print the comparison table, write the HTML page to `out`, and return 1 if a --fail-if check is breached."""
+    result = compare([Path(p) for p in paths], price_per_hour, prices)
+    failures = check_fail_if(result, fail_if)
+    print(format_table(result), end="")
+    if out is not None:
+        write_atomic(Path(out), render_compare(result))
+        print(f"wrote {out}")
+    for f in failures:
+        print(f"FAIL: {f}")
+    return 1 if failures else 0
