@@ -114,7 +114,7 @@ def from_pytest_benchmark(data: dict[str, Any], path: str | Path | None = None) 
             "error": None, "measurement": {"timer": (bench.get("options") or {}).get("timer")},
             "comparison": info.get("comparison"), "checks": info.get("checks") or [],
             "warnings": info.get("warnings") or []})
-        key = "baseline" if info.get("harness_side") == "baseline" else "metrics"
+        key = "baseline" if info.get("harness_case") and info.get("harness_side") == "baseline" else "metrics"
         case[key] = _side_from_bench(bench)
     mi = data.get("machine_info") or {}
     env = mi.get("harness_environment") or {

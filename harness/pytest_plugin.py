@@ -1,0 +1,92 @@
+"""pytest plugin: run a harness case as a pytest test through pytest-benchmark's `benchmark` fixture (O4).
+
+    def test_bf16(harness_case):
+        harness_case("train", {"model": "nano", "batch": 4, "seq_len": 64}, plugins=["mixed_precision"])
+
+The fixture builds the baseline and the optimized run (same seed), fails the test if an invariant check fails,
+then times one side with `benchmark.pedantic` (each call ends with a CUDA synchronize, so the host clock sees
+the GPU work) and puts the harness metrics in `benchmark.extra_info`. `--benchmark-disable` runs each step
+once: the test is then a correctness test. `--benchmark-json out.json` writes a file `harness compare` reads.
+Enabled by the `pytest11` entry point, or `-p harness.pytest_plugin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from harness.optimization import build_params
+from harness.plugins import load_registry
+from harness.workload import RunContext
+
+
+def _uses(items: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Plugin uses as (name, params): names, or {name: {param: value}} mappings, as in a suite."""
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((item, {}))
+        else:
+            out += [(name, dict(params or {})) for name, params in item.items()]
+    return out
+
+
+def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, plugins: Any = (),
+             baseline: Any = (), side: str = "optimized", rounds: int = 10, warmup_rounds: int = 3,
+             device: str = "cpu", threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Check the case's invariants, time `side` ("baseline" or "optimized") with `benchmark.pedantic`, and
+    return the extra_info recorded (checks, units, memory, info, extra metrics, throughput)."""
+    import torch
+
+    from harness import env as harness_env
+
+    if side not in ("baseline", "optimized"):
+        raise ValueError(f"side must be 'baseline' or 'optimized', got {side!r}")
+    registry = load_registry()
+    env = harness_env.detect(device, threads)
+    wl = registry.workloads[workload]()
+    ctx = RunContext(device=torch.device(env["device"]), env=env, seed=seed,
+                     threads=torch.get_num_threads())
+    sides = {}
+    for name, uses in (("baseline", baseline), ("optimized", plugins)):
+        opts = []
+        for opt_name, params in _uses(uses):
+            cls = registry.optimizations[opt_name]
+            opt = cls(build_params(cls.Params, params))
+            reason = opt.supports(env)
+            if reason:
+                pytest.skip(f"{opt_name}: {reason}")
+            opts.append(opt)
+        sides[name] = opts
+    runs = {name: wl.build(build_params(wl.Spec, spec or {}), opts, ctx) for name, opts in sides.items()}
+    base_out, opt_out = runs["baseline"].outputs(), runs["optimized"].outputs()
+    checks = [c.as_dict() for o in sides["optimized"] for c in o.check(base_out, opt_out)]
+    failed = [c for c in checks if not c["passed"]]
+    assert not failed, f"invariant checks failed: {failed}"
+
+    run = runs[side]
+    sync: Callable[[], None] = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        run.timed_step()
+        sync()  # the host clock stops after the device work, as the harness's wall_sync timer
+
+    benchmark.group = f"{workload}/{'+'.join(n for n, _ in _uses(plugins)) or 'baseline'}"
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    median = stats.stats.median if stats else None
+    info = {"harness_side": side, "workload": workload, "spec": spec or {}, "checks": checks,
+            "units": dict(run.units), "memory": run.memory(), "info": dict(run.info), "timer": "wall_sync"}
+    if median:
+        info["throughput"] = {f"{unit}_per_s": n / median for unit, n in run.units.items()}
+        info["extra"] = run.extra_metrics(median)
+    benchmark.extra_info.update(info)
+    return info
+
+
+@pytest.fixture
+def harness_case(benchmark: Any) -> Callable[..., dict[str, Any]]:
+    """`harness_case(workload, spec, plugins=..., baseline=..., side=...)`: see `run_case`."""
+    return lambda *args, **kwargs: run_case(benchmark, *args, **kwargs)
