@@ -1,0 +1,106 @@
+"""The training workload: spec validation, determinism, outputs, memory counted from tensors, metrics."""
+
+import pytest
+import torch
+
+from harness.optimization import ParamError, build_params
+from harness.plugins import load_registry
+from harness.training import TrainRun, TrainSpec, TrainWorkload, tensors_check
+from harness.workload import RunContext
+
+SPEC = dict(model="nano", batch=2, seq_len=16, steps=2)
+
+
+def build(seed: int = 0, peak=None, **overrides) -> TrainRun:
+    ctx = RunContext(device=torch.device("cpu"), env={"device": "cpu", "peak": peak}, seed=seed)
+    return TrainWorkload().build(TrainSpec(**{**SPEC, **overrides}), [], ctx)
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"model": "huge"}, "model"), ({"batch": 0}, "batch"), ({"seq_len": 257}, "seq_len"),
+    ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr")])
+def test_spec_rejects_bad_values_naming_the_field(values, field):
+    with pytest.raises(ParamError) as err:
+        build_params(TrainSpec, values)
+    assert err.value.field == field
+
+
+def test_spec_rejects_unknown_data_source():
+    with pytest.raises(ParamError, match="synthetic"):
+        build_params(TrainSpec, {"data": "wikipedia"})
+
+
+def test_registered_as_train_workload():
+    registry = load_registry()
+    assert registry.workloads["train"] is TrainWorkload
+    assert TrainWorkload.kind == "training"
+
+
+def test_same_seed_gives_identical_outputs_and_another_seed_does_not():
+    a, b, c = build().outputs(), build().outputs(), build(seed=1).outputs()
+    assert a["losses"] == b["losses"]
+    assert tensors_check("same", a["params"], b["params"], 0, 0).passed
+    assert not tensors_check("other", a["params"], c["params"], 1e-4, 1e-5).passed
+
+
+def test_outputs_hold_losses_first_grads_and_final_params_for_every_parameter():
+    run = build()
+    names = {n for n, _ in run.raw_model.named_parameters()}
+    out = run.outputs()
+    assert len(out["losses"]) == SPEC["steps"] and out["loss"] == out["losses"][-1]
+    assert set(out["params"]) == set(out["grads"]) == names
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in out["params"].values())
+    initial = build().raw_model.state_dict()
+    assert not torch.equal(out["params"]["lm_head.weight"], initial["lm_head.weight"])  # K steps were taken
+    assert out["activation_bytes"] > 0
+
+
+def test_step_trains_on_the_next_fixed_batch():
+    run = build()
+    run.outputs()
+    before = run.raw_model.lm_head.weight.detach().clone()
+    run.timed_step()
+    assert run.steps_done == SPEC["steps"] + 1
+    assert not torch.equal(before, run.raw_model.lm_head.weight)
+
+
+def test_memory_counts_fp32_adamw_bytes_and_matches_the_estimate():
+    run = build()
+    run.outputs()
+    n = run.raw_model.num_params()
+    memory, estimate = run.memory(), run.memory_estimate()
+    assert memory["weights"] == estimate["weights"] == 4 * n
+    assert memory["gradients"] == estimate["gradients"] == 4 * n
+    # exp_avg + exp_avg_sq = 8 bytes per parameter, plus one 4-byte step counter per parameter tensor
+    tensors = len(list(run.raw_model.parameters()))
+    assert memory["optimizer_states"] == estimate["optimizer_states"] + 4 * tensors
+
+
+def test_extra_metrics_follow_the_definitions_and_mfu_needs_a_known_peak():
+    run = build()
+    run.outputs()
+    run.timed_step()
+    m = run.extra_metrics(0.5)
+    tokens = SPEC["batch"] * SPEC["seq_len"]
+    assert m["tokens_per_s"] == tokens / 0.5 and m["samples_per_s"] == SPEC["batch"] / 0.5
+    assert m["model_tflops"] == pytest.approx(run.raw_model.flops_per_token(SPEC["seq_len"]) * tokens / 0.5 / 1e12)
+    assert m["mfu"] is None and m["loss"] > 0
+    peaked = build(peak={"fp32_flops": 1e12, "bf16_flops": 4e12})
+    m = peaked.extra_metrics(0.5)
+    assert m["mfu"] == pytest.approx(m["model_tflops"] * 1e12 / 1e12) and m["mfu_peak"] == "fp32_flops"
+    peaked.autocast_dtype = torch.bfloat16
+    assert peaked.extra_metrics(0.5)["mfu"] == pytest.approx(m["mfu"] / 4)
+
+
+def test_global_batch_that_does_not_split_over_ranks_is_refused():
+    run = build(batch=3)
+    with pytest.raises(ParamError, match="multiple of 2"):
+        run.shard_batches(0, 2)
+
+
+def test_shard_batches_takes_this_ranks_rows_of_the_global_batch():
+    run = build(batch=4)
+    run.shard_batches(1, 2)
+    x_global, _ = run.global_batches[0]
+    assert torch.equal(run.batches[0][0], x_global[2:4]) and run.distributed
+    assert run.units == {"tokens": 4 * SPEC["seq_len"], "samples": 4}
