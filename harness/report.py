@@ -7,6 +7,7 @@ from a suite, plugin or error shows as text), charts drawn by matplotlib (Agg) a
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -172,9 +173,12 @@ def latency_chart(case: dict[str, Any], salt: str) -> str:
     fig = _figure(5.4, 1.7)
     ax = fig.add_subplot()
     rng = random.Random(0)
+    # matplotlib 3.10 renamed vert=False to orientation="horizontal" (and deprecated the old spelling)
+    horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
+                  else {"vert": False})
     for y, (label, xs) in enumerate(reversed(data.items())):
-        ax.boxplot([[x * scale for x in xs]], positions=[y], vert=False, widths=0.5, showfliers=False,
-                   medianprops={"color": COLORS[label], "linewidth": 2})
+        ax.boxplot([[x * scale for x in xs]], positions=[y], widths=0.5, showfliers=False,
+                   medianprops={"color": COLORS[label], "linewidth": 2}, **horizontal)
         ax.scatter([x * scale for x in xs], [y + rng.uniform(-0.18, 0.18) for _ in xs], s=9, alpha=0.6,
                    color=COLORS[label], linewidths=0)
     ax.set_yticks(range(len(data)), list(reversed(data)))

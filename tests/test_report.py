@@ -1,0 +1,165 @@
+"""The HTML report and the cost figures, from the fixture results files (tests/data)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import cost
+from harness.errors import InputError
+from harness.report import fmt_bytes, render_report, verdict_text, write_report
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def cpu() -> dict:
+    return json.loads((DATA / "results-cpu.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def gpu() -> dict:
+    return json.loads((DATA / "results-gpu.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cpu_html(cpu) -> str:
+    return render_report(cpu)
+
+
+def test_summary_lists_every_case_with_verdict_and_interval(cpu, cpu_html):
+    for case in cpu["cases"]:
+        assert case["id"] in cpu_html
+    for case in (c for c in cpu["cases"] if c["status"] == "ok"):
+        cmp = case["comparison"]
+        assert verdict_text(cmp) in cpu_html
+        assert f"[{cmp['ci95'][0]:.2f}, {cmp['ci95'][1]:.2f}]" in cpu_html
+
+
+def test_slower_optimization_is_labelled_slower():
+    cmp = {"speedup": 0.5, "ci95": [0.48, 0.52], "verdict": "slower"}
+    assert verdict_text(cmp) == "2.00× slower"
+    assert verdict_text({"speedup": 1.6, "ci95": [1.5, 1.7], "verdict": "faster"}) == "1.60× faster"
+    assert verdict_text({"speedup": 1.02, "ci95": [0.9, 1.1], "verdict": "no significant difference"}) == \
+        "no significant difference"
+
+
+def test_sections_failed_cases_warnings_and_how_measured(cpu, cpu_html):
+    for section in ("Summary", "Environment", "Failed cases", "Warnings", "How measured", "Definitions", "Cost"):
+        assert f">{section}</h2>" in cpu_html
+    assert "MemoryError: could not allocate 1.5 GiB" in cpu_html  # the oom case's reason
+    assert "noisy: IQR/median" in cpu_html
+    assert "0/1 passed" in cpu_html  # the quantization case's failed check
+    assert "FAILED" in cpu_html
+    for term in ("TTFT", "TPOT", "ITL", "MFU", "MBU"):
+        assert f"<dt>{term}</dt>" in cpu_html
+
+
+def test_charts_are_inline_svg_and_the_page_loads_nothing(cpu, cpu_html):
+    ok = [c for c in cpu["cases"] if c["status"] == "ok"]
+    # a latency and a memory chart per ok case, plus one throughput-vs-batch curve (kv_cache at batch 1, 4, 16)
+    assert cpu_html.count("<svg") == 2 * len(ok) + 1
+    assert "Throughput vs batch" in cpu_html
+    assert "default-src 'none'" in cpu_html
+    assert not re.search(r"<(link|img|iframe)\b|\bsrc=|@import|url\(\s*['\"]?http", cpu_html)
+    assert "<text" in cpu_html  # svg.fonttype none: text stays text, no embedded font
+
+
+def test_no_batch_curve_without_a_batch_sweep(gpu):
+    one = copy.deepcopy(gpu)
+    one["cases"] = [c for c in one["cases"] if "batch=4" not in c["id"] and "batch=16" not in c["id"]]
+    assert "Throughput vs batch" not in render_report(one)
+
+
+def test_strings_from_suites_plugins_and_errors_are_escaped(cpu):
+    bad = copy.deepcopy(cpu)
+    evil = "<script>alert(1)</script>"
+    bad["suite"]["name"] = evil
+    bad["cases"][4]["error"] = evil
+    bad["cases"][0]["warnings"] = [evil]
+    bad["cases"][0]["checks"][0]["name"] = evil
+    html = render_report(bad)
+    assert evil not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4
+
+
+def test_write_report_beside_results_atomically(tmp_path, cpu):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(cpu))
+    out = write_report(results)
+    assert out == tmp_path / "report.html"
+    assert out.read_text().startswith("<!doctype html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "results.json"]  # no temp file left
+
+
+def test_bad_results_file_is_an_input_error(tmp_path):
+    (tmp_path / "x.json").write_text('{"hello": 1}')
+    (tmp_path / "y.json").write_text('{"schema_version": 1, "cases": [')
+    with pytest.raises(InputError, match="not a harness results file"):
+        write_report(tmp_path / "x.json")
+    with pytest.raises(InputError, match="not valid JSON") as e:
+        write_report(tmp_path / "y.json")
+    assert e.value.line == 1
+    with pytest.raises(InputError, match="cannot read"):
+        write_report(tmp_path / "missing.json")
+
+
+def test_report_imports_no_torch():
+    code = ("import sys, json; from harness.report import render_report; from harness import compare, export, cost; "
+            f"render_report(json.load(open({str(DATA / 'results-gpu.json')!r}))); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cost_formulas(gpu):
+    case = gpu["cases"][0]
+    side = case["metrics"]
+    tps = side["throughput"]["tokens_per_s"]
+    c = cost.side_cost(side, 3.6)
+    assert c["usd_per_1m_tokens"] == pytest.approx(3.6 / (3600 * tps) * 1e6)
+    assert c["usd_per_1b_tokens"] == pytest.approx(1000 * c["usd_per_1m_tokens"])
+    assert c["usd_per_step"] == pytest.approx(3.6 / 3600 * side["latency"]["median"])
+    tokens_per_step = tps * side["latency"]["median"]
+    assert c["joules_per_token"] == pytest.approx(side["energy"]["joules_per_step"] / tokens_per_step)
+    assert c["kwh_per_1m_tokens"] == pytest.approx(c["joules_per_token"] * 1e6 / 3.6e6)
+
+
+def test_price_lookup_and_unknown_device(cpu, gpu, tmp_path):
+    assert cost.price_for(cpu["environment"]) is None  # a CPU has no example price: n/a, never a guess
+    assert "Cost: n/a" in render_report(cpu)
+    assert cost.price_for(cpu["environment"], 0.5) == (0.5, "given by the user")
+    price, source = cost.price_for(gpu["environment"])
+    assert price == cost.EXAMPLE_PRICES["H100"] and "example" in source
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("H100: 4.0\ncpu: 0.1\n")
+    table = cost.load_prices(prices)
+    assert cost.price_for(gpu["environment"], prices=table)[0] == 4.0
+    assert cost.price_for(cpu["environment"], prices=table)[0] == 0.1
+    prices.write_text("H100: cheap\n")
+    with pytest.raises(InputError, match="positive number"):
+        cost.load_prices(prices)
+
+
+def test_training_vs_inference_breakeven(gpu):
+    b = cost.training_vs_inference(gpu, 2.0, train_tokens=1e9)
+    train_tps = max(c[k]["throughput"]["tokens_per_s"] for c in gpu["cases"] if c["kind"] == "training"
+                    for k in ("baseline", "metrics"))
+    qps = max(c[k]["throughput"]["samples_per_s"] for c in gpu["cases"] if c["kind"] == "inference"
+              for k in ("baseline", "metrics"))
+    assert b["training_bill_usd"] == pytest.approx(2.0 / (3600 * train_tps) * 1e9)
+    assert b["usd_per_query"] == pytest.approx(2.0 / (3600 * qps))
+    assert b["breakeven_queries"] == pytest.approx(b["training_bill_usd"] / b["usd_per_query"])
+    assert cost.training_vs_inference(gpu, None) is None
+    html = render_report(gpu)
+    assert "Training vs inference" in html and "example on-demand price" in html
+
+
+def test_fmt_bytes_uses_binary_units():
+    assert fmt_bytes(2**30) == "1 GiB"
+    assert fmt_bytes(3 * 2**20) == "3 MiB"
