@@ -26,6 +26,7 @@ class MeasureSettings:
     min_samples: int = 10
     min_time_s: float | None = None  # per side and round: 1 s GPU, 2 s CPU
     max_time_s: float = 30.0
+    max_samples: int = 1000  # per side and round: enough for p99, bounded results files
     rounds: int | None = None  # interleaved rounds: 2 GPU, 3 CPU
     timeout_s: float = 900.0  # per case, process start to end
     energy: bool = True  # measure an NVML energy window after timing (GPU only)
@@ -146,6 +147,8 @@ def sample(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings, itera
         if elapsed >= settings.max_time_s and len(samples) >= 2:
             return samples
         if len(samples) >= settings.min_samples and elapsed >= settings.min_time_s and _quiet(samples):
+            return samples
+        if len(samples) >= max(settings.max_samples, settings.min_samples):
             return samples
 
 

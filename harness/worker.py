@@ -22,6 +22,8 @@ from harness.plugins import load_registry
 from harness.timing import Clock, MeasureSettings, sample, warm_up
 from harness.workload import RunContext
 
+CPU_MEMORY_RESOLUTION = 8 * 2**20  # RSS peaks move by ~1-2 MiB from runtime allocations alone
+
 
 class Unsupported(Exception):
     """An optimization does not support this environment; the case is recorded as "unsupported"."""
@@ -134,6 +136,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
                      world_size=dist.world_size, threads=rank_threads)
 
+    warm_runtime(device)
     clock_dist = Clock(device, reduce=dist.max)
     clock_local = Clock(device)
     runs, outputs, first_call, peaks = {}, {}, {}, {}
@@ -190,6 +193,17 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     return result if result is not None else {"status": "ok"}
 
 
+def warm_runtime(device) -> None:
+    """A small forward/backward before anything is measured, so one-time runtime set-up (thread pools,
+    allocator arenas, kernel libraries) is not charged to the side built first."""
+    import torch
+
+    x = torch.randn(256, 256, device=device, requires_grad=True)
+    (x @ x).relu().sum().backward()
+    del x
+    gc.collect()
+
+
 def owns(run, dist: Distributed) -> bool:
     """Whether this rank executes `run`: every rank for a distributed run, rank 0 alone otherwise."""
     return run.distributed or dist.rank == 0
@@ -243,6 +257,10 @@ def summarize_case(runs, rounds, warm, first_call, peaks, checks, settings, cloc
     base_peak = out["baseline"]["memory"].get("peak_bytes")
     opt_peak = out["metrics"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
+    if not cuda and max(base_peak or 0, opt_peak or 0) < CPU_MEMORY_RESOLUTION:
+        comparison["memory_ratio"] = None
+        warnings.append("memory: both sides' peaks are under 8 MiB, below what RSS measurement resolves; "
+                        "no memory ratio")
     out["comparison"] = comparison
     capped = [s for s in clocks_log if s and s.get("capped")]
     if capped:

@@ -1,0 +1,69 @@
+"""The runner: each failure path is recorded with the right status while the other cases finish; an
+interrupted run keeps what was measured and resumes without redoing finished cases."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import FAULTY_PLUGINS, FIXTURES, harness_cli
+
+
+def test_faulty_plugins_are_recorded_and_the_suite_goes_on(tmp_path):
+    out = tmp_path / "run"
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", FIXTURES / "faulty.yaml", "--out", out)
+    assert proc.returncode == 1, proc.stderr  # some cases failed
+    results = json.loads((out / "results.json").read_text())
+    status = {c["id"]: c for c in results["cases"]}
+    assert [c["id"] for c in results["cases"]] == ["toy/noop", "toy/raises", "toy/exits", "toy/hangs",
+                                                   "toy/exhausts_memory", "toy/segfaults", "toy/wrong_scale"]
+    assert status["toy/raises"]["status"] == "failed"
+    assert "this plugin always raises" in status["toy/raises"]["error"]
+    assert status["toy/exits"]["status"] == "crashed" and "exit 7" in status["toy/exits"]["error"]
+    assert status["toy/hangs"]["status"] == "timeout" and "8 s timeout" in status["toy/hangs"]["error"]
+    assert status["toy/exhausts_memory"]["status"] == "oom"
+    assert status["toy/segfaults"]["status"] == "crashed" and "SIGSEGV" in status["toy/segfaults"]["error"]
+    for failed in ("toy/raises", "toy/exits", "toy/hangs", "toy/exhausts_memory", "toy/segfaults"):
+        assert "metrics" not in status[failed] and "baseline" not in status[failed]  # absent, not zero
+    healthy = status["toy/noop"]
+    assert healthy["status"] == "ok" and healthy["checks"][0]["passed"]
+    assert healthy["metrics"]["latency"]["median"] > 0 and healthy["baseline"]["latency"]["rounds"] >= 6
+    assert healthy["comparison"]["verdict"] in ("no significant difference", "faster", "slower")
+    broken = status["toy/wrong_scale"]
+    assert broken["status"] == "ok" and not broken["checks"][0]["passed"]
+    assert any("invariant failed" in w for w in broken["warnings"])
+    assert results["status"] == "complete" and results["schema_version"] == 1
+
+
+def test_interrupted_run_keeps_results_and_resumes(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    text = (FIXTURES / "faulty.yaml").read_text()
+    suite.write_text(text.split("cases:")[0] + "cases:\n  - workload: toy\n    plugins: [noop]\n"
+                     "  - workload: toy\n    plugins: [hangs]\n  - workload: toy\n    plugins: [wrong_scale]\n")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--plugins-dir", str(FAULTY_PLUGINS), "run",
+                             str(suite), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    results_path = out / "results.json"
+    while time.time() < deadline:  # wait until the first case is written and the hang has started
+        if results_path.exists() and json.loads(results_path.read_text())["cases"]:
+            break
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = json.loads(results_path.read_text())
+    assert kept["status"] == "interrupted" and [c["id"] for c in kept["cases"]] == ["toy/noop"]
+    assert "--resume" in err
+    first_median = kept["cases"][0]["metrics"]["latency"]["median"]
+
+    suite.write_text(suite.read_text().replace("plugins: [hangs]", "plugins: [hangs]\n    timeout_s: 3"))
+    resumed = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", out, "--resume")
+    assert resumed.returncode == 1, resumed.stderr
+    assert "1 of 3 cases already done" in resumed.stderr
+    final = json.loads(results_path.read_text())
+    assert [c["id"] for c in final["cases"]] == ["toy/noop", "toy/hangs", "toy/wrong_scale"]
+    assert final["cases"][0]["metrics"]["latency"]["median"] == first_median  # not redone
+    assert final["status"] == "complete"

@@ -1,0 +1,98 @@
+"""Bad suites give a clear error with file, line and field, exit code 2, and write nothing."""
+
+import textwrap
+
+import pytest
+
+from harness.errors import InputError
+from harness.suite import load_suite
+from tests.conftest import FAULTY_PLUGINS, FIXTURES, harness_cli
+
+GOOD = """\
+name: s
+device: cpu
+measure:
+  rounds: 2
+workloads:
+  toy:
+    type: toy
+    size: 8
+cases:
+  - workload: toy
+    plugins: [noop]
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_for(tmp_path, registry, text) -> InputError:
+    with pytest.raises(InputError) as info:
+        load_suite(write(tmp_path, text), registry)
+    return info.value
+
+
+def test_good_suite_loads(tmp_path, registry):
+    suite = load_suite(write(tmp_path, GOOD), registry)
+    assert [c.id for c in suite.cases] == ["toy/noop"]
+    assert suite.measure.rounds == 2 and suite.device == "cpu"
+
+
+def test_malformed_yaml_names_the_line(tmp_path, registry):
+    err = error_for(tmp_path, registry, GOOD.replace("    size: 8", "    size: [8"))
+    assert err.path.endswith("suite.yaml") and err.line is not None and "malformed YAML" in err.message
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path, registry):
+    err = error_for(tmp_path, registry, GOOD.replace("  rounds: 2", "  roundz: 2"))
+    assert err.line == 4 and err.field == "measure.roundz" and "did you mean 'rounds'" in err.message
+
+
+def test_wrong_type_and_range(tmp_path, registry):
+    err = error_for(tmp_path, registry, GOOD.replace("    size: 8", "    size: big"))
+    assert err.line == 8 and err.field == "workloads.toy.size" and "must be int" in err.message
+    err = error_for(tmp_path, registry, GOOD.replace("  rounds: 2", "  rounds: 0"))
+    assert err.line == 4 and "at least 1" in err.message
+
+
+def test_unknown_plugin_and_workload(tmp_path, registry):
+    err = error_for(tmp_path, registry, GOOD.replace("[noop]", "[nop]"))
+    assert err.line == 11 and "unknown plugin 'nop'" in err.message and "did you mean 'noop'" in err.message
+    err = error_for(tmp_path, registry, GOOD.replace("  - workload: toy", "  - workload: tooy"))
+    assert err.line == 10 and "unknown workload 'tooy'" in err.message
+
+
+def test_sweep_expands_cases_and_checks_names(tmp_path, registry):
+    text = GOOD + "    sweep: {noop.x: [1, 2]}\n"
+    err = error_for(tmp_path, registry, text)
+    assert "unknown parameter 'x'" in err.message
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    bad = write(tmp_path, GOOD.replace("[noop]", "[nop]"))
+    out = tmp_path / "out"
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", bad, "--out", out)
+    assert proc.returncode == 2
+    assert f"{bad}:11: cases[0].plugins[0]: unknown plugin 'nop'" in proc.stderr
+    assert not out.exists()
+    missing = harness_cli("validate", tmp_path / "missing.yaml")
+    assert missing.returncode == 2 and "missing.yaml" in missing.stderr and "cannot read suite" in missing.stderr
+
+
+def test_missing_device_is_bad_input(tmp_path):
+    suite = write(tmp_path, GOOD.replace("device: cpu", "device: cuda:3"))
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "cuda:3" in proc.stderr and "is not here" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_suites_validate():
+    from harness.plugins import load_registry
+
+    registry = load_registry()
+    for path in sorted((FIXTURES.parent.parent / "suites").glob("*.yaml")):
+        suite = load_suite(path, registry)
+        assert suite.cases, path
