@@ -1,0 +1,133 @@
+"""Comparing runs: alignment by case id, ratios, significance, the --fail-if gate and its error paths."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import compare as cmp
+from harness.errors import InputError
+from harness.export import to_pytest_benchmark
+
+DATA = Path(__file__).parent / "data"
+CPU, GPU = DATA / "results-cpu.json", DATA / "results-gpu.json"
+
+
+def scaled(tmp_path: Path, factor: float, name: str = "later.json") -> Path:
+    """The CPU fixture with every optimized-side sample multiplied by `factor` (a regression when > 1)."""
+    from harness.stats import summarize
+
+    r = json.loads(CPU.read_text())
+    for c in r["cases"]:
+        if c["status"] == "ok":
+            c["metrics"]["latency"] = summarize([x * factor for x in c["metrics"]["latency"]["data"]])
+    path = tmp_path / name
+    path.write_text(json.dumps(r))
+    return path
+
+
+def row(result, case_id, side):
+    return next(r for r in result["rows"] if r["case"] == case_id and r["side"] == side)
+
+
+def test_different_case_sets_are_listed_not_dropped():
+    result = cmp.compare([CPU, GPU])
+    cpu_ids = {c["id"] for c in json.loads(CPU.read_text())["cases"]}
+    gpu_ids = {c["id"] for c in json.loads(GPU.read_text())["cases"]}
+    assert {r["case"] for r in result["rows"]} == cpu_ids | gpu_ids
+    assert set(result["partial"]) == cpu_ids ^ gpu_ids
+    fused = row(result, "train-nano/fused_adamw", "optimized")
+    assert fused["entries"][1]["status"] == "absent" and fused["versus"][1] is None
+    graphs = row(result, "decode-nano(batch=1)/cuda_graphs", "optimized")  # unsupported on CPU, ok on GPU
+    assert [e["status"] for e in graphs["entries"]] == ["unsupported", "ok"]
+
+
+def test_ratios_and_significance_across_machines():
+    result = cmp.compare([CPU, GPU])
+    cpu, gpu = (json.loads(p.read_text()) for p in (CPU, GPU))
+    cid = "train-nano/mixed_precision(dtype=bf16)"
+    first = next(c for c in cpu["cases"] if c["id"] == cid)["metrics"]
+    later = next(c for c in gpu["cases"] if c["id"] == cid)["metrics"]
+    v = row(result, cid, "optimized")["versus"][1]
+    assert v["time_ratio"] == pytest.approx(later["latency"]["median"] / first["latency"]["median"])
+    tps = [side["throughput"]["tokens_per_s"] for side in (first, later)]
+    assert v["throughput_ratio"] == pytest.approx(tps[1] / tps[0])
+    assert v["memory_ratio"] == pytest.approx(later["memory"]["peak_bytes"] / first["memory"]["peak_bytes"])
+    assert v["verdict"] == "faster" and v["ci95"][0] > 1
+
+
+def test_environment_differences_are_highlighted():
+    rows = {e["key"]: e for e in cmp.compare([CPU, GPU])["env_rows"]}
+    assert rows["device"]["differs"] and rows["torch"]["differs"]
+    assert not rows["python"]["differs"]
+    assert not rows["hostname"]["differs"]  # always differs between machines: shown, not highlighted
+    html = cmp.render_compare(cmp.compare([CPU, GPU]))
+    assert '<tr class="diff"><td><code>device</code>' in html
+
+
+def test_same_run_twice_is_no_significant_difference(tmp_path):
+    result = cmp.compare([CPU, CPU])
+    for r in result["rows"]:
+        if r["versus"][1]:
+            assert r["versus"][1]["time_ratio"] == pytest.approx(1.0)
+            assert r["versus"][1]["verdict"] == "no significant difference"
+    assert cmp.main([CPU, CPU], fail_if=["median:1%"]) == 0
+
+
+def test_a_regression_is_slower_and_breaks_the_gate(tmp_path, capsys):
+    later = scaled(tmp_path, 1.2)
+    v = row(cmp.compare([CPU, later]), "decode-nano(batch=1)/kv_cache", "optimized")["versus"][1]
+    assert v["verdict"] == "slower" and v["time_ratio"] == pytest.approx(1.2)
+    assert cmp.main([CPU, later], fail_if=["median:10%"]) == 1
+    assert "FAIL: decode-nano(batch=1)/kv_cache [optimized]" in capsys.readouterr().out
+    assert cmp.main([CPU, later], fail_if=["median:25%"]) == 0
+    for field in ("mean", "min", "max"):
+        assert cmp.main([CPU, later], fail_if=[f"{field}:10%"]) == 1
+    assert cmp.main([CPU, later], fail_if=["median:0.001"]) == 1  # absolute seconds: +18 ms > 1 ms
+    assert cmp.main([CPU, later], fail_if=["median:10"]) == 0
+    assert cmp.main([later, CPU], fail_if=["median:10%"]) == 0  # an improvement never fails
+
+
+def test_bad_input_raises_input_error(tmp_path):
+    with pytest.raises(InputError, match="cannot read"):
+        cmp.compare([CPU, tmp_path / "missing.json"])
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(InputError, match="not a harness results file"):
+        cmp.compare([CPU, tmp_path / "other.json"])
+    with pytest.raises(InputError, match="at least two"):
+        cmp.compare([CPU])
+    for expr in ("foo:10%", "median", "median:ten%"):
+        with pytest.raises(InputError, match="bad --fail-if"):
+            cmp.main([CPU, CPU], fail_if=[expr])
+
+
+def test_pytest_benchmark_export_reads_back_aligned(tmp_path):
+    pb = tmp_path / "pb.json"
+    pb.write_text(json.dumps(to_pytest_benchmark(json.loads(CPU.read_text()))))
+    result = cmp.compare([CPU, pb])
+    ok = [r for r in result["rows"] if r["entries"][0]["status"] == "ok"]
+    assert ok and all(r["versus"][1]["time_ratio"] == pytest.approx(1.0) for r in ok)
+    assert set(result["partial"]) == {c["id"] for c in json.loads(CPU.read_text())["cases"] if c["status"] != "ok"}
+
+
+def test_table_and_html_output(tmp_path, capsys):
+    out = tmp_path / "cmp.html"
+    assert cmp.main([CPU, GPU], out=out) == 0
+    text = capsys.readouterr().out
+    assert "absent" in text and "not in every run:" in text
+    html = out.read_text()
+    assert html.startswith("<!doctype html>") and "default-src 'none'" in html
+
+
+def test_comparison_escapes_strings(tmp_path):
+    r = json.loads(CPU.read_text())
+    r["cases"][4]["error"] = "<script>alert(1)</script>"
+    r["environment"]["cpu"]["model"] = "<b>cpu</b>"
+    p = tmp_path / "evil.json"
+    p.write_text(json.dumps(copy.deepcopy(r)))
+    html = cmp.render_compare(cmp.compare([CPU, p]))
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+    assert "<b>cpu</b>" not in html
