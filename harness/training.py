@@ -36,8 +36,9 @@ class TrainSpec:
     optimizer: Literal["adamw"] = field(
         default="adamw", metadata={"help": "optimizer: AdamW, fused or foreach where the device has it"})
     tf32: bool = field(default=False, metadata={"help": "allow TF32 matmuls in the fp32 parts (CUDA only)"})
-    data: Literal["synthetic"] = field(
-        default="synthetic", metadata={"help": "batches: 'synthetic' = seeded uniform random byte tokens"})
+    data: Literal["synthetic", "corpus"] = field(
+        default="synthetic", metadata={"help": "batches: 'synthetic' = seeded uniform random byte tokens; "
+                                               "'corpus' = seeded windows of the harness.data training text"})
 
     def __post_init__(self):
         if self.model not in PRESETS:
@@ -121,9 +122,7 @@ class TrainRun(Run):
         self.count_activations = True  # measure saved-for-backward bytes in outputs() (off under compile)
         self.saved: dict[int, int] | None = None
         self.grad_bytes = 0
-        gen = torch.Generator().manual_seed(ctx.seed + 1)
-        tokens = torch.randint(0, self.args.vocab_size, (spec.steps, spec.batch, spec.seq_len + 1), generator=gen)
-        self.global_batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in tokens]  # x, y: [B, T]
+        self.global_batches = self.make_batches()  # [(x, y)] * steps, each [B, T] on the CPU
         self.batches = [(x.to(self.device), y.to(self.device)) for x, y in self.global_batches]
         self.steps_done = 0
         self.last_loss: torch.Tensor | None = None
@@ -133,6 +132,17 @@ class TrainRun(Run):
                           "optimizer": self.optimizer_kind, "data": spec.data, "autocast": None})
         if self.device.type == "cuda":
             self.info["tf32"] = spec.tf32
+
+    def make_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`steps` fixed global batches (x, y = x shifted by one), the same for every rank and side."""
+        spec, gen = self.spec, torch.Generator().manual_seed(self.ctx.seed + 1)
+        if spec.data == "corpus":
+            from harness import data
+
+            train, _ = data.splits()
+            return [data.get_batch(train, spec.batch, spec.seq_len, generator=gen) for _ in range(spec.steps)]
+        tokens = torch.randint(0, self.args.vocab_size, (spec.steps, spec.batch, spec.seq_len + 1), generator=gen)
+        return [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in tokens]
 
     def make_optimizer(self, params, optimizer_class: type = torch.optim.AdamW) -> torch.optim.Optimizer:
         """AdamW over `params`, fused where the device supports it, else foreach (feature-detected)."""

@@ -25,6 +25,13 @@ def test_spec_rejects_bad_values_naming_the_field(values, field):
     assert err.value.field == field
 
 
+def test_corpus_batches_are_text_and_fixed_by_the_seed():
+    a, b = build(data="corpus"), build(data="corpus")
+    x, y = a.global_batches[0]
+    assert torch.equal(x, b.global_batches[0][0]) and torch.equal(x[:, 1:], y[:, :-1])
+    assert x.max() < 256 and a.outputs()["loss"] > 0
+
+
 def test_spec_rejects_unknown_data_source():
     with pytest.raises(ParamError, match="synthetic"):
         build_params(TrainSpec, {"data": "wikipedia"})
