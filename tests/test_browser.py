@@ -1,0 +1,64 @@
+"""The report and the comparison open in headless Chromium with no console message and no network request.
+
+Any console output (an uncaught error, a Content-Security-Policy violation that a blocked load produces) is
+logged by Chromium as an INFO:CONSOLE line on stderr. The pages set `default-src 'none'`, so any attempt to
+load a script, style, font or image from elsewhere is blocked and logged. Skipped where Chromium is missing
+(`apt-get install -y chromium`). Screenshots go to $HARNESS_SCREENSHOTS (default: the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import compare
+from harness.report import write_report
+
+DATA = Path(__file__).parent / "data"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000", "--window-size=1280,2400"]
+CSP = """<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; \
+script-src 'unsafe-inline'; img-src data:">"""
+
+
+def open_page(page: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """Load `page`, save a screenshot; return the console lines Chromium logged and the screenshot path."""
+    shot = Path(os.environ.get("HARNESS_SCREENSHOTS", tmp_path)) / f"{page.stem}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.exists(), proc.stderr[-2000:]
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line], shot
+
+
+def test_the_detector_catches_errors_and_blocked_loads(tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text(f"<!doctype html><html><head>{CSP}</head><body><img src='http://example.com/x.png'>"
+                   "<script>undefinedFunction();</script></body></html>")
+    console, _ = open_page(bad, tmp_path)
+    text = "\n".join(console)
+    assert "Uncaught ReferenceError" in text
+    assert "http://example.com/x.png" in text and "Content Security Policy" in text
+
+
+def test_report_opens_cleanly(tmp_path):
+    results = tmp_path / "results.json"
+    shutil.copy(DATA / "results-cpu.json", results)
+    console, shot = open_page(write_report(results), tmp_path)
+    assert console == []
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_comparison_opens_cleanly(tmp_path):
+    out = tmp_path / "comparison.html"
+    assert compare.main([DATA / "results-cpu.json", DATA / "results-gpu.json"], out=out) == 0
+    console, shot = open_page(out, tmp_path)
+    assert console == []
+    assert shot.stat().st_size > 10_000
