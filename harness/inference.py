@@ -65,16 +65,16 @@ class GenerateSpec:
 
 
 def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
-    """A model by spec name (seeded random init for presets), in eval mode on `device` in `dtype`."""
-    torch.manual_seed(seed)
+    """A model by spec name (preset: seeded random init; reference:NAME; hf:PATH), in eval mode."""
     try:
         from harness.reference import load_model as load
     except ImportError:  # harness.reference not present: presets only
         if name not in PRESETS:
             raise ParamError("model", f"unknown model '{name}'; known presets: {', '.join(PRESETS)}") from None
+        torch.manual_seed(seed)
         model = GPT(ModelArgs.from_name(name))
     else:
-        model = load(name, device)
+        model = load(name, device, dtype, seed)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -191,6 +191,7 @@ class GenerateRun(Run):
         self.last_cache = None
         self._static_caches: dict[tuple[int, int], Any] = {}
         self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
+        self.server: Any = None  # a request-trace server (continuous_batching) replaces step/outputs/metrics
         self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
 
     @property
@@ -209,14 +210,21 @@ class GenerateRun(Run):
     def new_cache(self, batch: int, max_len: int):
         """A cache of `cache_kind`; static caches are allocated once per shape and reused (positions are
         overwritten before they are read, and later ones are masked), as a server pre-allocates them."""
+        if self.cache_kind == "none":
+            self.last_cache = None
+            return None
         if self.cache_kind == "static":
             key = (batch, max_len)
             if key not in self._static_caches:
-                # built here, not by model.new_cache: a quantized model's weight dtype is not the activations'
-                self._static_caches[key] = StaticCache(self.model.args, batch, max_len, self.dtype, self.device)
+                # our GPT's cache is built here in the run's dtype: a quantized model's weights are not in it
+                self._static_caches[key] = (StaticCache(self.model.args, batch, max_len, self.dtype, self.device)
+                                            if isinstance(self.model, GPT) else
+                                            self.model.new_cache("static", batch, max_len))
             self.last_cache = self._static_caches[key]
         else:
-            self.last_cache = None if self.cache_kind == "none" else self.model.new_cache("dynamic", batch, max_len)
+            self.last_cache = self.model.new_cache("dynamic", batch, max_len)
+        # a full generate leaves max_len positions in a static cache, max_len - 1 in a dynamic one
+        self._cache_shape = (batch, max_len if self.cache_kind == "static" else max_len - 1)
         return self.last_cache
 
     @torch.inference_mode()
@@ -233,7 +241,10 @@ class GenerateRun(Run):
         return generate_cached(self.model, prompts, n, sampler, cache, self.decode)
 
     def step(self) -> None:
-        self.generate(self.prompts, self.new_tokens)
+        if self.server is not None:
+            self.server.serve()
+        else:
+            self.generate(self.prompts, self.new_tokens)
 
     @torch.inference_mode()
     def quality(self) -> dict[str, Any]:
@@ -244,6 +255,8 @@ class GenerateRun(Run):
         return {"perplexity": float(torch.exp(nll)), "top1": logits.argmax(-1).cpu()}
 
     def outputs(self) -> dict[str, Any]:
+        if self.server is not None:
+            return {**self.server.outputs(), **self.quality(), "weight_bytes": weight_bytes(self.model)}
         tokens = self.generate(self.prompts, self.new_tokens).cpu()
         return {"tokens": tokens, "prompts": self.prompts.cpu(), **self.quality(),
                 "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}
@@ -253,8 +266,7 @@ class GenerateRun(Run):
         cache = self.last_cache
         if cache is None:
             return None
-        length = cache.max_len if hasattr(cache, "max_len") else cache.keys[0].size(2)
-        batch = cache.k.size(1) if hasattr(cache, "k") else cache.keys[0].size(0)
+        batch, length = self._cache_shape
         element = self.dtype.itemsize
         return {"measured": cache.nbytes(), "formula": kv_cache_bytes(self.model.args, batch, length, element),
                 "seq": length, "batch": batch}
@@ -267,6 +279,8 @@ class GenerateRun(Run):
         return out
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
+        if self.server is not None:
+            return self.server.metrics(median_s)
         n, B = self.new_tokens, self.batch
         ttft = self.time_first_token()
         seq_s = median_s / B if self.layout == "sequential" else median_s
@@ -293,14 +307,14 @@ class GenerateRun(Run):
 
     def time_first_token(self, repeats: int = 3) -> float:
         """Median synchronized time of generating one token (prefill + first sample); keeps `last_cache`."""
-        times, cache = [], self.last_cache
+        times, cache, shape = [], self.last_cache, getattr(self, "_cache_shape", None)
         for _ in range(repeats):
             sync(self.device)
             t0 = time.perf_counter()
             self.generate(self.prompts[:1] if self.layout == "sequential" else self.prompts, 1)
             sync(self.device)
             times.append(time.perf_counter() - t0)
-        self.last_cache = cache
+        self.last_cache, self._cache_shape = cache, shape
         return statistics.median(times)
 
 

@@ -1,0 +1,236 @@
+"""Continuous (iteration-level) batching (Orca, OSDI 2022): serve a request trace with a fixed number of slots;
+after every decode step finished sequences leave and arrived requests join. The baseline side applies this
+plugin with `scheduler: static`: a batch is admitted only when every slot is free and runs until its longest
+request finishes. Both serve the same seeded trace (Poisson arrivals, varied prompt and output lengths) in real
+wall-clock time from the start of `step()`; an idle server waits for the next arrival.
+
+Per request: TTFT = first token time - arrival; TPOT = (finish - first token) / (output tokens - 1);
+e2e = finish - arrival. Goodput = requests per second that met both SLOs (TTFT and TPOT bounds).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from harness import Check, Optimization, ParamError, hookimpl
+from harness.inference import decode_one_token, generate_cached, held_out
+from harness.model import GPT
+
+
+@dataclass
+class ContinuousBatchingParams:
+    scheduler: Literal["continuous", "static"] = field(default="continuous", metadata={
+        "help": "continuous: join/leave every decode step; static: admit a new batch only when all slots are free"})
+    requests: int = field(default=16, metadata={"help": "requests in the trace"})
+    rate: float = field(default=40.0, metadata={"help": "mean arrival rate, requests per second (Poisson)"})
+    slots: int = field(default=4, metadata={"help": "sequences decoded together (the batch size)"})
+    prompt_min: int = field(default=8, metadata={"help": "shortest prompt, tokens"})
+    prompt_max: int = field(default=48, metadata={"help": "longest prompt, tokens"})
+    output_min: int = field(default=4, metadata={"help": "shortest output, tokens"})
+    output_max: int = field(default=64, metadata={"help": "longest output, tokens"})
+    slo_ttft_s: float = field(default=0.25, metadata={"help": "goodput SLO: time to first token, seconds"})
+    slo_tpot_s: float = field(default=0.02, metadata={"help": "goodput SLO: time per output token, seconds"})
+
+    def __post_init__(self) -> None:
+        for name in ("requests", "slots", "prompt_min", "output_min"):
+            if getattr(self, name) < 1:
+                raise ParamError(name, f"must be >= 1 (got {getattr(self, name)})")
+        if self.prompt_max < self.prompt_min:
+            raise ParamError("prompt_max", f"must be >= prompt_min ({self.prompt_min})")
+        if self.output_max < self.output_min:
+            raise ParamError("output_max", f"must be >= output_min ({self.output_min})")
+        if self.rate <= 0:
+            raise ParamError("rate", f"must be > 0 requests/s (got {self.rate})")
+
+
+@dataclass
+class Request:
+    id: int
+    arrival: float  # seconds after the start of serving
+    prompt: torch.Tensor  # [P]
+    out_len: int
+
+
+def make_trace(p: ContinuousBatchingParams, seed: int, synthetic: bool, vocab: int) -> list[Request]:
+    """Seeded trace: exponential inter-arrival gaps at `rate`, uniform prompt and output lengths."""
+    g = torch.Generator().manual_seed(seed)
+    arrivals = torch.empty(p.requests, dtype=torch.float64).exponential_(p.rate, generator=g).cumsum(0)
+    plens = torch.randint(p.prompt_min, p.prompt_max + 1, (p.requests,), generator=g)
+    olens = torch.randint(p.output_min, p.output_max + 1, (p.requests,), generator=g)
+    tokens = held_out(p.requests, p.prompt_max, seed + 2, synthetic, vocab)
+    return [Request(i, float(arrivals[i]), tokens[i, :plens[i]], int(olens[i])) for i in range(p.requests)]
+
+
+class SlotCache:
+    """KV cache with one row per serving slot, each row at its own position: k, v [L, S, H, max_len, D].
+    Prefill writes one slot (`prefill_slot`); decode writes every slot at its own position."""
+
+    def __init__(self, model: GPT, slots: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        a = model.args
+        shape = (a.n_layer, slots, a.n_head, max_len, a.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.rows = torch.arange(slots, device=device)
+        self.positions = torch.arange(max_len, device=device)
+        self.prefill_slot: int | None = None
+
+    def visible(self, pos: torch.Tensor) -> torch.Tensor:
+        """[S] positions -> [S, 1, 1, max_len] mask: a slot's query sees its keys up to its own position."""
+        return (self.positions[None, :] <= pos[:, None])[:, None, None, :]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor):
+        if self.prefill_slot is not None:  # k, v: [1, H, T, D] at positions 0..T-1 of one slot
+            T = k.size(2)
+            self.k[layer, self.prefill_slot, :, :T] = k[0]
+            self.v[layer, self.prefill_slot, :, :T] = v[0]
+            return k, v, None  # causal attention over the prompt alone, as a fresh prefill
+        pos = input_pos[:, 0]  # k, v: [S, H, 1, D]; input_pos: [S, 1]
+        self.k[layer, self.rows, :, pos] = k[:, :, 0]
+        self.v[layer, self.rows, :, pos] = v[:, :, 0]
+        return self.k[layer], self.v[layer], self.visible(pos)
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+class TraceServer:
+    """Serves the trace with `slots` slots and the chosen scheduler; greedy decoding."""
+
+    def __init__(self, run: Any, trace: list[Request], p: ContinuousBatchingParams):
+        self.run, self.trace, self.p = run, trace, p
+        self.cache = SlotCache(run.model, p.slots, p.prompt_max + p.output_max, run.dtype, run.device)
+        self.records: list[dict[str, float]] = []
+        self.decode_steps = 0
+
+    @torch.inference_mode()
+    def serve(self) -> list[tuple[int, list[int]]]:
+        """Serve the whole trace once; returns (request id, tokens) in completion order."""
+        model, S, dev = self.run.model, self.p.slots, self.run.device
+        tokens = torch.zeros(S, 1, dtype=torch.long, device=dev)
+        pos = torch.zeros(S, 1, dtype=torch.long, device=dev)
+        slots: list[dict[str, Any] | None] = [None] * S
+        queue, done = deque(sorted(self.trace, key=lambda r: r.arrival)), []
+        t0 = time.perf_counter()
+
+        def finish(i: int, state: dict[str, Any]) -> None:
+            req, t = state["req"], time.perf_counter() - t0
+            self.records.append({"ttft": state["first"] - req.arrival, "e2e": t - req.arrival,
+                                 "tpot": (t - state["first"]) / (req.out_len - 1) if req.out_len > 1 else 0.0})
+            done.append((req.id, state["out"]))
+            slots[i] = None
+            tokens[i], pos[i] = 0, 0  # an idle slot decodes a dummy token at position 0, ignored
+
+        while queue or any(slots):
+            now = time.perf_counter() - t0
+            free = [i for i, s in enumerate(slots) if s is None]
+            if self.p.scheduler == "static" and len(free) < S:
+                free = []  # static batching: the running batch must drain first
+            for i in free:
+                if not queue or queue[0].arrival > now:
+                    break
+                req = queue.popleft()
+                self.cache.prefill_slot = i
+                prompt = req.prompt.to(dev)[None]
+                first = int(model(prompt, cache=self.cache)[0, -1].argmax())
+                self.cache.prefill_slot = None
+                slots[i] = {"req": req, "out": [first], "first": time.perf_counter() - t0}
+                tokens[i], pos[i] = first, prompt.size(1)
+                if req.out_len == 1:
+                    finish(i, slots[i])
+            if not any(slots):
+                if queue:  # idle until the next request arrives
+                    time.sleep(max(0.0, queue[0].arrival - (time.perf_counter() - t0)))
+                continue
+            nxt = model(tokens, cache=self.cache, input_pos=pos)[:, -1].argmax(-1)  # [S]
+            self.decode_steps += 1
+            for i, state in enumerate(slots):
+                if state is None:
+                    continue
+                state["out"].append(int(nxt[i]))
+                tokens[i, 0], pos[i, 0] = nxt[i], pos[i, 0] + 1
+                if len(state["out"]) == state["req"].out_len:
+                    finish(i, state)
+        return done
+
+    @torch.inference_mode()
+    def outputs(self) -> dict[str, Any]:
+        served = self.serve()
+        greedy = lambda logits: logits.argmax(-1)  # noqa: E731
+        alone = {r.id: generate_cached(self.run.model, r.prompt.to(self.run.device)[None], r.out_len, greedy,
+                                       self.run.model.new_cache("dynamic", 1, 0), decode_one_token)[0].tolist()
+                 for r in self.trace}
+        self.records, self.decode_steps = [], 0  # metrics come from the timed serves only
+        return {"served": served, "alone": alone, "trace_ids": [r.id for r in self.trace]}
+
+    def metrics(self, median_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"requests": len(self.trace), "tokens_per_s_total": self.tokens() / median_s,
+                               "requests_per_s": len(self.trace) / median_s, "slots": self.p.slots,
+                               "scheduler": self.p.scheduler, "kv_bytes_measured": self.cache.nbytes()}
+        if not self.records:
+            return out
+        for key in ("ttft", "tpot", "e2e"):
+            values = sorted(r[key] for r in self.records)
+            for q in (50, 90, 99):
+                out[f"{key}_p{q}_s"] = values[min(len(values) - 1, int(q / 100 * len(values)))]
+            out[f"{key}_mean_s"] = statistics.fmean(values)
+        good = sum(r["ttft"] <= self.p.slo_ttft_s and r["tpot"] <= self.p.slo_tpot_s for r in self.records)
+        serves = len(self.records) / len(self.trace)
+        out.update(slo_attainment=good / len(self.records), goodput_requests_per_s=good / serves / median_s,
+                   decode_steps_per_serve=self.decode_steps / serves,
+                   slot_occupancy=self.tokens() / max(self.decode_steps / serves, 1) / self.p.slots)
+        return out
+
+    def tokens(self) -> int:
+        return sum(r.out_len for r in self.trace)
+
+
+class ContinuousBatching(Optimization):
+    """Serve a request trace with an iteration-level (or, as the baseline, a static) scheduler."""
+
+    name = "continuous_batching"
+    kind = "inference"
+    description = "iteration-level scheduling of a Poisson request trace vs static batches of the same trace"
+    Params = ContinuousBatchingParams
+
+    def apply(self, run: Any) -> None:
+        if run.spec.sampling != "greedy":
+            raise ValueError("continuous_batching serves greedy requests only (sampling: greedy)")
+        if not isinstance(run.model, GPT):
+            raise ValueError("continuous_batching needs the harness GPT (its attention takes the slot cache)")
+        p = self.params
+        if p.prompt_max + p.output_max > run.model.args.block_size:
+            raise ParamError("output_max", f"prompt_max + output_max exceeds the context {run.model.args.block_size}")
+        trace = make_trace(p, run.ctx.seed, run.spec.prompts == "synthetic", run.model.args.vocab_size)
+        run.server = TraceServer(run, trace, p)
+        run.units = {"tokens": sum(r.out_len for r in trace), "requests": len(trace)}
+        run.info.update(scheduler=p.scheduler, slots=p.slots, requests=p.requests, rate=p.rate,
+                        trace_span_s=trace[-1].arrival)
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        ids = [i for i, _ in optimized["served"]]
+        expected = optimized["trace_ids"]
+        served = dict(optimized["served"])
+        wrong = [i for i in expected if served.get(i) != optimized["alone"][i]]
+        checks = [
+            Check("every_request_served_once", sorted(ids) == sorted(expected),
+                  {"served": len(ids), "requests": len(expected), "missing": sorted(set(expected) - set(ids)),
+                   "duplicated": sorted({i for i in ids if ids.count(i) > 1})}, "exact"),
+            Check("outputs_equal_serving_alone", not wrong, {"requests": len(expected), "differing": wrong},
+                  "exact, greedy"),
+        ]
+        if "served" in baseline:
+            base = dict(baseline["served"])
+            differ = [i for i in expected if base.get(i) != served.get(i)]
+            checks.append(Check("outputs_equal_baseline_scheduler", not differ, {"differing": differ}, "exact"))
+        return checks
+
+
+@hookimpl
+def register_optimizations(register) -> None:
+    register(ContinuousBatching)
