@@ -38,6 +38,13 @@ def fmt_time(s: float | None) -> str:
     return f"{s * 1e9:.3g} ns"
 
 
+def fmt_warmup(w: Any) -> str:
+    """Warm-up time: one number, or one per side ({"baseline": s, "metrics": s}, as the worker records it)."""
+    if isinstance(w, dict):
+        return ", ".join(f"{'optimized' if k == 'metrics' else k} {fmt_time(v)}" for k, v in w.items())
+    return fmt_time(w)
+
+
 def fmt_bytes(b: float | None) -> str:
     """Bytes in binary units (GiB = 2**30)."""
     if b is None:
@@ -248,7 +255,7 @@ def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environme
     """The Jinja2 environment with autoescaping on and the formatting filters registered."""
     env = jinja_env or jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(time=fmt_time, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
+    env.filters.update(time=fmt_time, warmup=fmt_warmup, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
                        verdict=verdict_text, saved=fmt_saved, tojson_compact=lambda v: json.dumps(v, sort_keys=True))
     return env
 

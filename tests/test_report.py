@@ -71,6 +71,10 @@ def test_charts_are_inline_svg_and_the_page_loads_nothing(cpu, cpu_html):
     assert "<text" in cpu_html  # svg.fonttype none: text stays text, no embedded font
 
 
+def test_warmup_per_side_is_shown(gpu):
+    assert "baseline 410 ms, optimized 520 ms" in render_report(gpu)
+
+
 def test_no_batch_curve_without_a_batch_sweep(gpu):
     one = copy.deepcopy(gpu)
     one["cases"] = [c for c in one["cases"] if "batch=4" not in c["id"] and "batch=16" not in c["id"]]
