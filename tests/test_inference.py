@@ -1,0 +1,102 @@
+"""The generate workload: no-cache baseline vs cached decode, metrics, spec validation, registration."""
+
+import pytest
+import torch
+
+from harness.inference import GenerateSpec, GenerateWorkload, compare_tokens, regime, weight_bytes
+from harness.model import GPT, ModelArgs, kv_cache_bytes
+from harness.optimization import ParamError, build_params
+from harness.workload import RunContext
+
+CTX = RunContext(device=torch.device("cpu"), env={"peak": None}, seed=0)
+
+
+def build(**spec):
+    return GenerateWorkload().build(GenerateSpec(**{"model": "nano", "prompts": "synthetic", **spec}), [], CTX)
+
+
+def test_every_cache_kind_gives_the_no_cache_tokens():
+    run = build(batch=2, prompt_len=16, new_tokens=12)
+    expected = run.outputs()["tokens"]
+    assert expected.shape == (2, 12) and run.last_cache is None
+    for kind in ("dynamic", "static"):
+        run.cache_kind = kind
+        out = run.outputs()
+        assert torch.equal(out["tokens"], expected), kind
+        assert out["kv_cache"]["measured"] == out["kv_cache"]["formula"]
+
+
+def test_generated_tokens_continue_the_prompt_greedily():
+    run = build(batch=1, prompt_len=8, new_tokens=3)
+    tokens = run.outputs()["tokens"]
+    with torch.no_grad():
+        first = run.model(run.prompts)[:, -1].argmax(-1)
+    assert tokens[0, 0] == first[0]
+
+
+def test_units_and_metrics():
+    run = build(batch=2, prompt_len=8, new_tokens=5)
+    run.cache_kind = "static"
+    run.outputs()
+    assert run.units == {"tokens": 10, "sequences": 2}
+    m = run.extra_metrics(0.5)
+    assert m["tokens_per_s_total"] == pytest.approx(20.0)
+    assert m["tpot_s"] == pytest.approx((0.5 - m["ttft_s"]) / 4)
+    assert m["kv_bytes_measured"] == m["kv_bytes_formula"] == kv_cache_bytes(run.model.args, 2, 13, 4)
+    assert m["mbu"] is None and m["regime"] is None  # CPU / unknown peak: never guessed
+    assert m["weight_bytes"] == weight_bytes(run.model)
+
+
+def test_sequential_layout_gives_same_tokens_and_per_sequence_latency():
+    run = build(batch=3, prompt_len=8, new_tokens=4)
+    batched = run.outputs()["tokens"]
+    run.layout = "sequential"
+    assert torch.equal(run.outputs()["tokens"], batched)
+    assert run.extra_metrics(0.3)["tokens_per_s_per_seq"] == pytest.approx(4 / 0.1)
+
+
+def test_sampling_is_seeded():
+    a = build(batch=2, prompt_len=8, new_tokens=10, sampling="sample", top_k=20).outputs()["tokens"]
+    b = build(batch=2, prompt_len=8, new_tokens=10, sampling="sample", top_k=20).outputs()["tokens"]
+    assert torch.equal(a, b)
+
+
+def test_weight_bytes_excludes_embeddings():
+    model = GPT(ModelArgs.from_name("nano"))
+    total = sum(p.numel() * 4 for p in model.parameters())
+    emb = (model.wte.weight.numel() + model.wpe.weight.numel()) * 4
+    assert weight_bytes(model) == total - emb
+
+
+def test_compare_tokens_reports_first_mismatch():
+    a = torch.zeros(2, 5, dtype=torch.long)
+    b = a.clone()
+    b[1, 3] = 7
+    check = compare_tokens("x", a, b)
+    assert not check.passed and check.values["first_mismatch"] == [1, 3] and check.values["mismatches"] == 1
+    assert compare_tokens("x", a, a.clone()).passed
+
+
+def test_regime_thresholds():
+    assert regime(0.045) == "launch-bound" and regime(0.6) == "bandwidth-bound" and regime(0.2) == "mixed"
+    assert regime(None) is None
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"batch": 0}, "batch"), ({"new_tokens": 0}, "new_tokens"), ({"temperature": 0.0}, "temperature"),
+    ({"top_k": 0}, "top_k"), ({"prompt_len": 200, "new_tokens": 100}, "new_tokens"), ({"dtype": "int3"}, "dtype"),
+])
+def test_spec_validation(values, field):
+    with pytest.raises(ParamError) as err:
+        build_params(GenerateSpec, values)
+    assert err.value.field == field
+
+
+def test_registered_as_inference_workload():
+    from harness.plugins import load_registry
+
+    registry = load_registry()
+    assert registry.workloads["generate"] is GenerateWorkload and GenerateWorkload.kind == "inference"
+    for name in ("kv_cache", "quantization", "speculative_decoding", "batching", "continuous_batching",
+                 "distillation"):
+        assert registry.optimizations[name].kind == "inference", name
