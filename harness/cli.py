@@ -91,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("new-plugin", help="write a working plugin package (module, entry point, test)")
     p.add_argument("name", help="optimization name, e.g. my_opt")
     p.add_argument("--dir", type=Path, default=None, help="where to create the package (default: ./harness-NAME)")
-    p.add_argument("--kind", choices=["training", "inference"], default="training")
     p.set_defaults(func=cmd_new_plugin)
     return parser
 
@@ -287,7 +286,7 @@ def _cuda() -> bool:
 def cmd_new_plugin(args) -> int:
     from harness.scaffold import write_plugin_package
 
-    path = write_plugin_package(args.name, args.dir, args.kind)
+    path = write_plugin_package(args.name, args.dir)
     print(f"wrote {path}; install it with: pip install -e {path}")
     return 0
 

@@ -1,0 +1,68 @@
+"""Plugin loading and the plugin-author path: `harness plugins`, a broken plugin, and an external plugin
+package written by `harness new-plugin`, installed, and run through the CLI."""
+
+import json
+import subprocess
+import sys
+
+from harness.plugins import get_plugin_manager, load_registry
+from tests.conftest import FAULTY_PLUGINS, harness_cli
+
+
+def test_builtins_register_with_kind_and_params():
+    registry = load_registry()
+    assert not registry.errors, registry.errors
+    assert {"train", "generate"} <= set(registry.workloads)
+    assert {"mixed_precision", "activation_checkpointing", "kv_cache", "quantization"} <= set(registry.optimizations)
+    for name, cls in registry.optimizations.items():
+        assert cls.kind in ("training", "inference") and registry.sources[name] == "builtin"
+
+
+def test_misspelled_hook_fails_loudly(tmp_path):
+    (tmp_path / "typo.py").write_text("from harness import hookimpl\n\n@hookimpl\n"
+                                      "def register_optimisations(register):\n    pass\n")
+    try:
+        get_plugin_manager([tmp_path])
+    except Exception as exc:  # pluggy.PluginValidationError
+        assert "register_optimisations" in str(exc)
+    else:
+        raise AssertionError("an unknown hook name must be rejected")
+
+
+def test_a_plugin_that_fails_to_import_is_named_and_the_rest_load(tmp_path):
+    (tmp_path / "broken.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    registry = load_registry([tmp_path, FAULTY_PLUGINS])
+    assert any("broken.py" in name and "not installed" in err for name, err in registry.errors.items())
+    assert "noop" in registry.optimizations and "mixed_precision" in registry.optimizations
+    proc = harness_cli("--plugins-dir", tmp_path, "plugins")
+    assert proc.returncode == 0 and "FAILED TO LOAD" in proc.stdout and "mixed_precision" in proc.stdout
+
+
+def test_plugins_json_lists_params_defaults_and_source():
+    proc = harness_cli("plugins", "--json")
+    data = json.loads(proc.stdout)
+    rows = {row["name"]: row for row in data["plugins"]}
+    mp = rows["mixed_precision"]
+    assert mp["kind"] == "training" and mp["source"] == "builtin"
+    assert any(p["name"] == "dtype" and p["default"] == "bf16" for p in mp["params"])
+
+
+def test_new_plugin_package_installs_and_runs_through_the_cli(tmp_path):
+    pkg, site = tmp_path / "pkg", tmp_path / "site"
+    assert harness_cli("new-plugin", "bf16_weights", "--dir", pkg).returncode == 0
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--target", str(site), str(pkg)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    env = {"PYTHONPATH": str(site)}
+    listed = harness_cli("plugins", env=env)
+    assert "bf16_weights  [optimization, inference]  from harness-bf16-weights 0.1.0" in listed.stdout
+    own_test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg)],
+                              capture_output=True, text=True, cwd=pkg, env={**__import__("os").environ, **env})
+    assert own_test.returncode == 0, own_test.stdout[-2000:]
+    run = harness_cli("run", pkg / "suite.yaml", "--out", tmp_path / "run", env=env, cwd=pkg)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    (case,) = results["cases"]
+    assert case["id"] == "gen/bf16_weights" and case["status"] == "ok"
+    assert case["checks"][0]["name"] == "perplexity_change" and case["checks"][0]["passed"]
+    assert case["metrics"]["latency"]["median"] > 0 and case["comparison"]["verdict"]
