@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no isolation)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the suite's, else physical cores)")
     p.add_argument("--price-per-hour", type=float, help="device price in $/hour for cost figures")
+    p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name (overrides the examples)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a suite without running it")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path)
     p.add_argument("-o", "--out", type=Path)
     p.add_argument("--price-per-hour", type=float)
+    p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="compare runs (machines, versions) case by case")
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
                    help='regression gate, e.g. "median:10%%": exit 1 if the last run is 10%% slower')
     p.add_argument("--price-per-hour", type=float)
+    p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="export results as pytest-benchmark JSON, CSV or Markdown")
@@ -129,9 +132,9 @@ def cmd_run(args) -> int:
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
                             registry=registry)
     except KeyboardInterrupt:
-        write_report_safely(out / "results.json", args.price_per_hour)
+        write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
         return 130
-    report = write_report_safely(out / "results.json", args.price_per_hour)
+    report = write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
     print_summary(results)
     print(f"results: {out / 'results.json'}" + (f"\nreport:  {report}" if report else ""))
     return 0 if all(c["status"] == "ok" and all(ch["passed"] for ch in c.get("checks", []))
@@ -142,12 +145,12 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
 
 
-def write_report_safely(results_path: Path, price_per_hour) -> Path | None:
+def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path | None:
     """Render the HTML report; a report bug must not lose the run (the results file is already written)."""
     try:
         from harness.report import write_report
 
-        return write_report(results_path, price_per_hour=price_per_hour)
+        return write_report(results_path, price_per_hour=price_per_hour, prices=prices)
     except Exception as exc:  # noqa: BLE001
         print(f"warning: could not render the report: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -247,17 +250,25 @@ def cmd_env(args) -> int:
 
 def cmd_report(args) -> int:
     from harness.report import write_report
-    from harness.runner import load_results
 
-    load_results(args.results)
-    print(write_report(args.results, args.out, price_per_hour=args.price_per_hour))
+    print(write_report(args.results, args.out, price_per_hour=args.price_per_hour, prices=load_prices(args)))
     return 0
 
 
 def cmd_compare(args) -> int:
     from harness import compare
 
-    return compare.main(args.results, out=args.out, fail_if=args.fail_if, price_per_hour=args.price_per_hour)
+    return compare.main(args.results, out=args.out, fail_if=args.fail_if, price_per_hour=args.price_per_hour,
+                        prices=load_prices(args))
+
+
+def load_prices(args):
+    """The --prices YAML table ({device name: $ per hour}), or None for the built-in examples."""
+    if not getattr(args, "prices", None):
+        return None
+    from harness.cost import load_prices as load
+
+    return load(args.prices)
 
 
 def cmd_export(args) -> int:
