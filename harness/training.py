@@ -107,9 +107,7 @@ class TrainRun(Run):
     def __init__(self, spec: TrainSpec, ctx: RunContext):
         super().__init__(ctx)
         self.spec, self.device = spec, torch.device(ctx.device)
-        if self.device.type == "cuda":  # the fp32 baseline's precision is part of the case (rule T10)
-            torch.backends.cuda.matmul.allow_tf32 = spec.tf32
-            torch.backends.cudnn.allow_tf32 = spec.tf32
+        self.tf32 = spec.tf32  # TF32 matmuls on CUDA, set around each step (both sides share the process)
         torch.manual_seed(ctx.seed)
         self.args: ModelArgs = ModelArgs.from_name(spec.model)
         self.raw_model = GPT(self.args).to(self.device)
@@ -130,7 +128,7 @@ class TrainRun(Run):
         self.info.update({"model": spec.model, "params": self.raw_model.num_params(),
                           "matmul_params": self.raw_model.num_params(matmul_only=True),
                           "optimizer": self.optimizer_kind, "data": spec.data, "autocast": None})
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the fp32 baseline's precision is part of the case (rule T10)
             self.info["tf32"] = spec.tf32
 
     def make_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -174,6 +172,19 @@ class TrainRun(Run):
         self.distributed = True
         self.info["local_batch"] = per
 
+    @contextlib.contextmanager
+    def precision(self):
+        """This run's TF32 setting on CUDA for the duration of a step, restored after."""
+        if self.device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -181,12 +192,13 @@ class TrainRun(Run):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> torch.Tensor:
         """Forward, loss, backward, optimizer step. With `keep_grads`, returns before the step (grads kept)."""
-        with self.autocast():
-            _, loss = self.model(x, y)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        with self.precision():
+            with self.autocast():
+                _, loss = self.model(x, y)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
         if not keep_grads:
             self.optimizer_step()
         return loss
@@ -319,8 +331,7 @@ class TrainRun(Run):
         """Which peak of the environment's table this run's matmuls use."""
         if self.autocast_dtype in PEAK_KEYS:
             return PEAK_KEYS[self.autocast_dtype]
-        tf32 = self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-        return "tf32_flops" if tf32 else "fp32_flops"
+        return "tf32_flops" if self.device.type == "cuda" and self.tf32 else "fp32_flops"
 
 
 class TrainWorkload(Workload):

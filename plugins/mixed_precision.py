@@ -70,6 +70,31 @@ class MixedPrecision(Optimization):
         return checks
 
 
+class TF32(Optimization):
+    """TF32 tensor-core matmuls for the fp32 model (10-bit mantissa inputs, fp32 accumulate), CUDA sm80+."""
+
+    name = "tf32"
+    kind = "training"
+    description = "TF32 matmuls for fp32 training on CUDA (Ampere+); loss after K steps close to strict fp32."
+
+    def supports(self, env: dict[str, Any]) -> str | None:
+        if not str(env.get("device", "cpu")).startswith("cuda"):
+            return "TF32 is a CUDA tensor-core mode; fp32 matmuls elsewhere are unaffected"
+        devices = (env.get("cuda") or {}).get("devices") or [{}]
+        capability = str(devices[0].get("capability", "0"))
+        if float(capability) < 8.0:
+            return f"TF32 needs compute capability >= 8.0 (Ampere); this GPU is {capability}"
+        return None
+
+    def apply(self, run: Any) -> None:
+        run.tf32 = True
+        run.info["tf32"] = True
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        return [loss_check("loss_close_to_fp32", baseline, optimized, LOSS_ATOL)]
+
+
 @hookimpl
 def register_optimizations(register):
     register(MixedPrecision)
+    register(TF32)

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 from harness_plugins.activation_checkpointing import ActivationCheckpointing, CheckpointParams
 from harness_plugins.ddp import DDP, WorldParams
-from harness_plugins.mixed_precision import MixedPrecision, MixedPrecisionParams
+from harness_plugins.mixed_precision import TF32, MixedPrecision, MixedPrecisionParams
 from harness_plugins.torch_compile import CompileParams, TorchCompile
 from harness_plugins.zero import Zero, ZeroParams
 
@@ -43,7 +43,7 @@ def checks(opt, baseline, optimized) -> dict:
 def test_all_training_plugins_register():
     registry = load_registry()
     for name, cls in [("mixed_precision", MixedPrecision), ("activation_checkpointing", ActivationCheckpointing),
-                      ("ddp", DDP), ("zero", Zero), ("torch_compile", TorchCompile)]:
+                      ("ddp", DDP), ("zero", Zero), ("tf32", TF32), ("torch_compile", TorchCompile)]:
         assert registry.optimizations[name] is cls and cls.kind == "training"
 
 
@@ -66,6 +66,13 @@ def test_mixed_precision_loss_close_to_fp32(baseline, dtype):
     assert result["loss_close_to_fp32"].values["abs_diff"] > 0  # really ran in lower precision
     if dtype == "fp16":
         assert result["grad_scaler_stepped"].passed and result["grad_scaler_stepped"].values["skipped_steps"] == 0
+
+
+def test_tf32_is_refused_off_cuda_and_before_ampere():
+    assert "CUDA" in TF32().supports(ENV)
+    old_gpu = {"device": "cuda:0", "cuda": {"devices": [{"capability": "7.5"}]}}
+    assert "8.0" in TF32().supports(old_gpu)
+    assert TF32().supports({"device": "cuda:0", "cuda": {"devices": [{"capability": "9.0"}]}}) is None
 
 
 def test_mixed_precision_check_catches_a_wrong_learning_rate(baseline):
