@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -26,7 +26,7 @@ class ModelArgs:
     dropout: float = 0.0
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "ModelArgs":
+    def from_name(cls, name: str, **overrides) -> ModelArgs:
         if name not in PRESETS:
             raise KeyError(f"unknown model preset '{name}'; known: {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
