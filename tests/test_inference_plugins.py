@@ -1,0 +1,182 @@
+"""Inference plugins on tiny models: each invariant holds, and a deliberately broken variant is caught."""
+
+import pytest
+import torch
+from harness_plugins import continuous_batching as cb
+from harness_plugins import speculative_decoding as sd
+from harness_plugins.batching import Batching, BatchingParams
+from harness_plugins.distillation import Distillation, DistillationParams
+from harness_plugins.kv_cache import KVCache, KVCacheParams
+from harness_plugins.quantization import Quantization, QuantizationParams
+
+from harness.inference import GenerateSpec, GenerateWorkload
+from harness.model import StaticCache
+from harness.optimization import ParamError, build_params
+from harness.workload import RunContext
+
+CTX = RunContext(device=torch.device("cpu"), env={}, seed=0)
+SPEC = {"model": "nano", "prompts": "synthetic", "batch": 2, "prompt_len": 16, "new_tokens": 12}
+
+
+def pair(opt, baseline=(), **spec):
+    """Build baseline and optimized runs as the worker does, return (checks, optimized run)."""
+    spec = GenerateSpec(**{**SPEC, **spec})
+    base = GenerateWorkload().build(spec, list(baseline), CTX)
+    run = GenerateWorkload().build(spec, list(baseline) + [opt], CTX)
+    return opt.check(base.outputs(), run.outputs()), run
+
+
+def passed(checks):
+    return {c.name: c.passed for c in checks}
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_kv_cache_keeps_tokens_and_formula(kind):
+    checks, run = pair(KVCache(KVCacheParams(kind)))
+    assert passed(checks) == {"tokens_identical_to_no_cache": True, "kv_bytes_match_formula": True}
+    assert run.info["cache"] == "static" if kind == "static" else "dynamic"
+
+
+def test_kv_cache_that_drops_the_last_position_is_caught(monkeypatch):
+    update = StaticCache.update
+
+    def lossy(self, layer, k, v, input_pos):
+        keys, values, mask = update(self, layer, k, v, input_pos)
+        return keys, values, mask & (torch.arange(self.max_len)[None, :] < input_pos[:, None])  # hides itself
+
+    monkeypatch.setattr(StaticCache, "update", lossy)
+    checks, _ = pair(KVCache(KVCacheParams("static")))
+    assert passed(checks)["tokens_identical_to_no_cache"] is False
+
+
+def test_cuda_graphs_unsupported_on_cpu():
+    assert "CUDA" in KVCache(KVCacheParams("static_cuda_graphs")).supports({"device": "cpu"})
+    assert KVCache(KVCacheParams("static")).supports({"device": "cpu"}) is None
+
+
+@pytest.mark.parametrize("method", ["int8_dynamic", "int8_weight_only"])
+def test_quantization_shrinks_weights_within_perplexity_bound(method):
+    checks, run = pair(Quantization(QuantizationParams(method=method)), [KVCache()])
+    assert passed(checks) == {"perplexity_within_bound": True, "weights_smaller": True}
+    assert run.info["weight_bytes_after"] < 0.35 * run.info["weight_bytes_before"]
+    assert 0 <= checks[0].values["top1_agreement"] <= 1
+
+
+def test_quantization_bound_catches_a_damaged_model():
+    opt = Quantization(QuantizationParams(method="int8_weight_only", max_ppl_increase=0.0))
+    apply = opt.apply
+
+    def damaging(run):  # a "quantizer" that destroys the output head
+        apply(run)
+        run.model.lm_head.scales.mul_(40.0)
+
+    opt.apply = damaging
+    checks, _ = pair(opt)
+    assert passed(checks)["perplexity_within_bound"] is False
+
+
+def test_quantization_supports():
+    assert "CPU only" in Quantization(QuantizationParams("int8_dynamic")).supports({"device": "cuda:0"})
+    assert "CUDA" in Quantization(QuantizationParams("int4_weight_only")).supports({"device": "cpu"})
+    with pytest.raises(ParamError):
+        build_params(QuantizationParams, {"method": "int2"})
+
+
+@pytest.mark.parametrize("draft, gamma", [("nano", 3), ("micro", 4)])
+def test_speculative_greedy_equals_target(draft, gamma):
+    opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft=draft, gamma=gamma))
+    checks, run = pair(opt, [KVCache()], batch=1, new_tokens=20)
+    assert passed(checks) == {"tokens_identical_to_target_greedy": True}
+    m = opt.metrics(run)
+    if draft == "nano":  # the draft is the target itself: every proposal is accepted
+        assert m["acceptance_rate"] == 1.0 and m["expected_tokens_per_step"] == gamma + 1
+    assert 0 <= m["acceptance_rate"] <= 1 and m["tokens_per_target_forward"] >= 1 and m["cost_ratio_c"] > 0
+
+
+def test_speculative_verifier_that_accepts_everything_is_caught(monkeypatch):
+    monkeypatch.setattr(sd, "greedy_accept", lambda draft_tokens, target_tokens: len(draft_tokens))
+    opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft="micro", gamma=4))
+    checks, _ = pair(opt, [KVCache()], batch=1, new_tokens=20)
+    assert passed(checks) == {"tokens_identical_to_target_greedy": False}
+
+
+def test_speculative_rejection_sampling_with_identical_draft_accepts_all():
+    opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft="nano", gamma=3))
+    checks, _ = pair(opt, sampling="sample", top_k=8, batch=1)
+    assert checks == [] and opt.stats["accepted"] == opt.stats["drafted"] > 0
+
+
+def test_speculative_gamma_validation():
+    with pytest.raises(ParamError):
+        build_params(sd.SpeculativeParams, {"gamma": 0})
+
+
+def test_batching_equals_one_at_a_time():
+    spec = GenerateSpec(**{**SPEC, "batch": 1})
+    seq = GenerateWorkload().build(spec, [KVCache(), Batching(BatchingParams(batch_size=4, mode="sequential"))], CTX)
+    opt = Batching(BatchingParams(batch_size=4))
+    run = GenerateWorkload().build(spec, [KVCache(), opt], CTX)
+    assert seq.layout == "sequential" and seq.batch == run.batch == 4 and run.units["tokens"] == 48
+    assert passed(opt.check(seq.outputs(), run.outputs())) == {"tokens_identical_to_one_at_a_time": True}
+
+
+def test_batching_wrong_padding_is_caught():
+    spec = GenerateSpec(**{**SPEC, "batch": 3})
+    seq = GenerateWorkload().build(spec, [KVCache(), Batching(BatchingParams(mode="sequential"))], CTX)
+    run = GenerateWorkload().build(spec, [KVCache(), Batching()], CTX)
+    expected = seq.outputs()
+    run.prompts = torch.cat([torch.zeros(3, 2, dtype=torch.long), run.prompts[:, 2:]], dim=1)  # unmasked pad
+    assert passed(Batching().check(expected, run.outputs())) == {"tokens_identical_to_one_at_a_time": False}
+
+
+CB = {"requests": 6, "rate": 200.0, "slots": 3, "prompt_min": 4, "prompt_max": 12, "output_min": 1,
+      "output_max": 10}
+
+
+def serve_pair(**params):
+    base = [cb.ContinuousBatching(cb.ContinuousBatchingParams(**{**CB, "scheduler": "static"}))]
+    opt = cb.ContinuousBatching(cb.ContinuousBatchingParams(**{**CB, **params}))
+    spec = GenerateSpec(**SPEC)
+    b, o = (GenerateWorkload().build(spec, plugins, CTX) for plugins in (base, [opt]))
+    return opt.check(b.outputs(), o.outputs()), o
+
+
+def test_continuous_batching_serves_every_request_as_alone():
+    checks, run = serve_pair()
+    assert all(passed(checks).values()), checks
+    run.step()
+    m = run.extra_metrics(0.5)
+    assert m["requests"] == 6 and m["ttft_p50_s"] >= 0 and 0 <= m["slo_attainment"] <= 1
+    assert run.units == {"tokens": sum(r.out_len for r in run.server.trace), "requests": 6}
+
+
+def test_continuous_batching_wrong_mask_is_caught(monkeypatch):
+    monkeypatch.setattr(cb.SlotCache, "visible", lambda self, pos: (self.positions[None] < pos[:, None])[:, None, None])
+    checks, _ = serve_pair()
+    assert passed(checks)["outputs_equal_serving_alone"] is False
+
+
+def test_continuous_batching_lost_request_is_caught(monkeypatch):
+    serve = cb.TraceServer.serve
+    monkeypatch.setattr(cb.TraceServer, "serve", lambda self: serve(self)[:-1])
+    checks, _ = serve_pair()
+    assert passed(checks)["every_request_served_once"] is False
+
+
+def test_continuous_batching_param_errors():
+    with pytest.raises(ParamError) as err:
+        build_params(cb.ContinuousBatchingParams, {"output_min": 10, "output_max": 5})
+    assert err.value.field == "output_max"
+
+
+def test_distillation_reports_quality_against_bound():
+    opt = Distillation(DistillationParams(student="micro", steps=5, batch=2, seq_len=32))
+    checks, run = pair(opt, new_tokens=4)
+    assert checks[0].name == "student_perplexity_within_bound" and checks[0].passed
+    assert run.info["student_weight_bytes"] < run.info["teacher_weight_bytes"]
+    strict = Distillation(DistillationParams(student="micro", steps=1, max_ppl_ratio=1.0))
+    bad = strict.check({"perplexity": 10.0, "top1": torch.zeros(2), "weight_bytes": 4},
+                       {"perplexity": 30.0, "top1": torch.ones(2), "weight_bytes": 1})
+    assert not bad[0].passed and bad[0].values["top1_agreement"] == 0.0
+    with pytest.raises(ParamError):
+        build_params(DistillationParams, {"student": "huge"})
