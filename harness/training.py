@@ -172,6 +172,13 @@ class TrainRun(Run):
         self.distributed = True
         self.info["local_batch"] = per
 
+    @property
+    def precision_name(self) -> str:
+        """The matmul precision of this run: "bfloat16" / "float16" (autocast), "tf32" or "fp32"."""
+        if self.autocast_dtype is not None:
+            return str(self.autocast_dtype).removeprefix("torch.")
+        return "tf32" if self.device.type == "cuda" and self.tf32 else "fp32"
+
     @contextlib.contextmanager
     def precision(self):
         """This run's TF32 setting on CUDA for the duration of a step, restored after."""
@@ -234,7 +241,7 @@ class TrainRun(Run):
                 loss = self.train_step(x, y)
             losses.append(self.global_loss(loss))
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
-        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1],
+        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": self.precision_name,
                "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
                "memory_estimate": self.memory_estimate()}
         if self.scaler is not None:

@@ -54,6 +54,11 @@ class ActivationCheckpointing(Optimization):
         run.info["checkpointed_blocks"] = f"{len(chosen)} of {len(blocks)}"
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        precisions = baseline.get("precision"), optimized.get("precision")
+        if precisions[0] != precisions[1]:  # a combined case against another precision cannot compare grads
+            return [Check("grads_equal_plain", False, {"baseline_precision": precisions[0],
+                                                       "optimized_precision": precisions[1]},
+                          "same precision on both sides: add the precision plugin to the case's baseline")]
         grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL)
         checks = [grads]
         b, o = baseline.get("activation_bytes"), optimized.get("activation_bytes")

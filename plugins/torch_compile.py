@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from harness_plugins.mixed_precision import LOSS_ATOL as MIXED_ATOL
 
 from harness import Check, Optimization, hookimpl
 from harness.training import loss_check
 
-# Inductor fuses and reorders fp32 reductions: measured |diff| of the loss after K steps ~1e-6 on nano.
-LOSS_ATOL = 1e-3
+# Inductor fuses and reorders reductions: measured |diff| of the loss after K steps ~5e-7 on nano in fp32.
+# Under bf16/fp16 autocast its fused kernels round at other points than eager's, so the mixed-precision
+# tolerance applies (and it does whenever the two sides differ in precision).
+LOSS_ATOL = {"fp32": 1e-3, "tf32": 1e-3}
 
 
 @dataclass
@@ -49,7 +52,10 @@ class TorchCompile(Optimization):
         run.info["compile_mode"] = self.params.mode
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
-        return [loss_check("loss_close_to_eager", baseline, optimized, LOSS_ATOL)]
+        precision = optimized.get("precision", "fp32")
+        same = precision == baseline.get("precision", "fp32")
+        atol = LOSS_ATOL.get(precision, MIXED_ATOL) if same else MIXED_ATOL
+        return [loss_check("loss_close_to_eager", baseline, optimized, atol)]
 
 
 @hookimpl

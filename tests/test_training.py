@@ -111,3 +111,17 @@ def test_shard_batches_takes_this_ranks_rows_of_the_global_batch():
     x_global, _ = run.global_batches[0]
     assert torch.equal(run.batches[0][0], x_global[2:4]) and run.distributed
     assert run.units == {"tokens": 4 * SPEC["seq_len"], "samples": 4}
+
+
+@pytest.mark.parametrize("name", ["training", "gpu-training"])
+def test_training_suites_load_and_cover_every_training_plugin(name):
+    from harness.suite import builtin_suite_path, load_suite
+
+    suite = load_suite(builtin_suite_path(name), load_registry())
+    used = {use.name for case in suite.cases for use in case.plugins}
+    assert {"mixed_precision", "activation_checkpointing", "ddp", "zero", "torch_compile"} <= used
+    for case in suite.cases:
+        if any(use.name == "activation_checkpointing" for use in case.plugins):
+            # checkpointing's gradients can only be compared at the same precision on both sides
+            has_mp = any(use.name == "mixed_precision" for use in case.plugins)
+            assert has_mp == any(use.name == "mixed_precision" for use in case.baseline)

@@ -112,6 +112,15 @@ def test_activation_checkpointing_check_catches_other_weights(baseline):
     assert not checks(opt, baseline, outputs([opt], seed=1))["grads_equal_plain"].passed
 
 
+def test_checkpointing_with_bf16_against_bf16_baseline_is_exact_and_against_fp32_is_refused(baseline):
+    bf16 = outputs([MixedPrecision()])
+    opt = ActivationCheckpointing()
+    combined = outputs([MixedPrecision(), opt])
+    assert checks(opt, bf16, combined)["grads_equal_plain"].passed
+    refused = checks(opt, baseline, combined)["grads_equal_plain"]
+    assert not refused.passed and refused.values["optimized_precision"] == "bfloat16"
+
+
 def test_ddp_needs_a_process_group_for_more_than_one_rank():
     assert DDP().processes() == 2
     with pytest.raises(RuntimeError, match="process group"):
