@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from harness import env as envmod
     from harness.plugins import load_registry
-    from harness.runner import run_suite
+    from harness.runner import prepare_references, run_suite
     from harness.suite import load_suite, resolve_suite_path
 
     registry = load_registry(args.plugins_dir)
@@ -126,8 +126,9 @@ def cmd_run(args) -> int:
         raise InputError(f"nothing to resume: {out / 'results.json'} does not exist", field="--resume")
     print(f"suite {suite.name}: {len(suite.cases)} cases on {env['device']} ({threads} threads) -> {out}",
           file=sys.stderr)
-    progress = lambda line: print(line, file=sys.stderr, flush=True)
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
+        prepare_references(suite, env["device"], progress)
         results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
                             registry=registry)

@@ -136,6 +136,29 @@ def _tail(log_path: Path, lines: int = 8) -> str:
     return ("; last output:\n" + "\n".join(tail)) if tail else ""
 
 
+def references_needed(suite: Suite) -> list[str]:
+    """Names of trained reference models ("reference:NAME") that the suite's workloads or plugins use."""
+    names = set()
+    for case in suite.cases:
+        values = list(case.workload_spec.values())
+        values += [v for use in case.plugins + case.baseline for v in use.params.values()]
+        names.update(v.split(":", 1)[1] for v in values if isinstance(v, str) and v.startswith("reference:"))
+    return sorted(names)
+
+
+def prepare_references(suite: Suite, device: str, progress: Callable[[str], None]) -> None:
+    """Train (or find cached) the reference models a suite needs before any case starts, so their training
+    shows as progress here and is not charged to a case's timeout."""
+    names = references_needed(suite)
+    if not names:
+        return
+    from harness.reference import load_reference
+
+    for name in names:
+        progress(f"reference model '{name}': loading, or training it on first use (cached afterwards)")
+        load_reference(name, device, progress)
+
+
 def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int, plugins_dirs: list[str],
               inline: bool = False, resume: bool = False, only: list[str] | None = None,
               progress: Callable[[str], None] = print, registry=None) -> dict[str, Any]:
