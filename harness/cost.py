@@ -75,22 +75,38 @@ def price_for(env: dict[str, Any], price_per_hour: float | None = None,
     return None
 
 
-def side_cost(side: dict[str, Any], price: float | None) -> dict[str, float | None]:
-    """Cost and energy figures of one measured side: $/step, $/1M tokens, $/1B tokens, J/token, kWh/1M tokens."""
-    median = side["latency"]["median"]
-    tps = (side.get("throughput") or {}).get("tokens_per_s")
-    tokens_per_step = tps * median if tps else None
-    out: dict[str, float | None] = {"usd_per_step": None, "usd_per_1m_tokens": None, "usd_per_1b_tokens": None,
-                                    "joules_per_token": None, "kwh_per_1m_tokens": None}
-    if price is not None:
+def cost_unit(side: dict[str, Any]) -> str | None:
+    """The unit costs are quoted per: tokens when the workload counts them, else the first unit it declares."""
+    keys = list(side.get("throughput") or {})
+    if "tokens_per_s" in keys:
+        return "tokens"
+    return keys[0].removesuffix("_per_s") if keys else None
+
+
+def side_cost(side: dict[str, Any], price: float | None) -> dict[str, Any]:
+    """Cost and energy figures of one measured side: $/step, $/1M and $/1B units, J/unit, kWh/1M units.
+
+    The unit is `cost_unit(side)` (tokens when counted); the ``*_tokens`` keys repeat the figures when it is
+    tokens and are None otherwise, so a reader never mistakes items or requests for tokens."""
+    median = (side.get("latency") or {}).get("median")
+    unit = cost_unit(side)
+    rate = (side.get("throughput") or {}).get(f"{unit}_per_s") if unit else None
+    units_per_step = rate * median if rate and median else None
+    out: dict[str, Any] = {"unit": unit, "usd_per_step": None, "usd_per_1m_units": None, "usd_per_1b_units": None,
+                           "joules_per_unit": None, "kwh_per_1m_units": None}
+    if price is not None and median is not None:
         out["usd_per_step"] = price / 3600 * median
-        if tps:
-            out["usd_per_1m_tokens"] = price / (3600 * tps) * 1e6
-            out["usd_per_1b_tokens"] = price / (3600 * tps) * 1e9
+        if rate:
+            out["usd_per_1m_units"] = price / (3600 * rate) * 1e6
+            out["usd_per_1b_units"] = price / (3600 * rate) * 1e9
     energy = side.get("energy") or {}
-    if energy.get("joules_per_step") is not None and tokens_per_step:
-        out["joules_per_token"] = energy["joules_per_step"] / tokens_per_step
-        out["kwh_per_1m_tokens"] = out["joules_per_token"] * 1e6 / JOULES_PER_KWH
+    if energy.get("joules_per_step") is not None and units_per_step:
+        out["joules_per_unit"] = energy["joules_per_step"] / units_per_step
+        out["kwh_per_1m_units"] = out["joules_per_unit"] * 1e6 / JOULES_PER_KWH
+    tokens = unit == "tokens"
+    for name in ("usd_per_1m", "usd_per_1b", "kwh_per_1m"):
+        out[f"{name}_tokens"] = out[f"{name}_units"] if tokens else None
+    out["joules_per_token"] = out["joules_per_unit"] if tokens else None
     return out
 
 
@@ -98,30 +114,33 @@ def training_vs_inference(results: dict[str, Any], price: float | None, train_to
                           ) -> dict[str, Any] | None:
     """After how many queries inference spending passes the training bill, from the run's fastest ok sides.
 
-    Training bill = `train_tokens` at the fastest measured training side's tokens/s; one query = one sample of
-    the fastest inference side (one generated sequence), so cost per query = price / (3600 * samples/s).
+    Training bill = `train_tokens` at the fastest measured training side's tokens/s; one query = one request,
+    sequence or sample (the first of these the inference workload counts) of the fastest inference side, so cost
+    per query = price / (3600 * queries/s).
     None when there is no price or the run lacks an ok training or inference case.
     """
     if price is None:
         return None
-    unit = {"training": "tokens_per_s", "inference": "samples_per_s"}
-    best: dict[str, tuple[float, str, str]] = {}
+    units = {"training": ("tokens_per_s",), "inference": ("requests_per_s", "sequences_per_s", "samples_per_s")}
+    best: dict[str, tuple[float, str, str, str]] = {}
     for case in results.get("cases", []):
-        if case.get("status") != "ok" or case.get("kind") not in unit:
+        if case.get("status") != "ok" or case.get("kind") not in units:
             continue
         for side_name, key in (("baseline", "baseline"), ("optimized", "metrics")):
-            rate = (case.get(key, {}).get("throughput") or {}).get(unit[case["kind"]])
-            if rate and rate > best.get(case["kind"], (0.0,))[0]:
-                best[case["kind"]] = (rate, case["id"], side_name)
+            throughput = (case.get(key) or {}).get("throughput") or {}
+            unit = next((u for u in units[case["kind"]] if throughput.get(u)), None)
+            if unit and throughput[unit] > best.get(case["kind"], (0.0,))[0]:
+                best[case["kind"]] = (throughput[unit], case["id"], side_name, unit.removesuffix("_per_s"))
     if "training" not in best or "inference" not in best:
         return None
-    (t_rate, t_case, t_side), (q_rate, q_case, q_side) = best["training"], best["inference"]
+    (t_rate, t_case, t_side, _), (q_rate, q_case, q_side, q_unit) = best["training"], best["inference"]
     train_bill = price / (3600 * t_rate) * train_tokens
     per_query = price / (3600 * q_rate)
     return {
         "price_per_hour": price, "train_tokens": train_tokens,
         "training_case": t_case, "training_side": t_side, "training_tokens_per_s": t_rate,
         "training_bill_usd": train_bill,
-        "inference_case": q_case, "inference_side": q_side, "queries_per_s": q_rate, "usd_per_query": per_query,
+        "inference_case": q_case, "inference_side": q_side, "queries_per_s": q_rate, "query_unit": q_unit,
+        "usd_per_query": per_query,
         "breakeven_queries": train_bill / per_query,
     }

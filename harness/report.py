@@ -24,6 +24,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
 SIDES = (("baseline", "baseline"), ("optimized", "metrics"))  # (label, key in the case)
 COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
+# Below this, a CPU peak (VmHWM delta) is allocator and page noise, not the step's memory: the worker leaves
+# comparison.memory_ratio null there (harness/worker.py); older files that carry a ratio are judged the same way.
+CPU_MEMORY_RESOLUTION = 8 * 2**20
 
 
 # ---- formatting (also used by compare and export) ----
@@ -76,6 +79,21 @@ def fmt_usd(x: float | None) -> str:
     return f"${x:,.2f}" if x >= 1 else f"${x:.3g}"
 
 
+def fmt_extra(key: str, x: Any) -> str:
+    """A derived metric by its name's suffix: *_bytes_s bandwidth, *_bytes size, *_s time, mfu/hfu/mbu percent."""
+    if x is None or isinstance(x, (str, bool)):
+        return "n/a" if x is None else str(x)
+    if key.endswith("bytes_s"):
+        return f"{fmt_bytes(x)}/s"
+    if key.endswith("bytes"):
+        return fmt_bytes(x)
+    if key.endswith("_s") and "_per_s" not in key:
+        return fmt_time(x)
+    if key in ("mfu", "hfu", "mbu"):
+        return fmt_pct(x)
+    return fmt_num(x)
+
+
 def verdict_text(comparison: dict[str, Any]) -> str:
     """'1.62× faster', '1.32× slower' (time ratio, so it reads naturally) or 'no significant difference'."""
     s = comparison["speedup"]
@@ -86,8 +104,42 @@ def verdict_text(comparison: dict[str, Any]) -> str:
     return "no significant difference"
 
 
+def throughput_units(case: dict[str, Any]) -> list[str]:
+    """The throughput keys (``<unit>_per_s``) either side of a case reports, tokens first, then as recorded.
+
+    Units are whatever the workload declares (tokens, samples, sequences, requests, items...), so nothing here
+    assumes a particular one."""
+    keys = [k for _, key in SIDES for k in ((case.get(key) or {}).get("throughput") or {})]
+    return sorted(dict.fromkeys(keys), key=lambda k: k != "tokens_per_s")
+
+
+def unit_label(key: str) -> str:
+    """'tokens_per_s' -> 'tokens/s'."""
+    return key.removesuffix("_per_s") + "/s"
+
+
+def measured(case: dict[str, Any]) -> bool:
+    """An ok case with both sides recorded (the report shows measurements only for these)."""
+    return case.get("status") == "ok" and all(isinstance(case.get(key), dict) for _, key in SIDES)
+
+
+def memory_resolved(case: dict[str, Any]) -> bool:
+    """False when the memory difference of a case is not a measurement: the worker left memory_ratio null, or
+    both CPU peaks lie under the RSS resolution."""
+    if "memory_ratio" in (case.get("comparison") or {}) and case["comparison"]["memory_ratio"] is None:
+        return False
+    mems = [(case.get(key) or {}).get("memory") or {} for _, key in SIDES]
+    cpu = all(m.get("source") == "cpu_vmhwm" for m in mems)
+    return not (cpu and max((m.get("peak_bytes") or 0) for m in mems) < CPU_MEMORY_RESOLUTION)
+
+
 def memory_saved(case: dict[str, Any]) -> tuple[float, float] | None:
-    """(bytes saved by the optimized side, fraction of the baseline peak), negative when it uses more."""
+    """(bytes saved by the optimized side, fraction of the baseline peak), negative when it uses more.
+
+    None when a peak is missing or when the worker declared the ratio unresolved (comparison.memory_ratio null,
+    e.g. both CPU peaks under the RSS resolution): a difference of two unresolved peaks is not a saving."""
+    if not memory_resolved(case):
+        return None
     base = ((case.get("baseline") or {}).get("memory") or {}).get("peak_bytes")
     opt = ((case.get("metrics") or {}).get("memory") or {}).get("peak_bytes")
     if not base or opt is None:
@@ -173,10 +225,15 @@ def _time_unit(values: list[float]) -> tuple[str, float]:
 
 def latency_chart(case: dict[str, Any], salt: str) -> str:
     """Each sample of both sides as a dot (jittered) over a box of the quartiles, per-call time."""
-    data = {label: case[key]["latency"]["data"] for label, key in SIDES if case[key]["latency"].get("data")}
+    data = {label: case[key]["latency"]["data"] for label, key in SIDES
+            if ((case.get(key) or {}).get("latency") or {}).get("data")}
     if not data:
         return ""
-    unit, scale = _time_unit([x for xs in data.values() for x in xs])
+    every = sorted(x for xs in data.values() for x in xs)
+    # a few stalls 20x the median would squash both boxes into one pixel: clip at 1.5x the 99th percentile
+    limit = every[int(0.99 * (len(every) - 1))] * 1.5
+    beyond = sum(1 for x in every if x > limit) if every[-1] > limit else 0
+    unit, scale = _time_unit(every[:len(every) - beyond])
     fig = _figure(5.4, 1.7)
     ax = fig.add_subplot()
     rng = random.Random(0)
@@ -189,14 +246,17 @@ def latency_chart(case: dict[str, Any], salt: str) -> str:
         ax.scatter([x * scale for x in xs], [y + rng.uniform(-0.18, 0.18) for _ in xs], s=9, alpha=0.6,
                    color=COLORS[label], linewidths=0)
     ax.set_yticks(range(len(data)), list(reversed(data)))
-    ax.set_xlabel(f"time per step ({unit})")
+    ax.set_xlabel(f"time per step ({unit})" + (f"; {beyond} samples above {limit * scale:.3g} not shown"
+                                                    if beyond else ""))
+    if beyond:
+        ax.set_xlim(right=limit * scale)
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig, salt)
 
 
 def memory_chart(case: dict[str, Any], salt: str) -> str:
     """Stacked bars of the counted memory categories per side, with the measured peak as a tick."""
-    sides = [(label, case[key]["memory"]) for label, key in SIDES if case[key].get("memory")]
+    sides = [(label, case[key]["memory"]) for label, key in SIDES if (case.get(key) or {}).get("memory")]
     if not sides or not any(m.get("breakdown") for _, m in sides):
         return ""
     fig = _figure(5.4, 1.6)
@@ -222,7 +282,7 @@ def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in cases:
         spec = dict(c["workload"].get("spec") or {})
-        if c.get("status") != "ok" or "batch" not in spec:
+        if not measured(c) or "batch" not in spec:
             continue
         spec.pop("batch")
         key = json.dumps([c["workload"]["name"], spec, c.get("plugins"), c.get("baseline_plugins")], sort_keys=True)
@@ -233,7 +293,11 @@ def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         batches = [c["workload"]["spec"]["batch"] for c in group]
         if len(set(batches)) < 2:
             continue
-        unit = "tokens_per_s" if all(c["metrics"]["throughput"].get("tokens_per_s") for c in group) else "samples_per_s"
+        common = [u for u in throughput_units(group[0])
+                  if all(c[key]["throughput"].get(u) for c in group for _, key in SIDES)]
+        if not common:
+            continue
+        unit = common[0]
         fig = _figure(5.2, 2.6)
         ax = fig.add_subplot()
         for label, key in SIDES:
@@ -242,7 +306,7 @@ def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("batch")
-        ax.set_ylabel(unit.replace("_per_s", "/s"))
+        ax.set_ylabel(unit_label(unit))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
         curves.append({"ids": [c["id"] for c in group], "unit": unit, "svg": _svg(fig, f"batch{i}")})
@@ -256,18 +320,27 @@ def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environme
     env = jinja_env or jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(time=fmt_time, warmup=fmt_warmup, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
-                       verdict=verdict_text, saved=fmt_saved, tojson_compact=lambda v: json.dumps(v, sort_keys=True))
+                       verdict=verdict_text, saved=fmt_saved, unit=unit_label, extra=lambda x, k: fmt_extra(k, x),
+                       tojson_compact=lambda v: json.dumps(v, sort_keys=True))
     return env
 
 
 def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str, Any]:
     """What the template shows for one case: the case plus charts, memory saved, checks and costs."""
-    ok = case.get("status") == "ok"
+    ok = measured(case)
     checks = case.get("checks") or []
-    view = {"case": case, "anchor": f"case-{index}", "ok": ok,
-            "checks_passed": sum(1 for c in checks if c.get("passed")), "checks_total": len(checks),
-            "saved": memory_saved(case) if ok else None, "latency_svg": "", "memory_svg": "", "costs": {},
-            "extra_keys": [], "info_keys": []}
+    passed = sum(1 for c in checks if c.get("passed"))
+    status = str(case.get("status"))
+    if case.get("status") == "ok" and not ok:
+        status = "ok (no measurements recorded)"
+    elif ok and passed < len(checks):
+        status = "ok, invariant FAILED"
+    view = {"case": case, "anchor": f"case-{index}", "ok": ok, "status": status,
+            "clean": ok and passed == len(checks),
+            "checks_passed": passed, "checks_total": len(checks), "units": throughput_units(case) if ok else [],
+            "saved": memory_saved(case) if ok else None,
+            "memory_resolved": ok and memory_resolved(case), "latency_svg": "", "memory_svg": "", "costs": {},
+            "extra_keys": [], "info_keys": [], "categories": []}
     if ok:
         view["latency_svg"] = latency_chart(case, f"lat{index}")
         view["memory_svg"] = memory_chart(case, f"mem{index}")
@@ -276,6 +349,8 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
         keys = {k for _, key in SIDES for k in (case[key].get("extra") or {})}
         view["extra_keys"] = [k for k in first if k in keys] + sorted(keys - set(first))
         view["info_keys"] = sorted({k for _, key in SIDES for k in (case[key].get("info") or {})})
+        present = {k for _, key in SIDES for k in ((case[key].get("memory") or {}).get("breakdown") or {})}
+        view["categories"] = [k for k in MEMORY_CATEGORIES if k in present] + sorted(present - set(MEMORY_CATEGORIES))
     return view
 
 
@@ -286,7 +361,7 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
     env = results.get("environment") or {}
     price = cost.price_for(env, price_per_hour, prices)
     cases = [case_view(c, i, price and price[0]) for i, c in enumerate(results["cases"])]
-    warnings = [(c["id"], w) for c in results["cases"] for w in c.get("warnings") or []]
+    warnings = [(c.get("id"), w) for c in results["cases"] for w in c.get("warnings") or []]
     if results.get("status") != "complete":
         warnings.insert(0, ("run", f"the run is {results.get('status')!r}: some cases may be missing"))
     return environment().get_template("report.html").render(
