@@ -258,9 +258,13 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
     out = []
     for combo in itertools.product(*axes) if axes else [()]:
         uses = [PluginUse(p.name, dict(p.params)) for p in plugins]
+        base_uses = [PluginUse(p.name, dict(p.params)) for p in baseline]
         for plugin, param, value in combo:
-            next(u for u in uses if u.name == plugin).params[param] = value
-        out.append(_case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry))
+            # the swept value also goes to the baseline's entry of that plugin, so both sides do the same work
+            for use in uses + base_uses:
+                if use.name == plugin:
+                    use.params[param] = value
+        out.append(_case(doc, path, case, wname, wtype, wspec, kind, uses, base_uses, registry))
     return out
 
 

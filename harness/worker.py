@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import traceback
@@ -183,10 +184,15 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
                                            settings, warm[side].iterations))
             dist.barrier()
     clocks_log.append(gpu_state(device, cuda))
+    extras = {}
+    for side, run in runs.items():  # on every rank that runs the side: extra_metrics may use collectives
+        if owns(run, dist):
+            extras[side] = run.extra_metrics(statistics.median(s for r in rounds[side] for s in r))
+        dist.barrier()
 
     result = None
     if dist.rank == 0:
-        result = summarize_case(runs, rounds, warm, first_call, peaks, checks, settings, clocks_log,
+        result = summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settings, clocks_log,
                                 threads, rank_threads, dist.world_size, device, cuda)
     dist.barrier()
     dist.close()
@@ -224,7 +230,7 @@ def gpu_state(device, cuda: bool) -> dict[str, Any] | None:
     return clock_state(device.index or 0)
 
 
-def summarize_case(runs, rounds, warm, first_call, peaks, checks, settings, clocks_log, threads,
+def summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settings, clocks_log, threads,
                    rank_threads, world_size, device, cuda) -> dict[str, Any]:
     from harness.energy import energy_window
 
@@ -248,7 +254,7 @@ def summarize_case(runs, rounds, warm, first_call, peaks, checks, settings, cloc
             "compile_s": first_call[side],
             "memory": mem,
             "energy": energy,
-            "extra": run.extra_metrics(median),
+            "extra": extras[side],
             "info": run.info,
             "threads": threads if not run.distributed else rank_threads,
             "distributed": run.distributed,

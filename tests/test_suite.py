@@ -96,3 +96,24 @@ def test_shipped_suites_validate():
     for path in sorted((FIXTURES.parent.parent / "suites").glob("*.yaml")):
         suite = load_suite(path, registry)
         assert suite.cases, path
+
+
+def test_sweep_sets_the_parameter_on_both_sides(tmp_path):
+    from harness.plugins import load_registry
+
+    reg = load_registry()
+    sweep = """\
+name: s
+workloads:
+  g: {type: generate, model: nano, batch: 4, prompt_len: 8, new_tokens: 4}
+cases:
+  - workload: g
+    plugins: [batching]
+    baseline: [{batching: {mode: sequential}}]
+    sweep: {batching.batch_size: [1, 4]}
+"""
+    cases = load_suite(write(tmp_path, sweep), reg).cases
+    assert [c.plugins[0].params["batch_size"] for c in cases] == [1, 4]
+    assert [c.baseline[0].params["batch_size"] for c in cases] == [1, 4]
+    assert all(c.baseline[0].params["mode"] == "sequential" for c in cases)
+    assert len({c.id for c in cases}) == 2
