@@ -19,7 +19,7 @@ from pytest_benchmark.utils import parse_compare_fail
 from harness import cost, stats
 from harness.errors import InputError
 from harness.export import load_run
-from harness.report import SIDES, environment, flatten, fmt_time, write_atomic
+from harness.report import SIDES, environment, flatten, fmt_time, unit_label, write_atomic
 
 IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted
 
@@ -28,8 +28,9 @@ def _sides(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if case.get("status") != "ok":
         return []
     if "baseline" in case:
-        return [(label, case[key]) for label, key in SIDES if key in case]
-    return [("", case["metrics"])]  # a foreign pytest-benchmark entry: one side
+        return [(label, case[key]) for label, key in SIDES if isinstance(case.get(key), dict)]
+    # a foreign pytest-benchmark entry: one side
+    return [("", case["metrics"])] if isinstance(case.get("metrics"), dict) else []
 
 
 def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: float | None) -> dict[str, Any]:
@@ -37,10 +38,14 @@ def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: floa
         return {"present": False, "status": "absent"}
     if side is None:
         return {"present": True, "status": case.get("status"), "error": case.get("error")}
-    tps = (side.get("throughput") or {}).get("tokens_per_s")
+    throughput = side.get("throughput") or {}
+    unit = sorted(throughput, key=lambda k: k != "tokens_per_s")[0] if throughput else None
+    money = cost.side_cost(side, price)
     return {"present": True, "status": "ok", "latency": side["latency"], "median": side["latency"]["median"],
-            "tokens_per_s": tps, "peak_bytes": (side.get("memory") or {}).get("peak_bytes"),
-            "usd_per_1m_tokens": cost.side_cost(side, price)["usd_per_1m_tokens"]}
+            "throughput": throughput, "unit": unit, "rate": throughput.get(unit) if unit else None,
+            "tokens_per_s": throughput.get("tokens_per_s"), "peak_bytes": (side.get("memory") or {}).get("peak_bytes"),
+            "cost_unit": money["unit"], "usd_per_1m_units": money["usd_per_1m_units"],
+            "usd_per_1m_tokens": money["usd_per_1m_tokens"]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -51,8 +56,9 @@ def _versus(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | No
     """Later run against the first for one entry: ratios and the bootstrap verdict (speedup > 1 = later faster)."""
     if first.get("status") != "ok" or later.get("status") != "ok":
         return None
-    out = {"time_ratio": _ratio(first["median"], later["median"]),
-           "throughput_ratio": _ratio(first["tokens_per_s"], later["tokens_per_s"]),
+    unit = first["unit"] if first["unit"] in later["throughput"] else None
+    out = {"time_ratio": _ratio(first["median"], later["median"]), "unit": unit,
+           "throughput_ratio": _ratio(first["rate"], later["throughput"].get(unit)) if unit else None,
            "memory_ratio": _ratio(first["peak_bytes"], later["peak_bytes"]),
            "speedup": None, "ci95": None, "verdict": "n/a (no samples)"}
     a, b = first["latency"].get("data") or [], later["latency"].get("data") or []
@@ -133,7 +139,7 @@ def format_table(result: dict[str, Any]) -> str:
 def render_compare(result: dict[str, Any]) -> str:
     """The comparison as one self-contained HTML page (same template base and escaping as the report)."""
     env = environment()
-    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=_verdict_word)
+    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=_verdict_word, unit=unit_label)
     return env.get_template("compare.html").render(c=result)
 
 

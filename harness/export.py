@@ -20,7 +20,19 @@ from pytest_benchmark.stats import Stats
 
 from harness.cost import device_name
 from harness.errors import InputError
-from harness.report import SIDES, fmt_num, fmt_saved, memory_saved, read_json, validate, verdict_text, write_atomic
+from harness.report import (
+    SIDES,
+    fmt_num,
+    fmt_saved,
+    measured,
+    memory_saved,
+    read_json,
+    throughput_units,
+    unit_label,
+    validate,
+    verdict_text,
+    write_atomic,
+)
 
 FORMATS = ("pytest-benchmark", "csv", "markdown")
 
@@ -49,11 +61,13 @@ def to_pytest_benchmark(results: dict[str, Any]) -> dict[str, Any]:
     git = env.get("git") or {}
     benchmarks = []
     for case in results["cases"]:
-        if case.get("status") != "ok":
+        if not measured(case):
             continue
         m = case.get("measurement") or {}
         for side, key in SIDES:
             s = case[key]
+            if not (s.get("latency") or {}).get("data"):
+                continue  # pytest-benchmark stats need samples
             stats = Stats()
             for x in s["latency"]["data"]:
                 stats.update(x)
@@ -135,7 +149,8 @@ def load_run(path: str | Path) -> dict[str, Any]:
 
 
 CSV_FIELDS = ("id", "kind", "status", "verdict", "speedup", "ci95_low", "ci95_high", "baseline_median_s",
-              "optimized_median_s", "baseline_tokens_per_s", "optimized_tokens_per_s", "baseline_peak_bytes",
+              "optimized_median_s", "throughput_unit", "baseline_throughput", "optimized_throughput",
+              "baseline_tokens_per_s", "optimized_tokens_per_s", "baseline_peak_bytes",
               "optimized_peak_bytes", "memory_ratio", "checks_passed", "checks_total", "warnings", "error")
 
 
@@ -149,10 +164,15 @@ def to_csv(results: dict[str, Any]) -> str:
         row = {"id": c["id"], "kind": c.get("kind"), "status": c.get("status"), "error": c.get("error") or "",
                "checks_passed": sum(1 for x in checks if x.get("passed")), "checks_total": len(checks),
                "warnings": len(c.get("warnings") or [])}
-        if c.get("status") == "ok" and "baseline" in c:
-            cmp = c["comparison"]
-            row.update(verdict=cmp["verdict"], speedup=cmp["speedup"], ci95_low=cmp["ci95"][0],
-                       ci95_high=cmp["ci95"][1], memory_ratio=cmp.get("memory_ratio"))
+        if measured(c):
+            cmp = c.get("comparison") or {}
+            ci = cmp.get("ci95") or [None, None]
+            row.update(verdict=cmp.get("verdict"), speedup=cmp.get("speedup"), ci95_low=ci[0], ci95_high=ci[1],
+                       memory_ratio=cmp.get("memory_ratio"))
+            units = throughput_units(c)
+            if units:
+                row.update(throughput_unit=units[0], baseline_throughput=c["baseline"]["throughput"].get(units[0]),
+                           optimized_throughput=c["metrics"]["throughput"].get(units[0]))
             for side, key in SIDES:
                 row[f"{side}_median_s"] = c[key]["latency"]["median"]
                 row[f"{side}_tokens_per_s"] = (c[key].get("throughput") or {}).get("tokens_per_s")
@@ -176,15 +196,16 @@ def to_markdown(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     failed = []
     for c in results["cases"]:
-        if c.get("status") != "ok" or "baseline" not in c:
+        if not measured(c) or not isinstance(c.get("comparison"), dict):
             failed.append(c)
             continue
         cmp, checks = c["comparison"], c.get("checks") or []
-        unit = "tokens_per_s" if c["metrics"]["throughput"].get("tokens_per_s") else "samples_per_s"
+        ci = f" [{cmp['ci95'][0]:.2f}, {cmp['ci95'][1]:.2f}]" if cmp.get("ci95") else ""
+        base, opt = c["baseline"]["throughput"], c["metrics"]["throughput"]
+        rates = "<br>".join(f"{fmt_num(base.get(u))} → {fmt_num(opt.get(u))} {unit_label(u)}"
+                            for u in throughput_units(c)) or "n/a"
         passed = sum(1 for x in checks if x.get("passed"))
-        lines.append(f"| {_md(c['id'])} | {verdict_text(cmp)} | {cmp['speedup']:.2f}× "
-                     f"[{cmp['ci95'][0]:.2f}, {cmp['ci95'][1]:.2f}] | {fmt_num(c['baseline']['throughput'].get(unit))}"
-                     f" → {fmt_num(c['metrics']['throughput'].get(unit))} {unit.replace('_per_s', '/s')} | "
+        lines.append(f"| {_md(c['id'])} | {verdict_text(cmp)} | {cmp['speedup']:.2f}×{ci} | {rates} | "
                      f"{fmt_saved(memory_saved(c))} | {passed}/{len(checks)}{'' if passed == len(checks) else ' ❌'} |")
     if failed:
         lines += ["", "Not measured:", ""]

@@ -62,3 +62,15 @@ def test_comparison_opens_cleanly(tmp_path):
     console, shot = open_page(out, tmp_path)
     assert console == []
     assert shot.stat().st_size > 10_000
+
+
+def test_real_report_and_comparison_open_cleanly(tmp_path):
+    """The faulty run (failures, items/s, per-side warm-up) and its comparison with a generate run."""
+    results = tmp_path / "faulty.json"
+    shutil.copy(DATA / "real" / "faulty-cpu.json", results)
+    console, shot = open_page(write_report(results, tmp_path / "faulty.html"), tmp_path)
+    assert console == [] and shot.stat().st_size > 10_000
+    out = tmp_path / "real-comparison.html"
+    assert compare.main([results, DATA / "real" / "bf16-weights-cpu.json"], out=out) == 0
+    console, shot = open_page(out, tmp_path)
+    assert console == [] and shot.stat().st_size > 10_000

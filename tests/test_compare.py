@@ -131,3 +131,36 @@ def test_comparison_escapes_strings(tmp_path):
     html = cmp.render_compare(cmp.compare([CPU, p]))
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert "<b>cpu</b>" not in html
+
+
+REAL = DATA / "real"
+
+
+def test_two_real_runs_with_no_common_case_list_every_case_as_partial():
+    result = cmp.compare([REAL / "faulty-cpu.json", REAL / "bf16-weights-cpu.json"])
+    files = ("faulty-cpu.json", "bf16-weights-cpu.json")
+    ids = {c["id"] for f in files for c in json.loads((REAL / f).read_text())["cases"]}
+    assert set(result["partial"]) == ids
+    assert all(v is None for row in result["rows"] for v in row["versus"])
+    html = cmp.render_compare(result)
+    assert "items/s" in html and "tokens/s" in html and "sequences/s" in html
+    assert "RuntimeError: this plugin always raises" in html
+
+
+def test_real_run_against_itself_compares_throughput_in_its_own_unit(tmp_path):
+    doc = json.loads((REAL / "faulty-cpu.json").read_text())
+    later = copy.deepcopy(doc)
+    for case in later["cases"]:
+        if case["status"] == "ok":
+            for key in ("baseline", "metrics"):
+                case[key]["latency"]["median"] *= 2
+                case[key]["latency"]["data"] = [x * 2 for x in case[key]["latency"]["data"]]
+                case[key]["throughput"]["items_per_s"] /= 2
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    result = cmp.compare([REAL / "faulty-cpu.json", tmp_path / "later.json"])
+    row = next(r for r in result["rows"] if r["case"] == "toy/noop" and r["side"] == "optimized")
+    v = row["versus"][1]
+    assert v["unit"] == "items_per_s"
+    assert v["throughput_ratio"] == pytest.approx(0.5) and v["time_ratio"] == pytest.approx(2.0)
+    assert v["verdict"] == "slower"
+    assert cmp.check_fail_if(result, ["median:10%"])  # the gate catches the doubled time

@@ -117,3 +117,22 @@ def test_pytest_plugin_runs_a_case_through_pytest_benchmark(tmp_path):
     assert all(b["extra_info"]["throughput"]["tokens_per_s"] > 0 for b in doc["benchmarks"])
     result = compare.compare([out, out])  # our compare reads what pytest-benchmark wrote
     assert len(result["rows"]) == 2
+
+
+REAL = DATA / "real"
+
+
+def test_real_files_export_in_every_format():
+    faulty = json.loads((REAL / "faulty-cpu.json").read_text())
+    rows = list(csv.DictReader(io.StringIO(export.to_csv(faulty))))
+    assert [r["id"] for r in rows] == [c["id"] for c in faulty["cases"]]
+    noop = rows[0]
+    assert noop["throughput_unit"] == "items_per_s" and float(noop["optimized_throughput"]) > 0
+    assert noop["optimized_tokens_per_s"] == ""  # items are not tokens
+    md = export.to_markdown(faulty)
+    assert "items/s" in md and "0/1 ❌" in md and "**oom**" in md
+    doc = export.to_pytest_benchmark(faulty)
+    assert {b["extra_info"]["harness_case"] for b in doc["benchmarks"]} == {"toy/noop", "toy/wrong_scale"}
+    bf16 = json.loads((REAL / "bf16-weights-cpu.json").read_text())
+    md = export.to_markdown(bf16)
+    assert "tokens/s" in md and "sequences/s" in md and "0.40×" in md

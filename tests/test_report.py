@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from markupsafe import escape as html_escape
 
 from harness import cost
 from harness.errors import InputError
-from harness.report import fmt_bytes, render_report, verdict_text, write_report
+from harness.report import fmt_bytes, memory_saved, render_report, verdict_text, write_report
 
 DATA = Path(__file__).parent / "data"
 
@@ -167,3 +168,98 @@ def test_training_vs_inference_breakeven(gpu):
 def test_fmt_bytes_uses_binary_units():
     assert fmt_bytes(2**30) == "1 GiB"
     assert fmt_bytes(3 * 2**20) == "3 MiB"
+
+
+# ---- real files written by harness/runner.py + harness/worker.py (tests/data/real) ----
+
+REAL = DATA / "real"
+
+
+@pytest.fixture(scope="module")
+def faulty() -> dict:
+    return json.loads((REAL / "faulty-cpu.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bf16() -> dict:
+    return json.loads((REAL / "bf16-weights-cpu.json").read_text())
+
+
+def test_real_faulty_run_renders_every_case_and_failure(faulty):
+    html = render_report(faulty)
+    for case in faulty["cases"]:
+        assert case["id"] in html
+        assert case["log"] in html  # where to look when a case failed
+        if case["status"] != "ok":
+            assert html_escape(case["error"].splitlines()[0]) in html
+    assert "177,746 → 178,380 items/s" in html  # the toy workload counts items, not tokens
+    assert "ok, invariant FAILED" in html and "0/1 passed" in html
+    assert "baseline 10 ms, optimized 10 ms" in html  # warm-up recorded per side
+
+
+def test_real_tiny_cpu_peaks_are_not_reported_as_savings(faulty):
+    noop = faulty["cases"][0]
+    assert noop["comparison"]["memory_ratio"] < 0.01  # this file still carries a ratio of two unresolved peaks
+    assert memory_saved(noop) is None
+    assert "saves" not in render_report(faulty)
+    big = copy.deepcopy(noop)
+    big["baseline"]["memory"]["peak_bytes"], big["metrics"]["memory"]["peak_bytes"] = 40 * 2**20, 30 * 2**20
+    big["comparison"]["memory_ratio"] = 0.75
+    assert memory_saved(big) == (10 * 2**20, 0.25)
+    big["comparison"]["memory_ratio"] = None  # the worker said: not resolved
+    assert memory_saved(big) is None
+
+
+def test_real_generate_run_shows_all_units_and_derived_metrics(bf16):
+    html = render_report(bf16)
+    assert "2.50× slower" in html
+    assert "111 → 44.2 tokens/s" in html and "6.92 → 2.76 sequences/s" in html
+    assert "46.3 MiB/s" in html  # achieved_bandwidth_bytes_s is a bandwidth, not a time
+    assert "uses 46.1 MiB more" in html
+
+
+def test_minimal_schema_conformant_case_renders(bf16):
+    r = copy.deepcopy(bf16)
+    case = r["cases"][0]
+    for key in ("note", "log", "processes", "checks", "warnings", "measurement"):
+        case.pop(key)
+    case["comparison"]["memory_ratio"] = None
+    for side in (case["baseline"], case["metrics"]):
+        side.update(energy=None, extra={}, info={}, memory={"peak_bytes": None, "source": "cpu_vmhwm"})
+        side.pop("threads"), side.pop("distributed"), side["latency"].pop("p90")
+    html = render_report(r)
+    assert "gen/bf16_weights" in html and "2.50× slower" in html
+
+
+def test_cost_is_quoted_per_the_workloads_unit(faulty, bf16):
+    items = cost.side_cost(faulty["cases"][0]["metrics"], 3.6)
+    rate = faulty["cases"][0]["metrics"]["throughput"]["items_per_s"]
+    assert items["unit"] == "items" and items["usd_per_1m_units"] == pytest.approx(3.6 / (3600 * rate) * 1e6)
+    assert items["usd_per_1m_tokens"] is None  # items are not tokens
+    tokens = cost.side_cost(bf16["cases"][0]["metrics"], 3.6)
+    assert tokens["unit"] == "tokens" and tokens["usd_per_1m_tokens"] == tokens["usd_per_1m_units"]
+    html = render_report(faulty, price_per_hour=3.6)
+    assert "per 1M items" in html
+
+
+def test_breakeven_counts_generated_sequences_as_queries(bf16):
+    r = copy.deepcopy(bf16)
+    train = copy.deepcopy(r["cases"][0])
+    train.update(id="train", kind="training")
+    r["cases"].append(train)
+    b = cost.training_vs_inference(r, 3.6)
+    assert b["query_unit"] == "sequences"
+    assert b["queries_per_s"] == r["cases"][0]["baseline"]["throughput"]["sequences_per_s"]
+
+
+def test_report_cli_renders_real_file(tmp_path):
+    out = tmp_path / "r.html"
+    proc = subprocess.run([sys.executable, "-m", "harness", "report", str(REAL / "faulty-cpu.json"), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "toy/wrong_scale" in out.read_text()
+
+
+@pytest.mark.parametrize("path", sorted(Path("reports").glob("*/results.json")), ids=str)
+def test_lead_reports_render(path):
+    assert "<h2 id=\"summary\">Summary</h2>" in render_report(json.loads(path.read_text()))
