@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from harness import cost
+from harness import cost, stats
 from harness.errors import InputError
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -26,7 +26,6 @@ SIDES = (("baseline", "baseline"), ("optimized", "metrics"))  # (label, key in t
 COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
 # Below this, a CPU peak (VmHWM delta) is allocator and page noise, not the step's memory: the worker leaves
 # comparison.memory_ratio null there (harness/worker.py); older files that carry a ratio are judged the same way.
-CPU_MEMORY_RESOLUTION = 8 * 2**20
 
 
 # ---- formatting (also used by compare and export) ----
@@ -130,7 +129,7 @@ def memory_resolved(case: dict[str, Any]) -> bool:
         return False
     mems = [(case.get(key) or {}).get("memory") or {} for _, key in SIDES]
     cpu = all(m.get("source") == "cpu_vmhwm" for m in mems)
-    return not (cpu and max((m.get("peak_bytes") or 0) for m in mems) < CPU_MEMORY_RESOLUTION)
+    return not (cpu and max((m.get("peak_bytes") or 0) for m in mems) < stats.CPU_MEMORY_RESOLUTION)
 
 
 def memory_saved(case: dict[str, Any]) -> tuple[float, float] | None:

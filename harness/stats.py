@@ -13,6 +13,7 @@ VERY_NOISY_IQR = 0.25
 OUTLIER_Z = 14.826  # |x - median| / MAD above this is an outlier (hyperfine's modified z-score)
 BOOTSTRAP_RESAMPLES = 2000
 MIN_EFFECT = 0.05
+CPU_MEMORY_RESOLUTION = 8 * 2**20  # bytes: CPU RSS peaks move by ~1-2 MiB from runtime allocations alone
 
 
 def summarize(samples: list[float], iterations: int = 1) -> dict[str, Any]:

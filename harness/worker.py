@@ -23,8 +23,6 @@ from harness.plugins import load_registry
 from harness.timing import Clock, MeasureSettings, sample, warm_up
 from harness.workload import RunContext
 
-CPU_MEMORY_RESOLUTION = 8 * 2**20  # RSS peaks move by ~1-2 MiB from runtime allocations alone
-
 
 class Unsupported(Exception):
     """An optimization does not support this environment; the case is recorded as "unsupported"."""
@@ -263,7 +261,7 @@ def summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settin
     base_peak = out["baseline"]["memory"].get("peak_bytes")
     opt_peak = out["metrics"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
-    if not cuda and max(base_peak or 0, opt_peak or 0) < CPU_MEMORY_RESOLUTION:
+    if not cuda and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
         comparison["memory_ratio"] = None
         warnings.append("memory: both sides' peaks are under 8 MiB, below what RSS measurement resolves; "
                         "no memory ratio")
