@@ -60,7 +60,7 @@ class ReferenceConfig:
 # data, seed and block size, so the two learn the same easy bytes and agree often (speculative acceptance).
 REFERENCES: dict[str, ReferenceConfig] = {
     "target": ReferenceConfig(n_layer=4, n_head=4, n_embd=128, steps=600, batch=16),
-    "draft": ReferenceConfig(n_layer=2, n_head=4, n_embd=64, steps=400, batch=16),
+    "draft": ReferenceConfig(n_layer=2, n_head=4, n_embd=64, steps=600, batch=16, lr=6e-3, min_lr=6e-4),
 }
 
 
@@ -231,7 +231,7 @@ def load_reference(name: str, device="cpu", progress: Progress | None = None) ->
     training report (val_loss, seconds, ...)."""
     model = _read_cache(name, device)
     if model is None:
-        model, report = train_reference(name, "cpu" if torch.device(device).type == "cpu" else device, progress)
+        model, report = train_reference(name, device, progress)
         _write_cache(name, model, report)
         model = model.to(device).eval()
     return model
@@ -262,9 +262,11 @@ def load_model(spec: str, device="cpu", dtype=None, seed: int = 0) -> nn.Module:
     if spec.startswith("reference:"):
         model = load_reference(spec[len("reference:"):], device)
     elif spec in PRESETS:
-        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+        dev = torch.device(device)
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            with torch.device(device):  # initialise in place: a `large` model is not built on the CPU first
+            with dev:  # initialise in place: a `large` model is not built on the CPU first
                 model = GPT(ModelArgs.from_name(spec))
         model.eval()
     else:
