@@ -135,7 +135,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
                      world_size=dist.world_size, threads=rank_threads)
 
-    warm_runtime(device)
+    warm_runtime(workload, spec, sides["baseline"], ctx, dist)
     clock_dist = Clock(device, reduce=dist.max)
     clock_local = Clock(device)
     runs, outputs, first_call, peaks = {}, {}, {}, {}
@@ -197,15 +197,17 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     return result if result is not None else {"status": "ok"}
 
 
-def warm_runtime(device) -> None:
-    """A small forward/backward before anything is measured, so one-time runtime set-up (thread pools,
-    allocator arenas, kernel libraries) is not charged to the side built first."""
-    import torch
-
-    x = torch.randn(256, 256, device=device, requires_grad=True)
-    (x @ x).relu().sum().backward()
-    del x
+def warm_runtime(workload, spec, baseline_opts, ctx, dist: Distributed) -> None:
+    """Build the baseline once and run one step, then drop it, before anything is measured: one-time runtime
+    set-up (thread pools, allocator arenas, kernel libraries, communicator buffers) is then not charged to the
+    side built first."""
+    run = workload.build(spec, baseline_opts, ctx)
+    if owns(run, dist):
+        run.timed_step()
+    dist.barrier()
+    del run
     gc.collect()
+    memory.current_bytes(ctx.device)  # trims the heap on CPU
 
 
 def differing(optimizations: list, baseline: list) -> list:

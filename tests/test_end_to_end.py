@@ -1,0 +1,50 @@
+"""A real user's run through the CLI: training and inference plugins, a torchrun case, results and report."""
+
+import json
+
+from tests.conftest import harness_cli
+
+SUITE = """\
+name: e2e <b>escaped</b>
+description: Tiny training and inference cases through the real runner.
+device: cpu
+threads: 2
+measure: {rounds: 2, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5, warmup_min_s: 0.02, warmup_max_s: 0.3}
+workloads:
+  train: {type: train, model: micro, batch: 4, seq_len: 32, steps: 2}
+  gen: {type: generate, model: micro, batch: 1, prompt_len: 8, new_tokens: 8, prompts: synthetic}
+cases:
+  - workload: train
+    plugins: [activation_checkpointing]
+  - workload: train
+    plugins: [ddp]
+  - workload: gen
+    plugins: [{kv_cache: {kind: static}}]
+"""
+
+
+def test_suite_runs_end_to_end(tmp_path):
+    suite = tmp_path / "e2e.yaml"
+    suite.write_text(SUITE)
+    out = tmp_path / "run"
+    proc = harness_cli("run", suite, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    cases = {c["id"]: c for c in results["cases"]}
+    assert list(cases) == ["train/activation_checkpointing", "train/ddp", "gen/kv_cache(kind=static)"]
+    for case in cases.values():
+        assert case["status"] == "ok" and case["checks"] and all(ch["passed"] for ch in case["checks"])
+        for side in ("baseline", "metrics"):
+            stats = case[side]["latency"]
+            assert stats["rounds"] == len(stats["data"]) >= 6 and stats["min"] <= stats["median"] <= stats["max"]
+            assert all(v > 0 for v in case[side]["throughput"].values())
+        assert case["comparison"]["ci95"][0] <= case["comparison"]["speedup"] <= case["comparison"]["ci95"][1]
+    ddp = cases["train/ddp"]
+    assert ddp["processes"] == 2 and ddp["metrics"]["distributed"] and not ddp["baseline"]["distributed"]
+    assert ddp["metrics"]["throughput"]["tokens_per_s"] > 0 and ddp["measurement"]["processes"] == 2
+    ckpt = cases["train/activation_checkpointing"]["metrics"]["memory"]["breakdown"]
+    assert ckpt["weights"] > 0 and ckpt["optimizer_states"] == 2 * ckpt["weights"]  # AdamW: two fp32 moments
+    html = (out / "report.html").read_text()
+    assert "e2e &lt;b&gt;escaped&lt;/b&gt;" in html and "<b>escaped</b>" not in html
+    assert "train/ddp" in html and "kv_cache" in html
+    assert "train/activation_checkpointing" in proc.stdout  # the summary table
