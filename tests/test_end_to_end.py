@@ -43,7 +43,8 @@ def test_suite_runs_end_to_end(tmp_path):
     assert ddp["processes"] == 2 and ddp["metrics"]["distributed"] and not ddp["baseline"]["distributed"]
     assert ddp["metrics"]["throughput"]["tokens_per_s"] > 0 and ddp["measurement"]["processes"] == 2
     ckpt = cases["train/activation_checkpointing"]["metrics"]["memory"]["breakdown"]
-    assert ckpt["weights"] > 0 and ckpt["optimizer_states"] == 2 * ckpt["weights"]  # AdamW: two fp32 moments
+    # AdamW: two fp32 moments per weight, plus a scalar step count per tensor
+    assert ckpt["weights"] > 0 and 2 * ckpt["weights"] <= ckpt["optimizer_states"] < 2 * ckpt["weights"] + 1024
     html = (out / "report.html").read_text()
     assert "e2e &lt;b&gt;escaped&lt;/b&gt;" in html and "<b>escaped</b>" not in html
     assert "train/ddp" in html and "kv_cache" in html

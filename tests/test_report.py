@@ -260,6 +260,14 @@ def test_report_cli_renders_real_file(tmp_path):
     assert "toy/wrong_scale" in out.read_text()
 
 
-@pytest.mark.parametrize("path", sorted(Path("reports").glob("*/results.json")), ids=str)
-def test_lead_reports_render(path):
-    assert "<h2 id=\"summary\">Summary</h2>" in render_report(json.loads(path.read_text()))
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+@pytest.mark.parametrize("path", sorted(REPORTS.glob("**/results.json")), ids=lambda p: p.parent.name)
+def test_committed_reference_reports_render(path):
+    results = json.loads(path.read_text())
+    html = render_report(results)
+    assert "<h2 id=\"summary\">Summary</h2>" in html
+    for case in results["cases"]:
+        assert case["status"] == "ok" and all(check["passed"] for check in case["checks"]), case["id"]
+        assert case["id"].replace("<", "&lt;") in html
