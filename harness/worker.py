@@ -251,8 +251,7 @@ def summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settin
         mem = side_memory(run, peaks[side])
         energy = None
         if cuda and settings.energy and not (run.distributed and world_size > 1):  # rank 0 alone
-            energy = energy_window(run.timed_step, lambda: __import__("torch").cuda.synchronize(),
-                                   device.index or 0, median)
+            energy = energy_window(run.timed_step, Clock(device).sync, device.index or 0, median)
             if energy and energy.get("warning"):
                 warnings.append(f"{side}: energy window {energy['window_s']:.2f} s: {energy['warning']}")
         out[side] = {
