@@ -75,16 +75,20 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.id)[:120]
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
-    job = {"case": {**dataclasses.asdict(case)}, "env": env, "threads": threads,
+    job = {"case": dataclasses.asdict(case), "env": env, "threads": threads,
            "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0}
     write_json(str(job_path), job)
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
+    status = None
+    if inline and case.processes > 1:
+        record.update(status="failed",
+                      error=f"needs {case.processes} processes under torchrun; run it without --inline")
+        return record
     if inline:
         from harness import worker
 
         worker.main([str(job_path), str(result_path)])
-        status = None
     else:
         status = _launch(worker_command(case, job_path, result_path), log_path, timeout)
     record["duration_s"] = time.perf_counter() - start

@@ -67,3 +67,25 @@ def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     assert [c["id"] for c in final["cases"]] == ["toy/noop", "toy/hangs", "toy/wrong_scale"]
     assert final["cases"][0]["metrics"]["latency"]["median"] == first_median  # not redone
     assert final["status"] == "complete"
+
+
+def test_inline_runs_in_process_and_refuses_multi_process_cases(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
+    suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [noop]\n")
+    out = tmp_path / "run"
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", out, "--inline")
+    assert proc.returncode == 0, proc.stderr
+    (case,) = json.loads((out / "results.json").read_text())["cases"]
+    assert case["status"] == "ok" and case["log"] is None and case["checks"][0]["passed"]
+
+    from harness.plugins import load_registry
+    from harness.runner import run_case
+    from harness.suite import load_suite
+
+    ddp_suite = tmp_path / "ddp.yaml"
+    ddp_suite.write_text("name: d\nworkloads:\n  t: {type: train, model: micro}\ncases:\n"
+                         "  - workload: t\n    plugins: [ddp]\n")
+    loaded = load_suite(ddp_suite, load_registry())
+    record = run_case(loaded.cases[0], loaded, {"device": "cpu"}, 1, tmp_path, [], inline=True)
+    assert record["status"] == "failed" and "without --inline" in record["error"]

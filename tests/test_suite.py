@@ -65,7 +65,7 @@ def test_unknown_plugin_and_workload(tmp_path, registry):
     assert err.line == 10 and "unknown workload 'tooy'" in err.message
 
 
-def test_sweep_expands_cases_and_checks_names(tmp_path, registry):
+def test_sweep_rejects_an_unknown_parameter(tmp_path, registry):
     text = GOOD + "    sweep: {noop.x: [1, 2]}\n"
     err = error_for(tmp_path, registry, text)
     assert "unknown parameter 'x'" in err.message
