@@ -112,6 +112,7 @@ class TrainRun(Run):
         self.args: ModelArgs = ModelArgs.from_name(spec.model)
         self.raw_model = GPT(self.args).to(self.device)
         self.model: torch.nn.Module = self.raw_model
+        self.optimizer_impl: str | None = None  # "fused" / "foreach" / "for_loop"; None: the device's best
         self.optimizer = self.make_optimizer(self.raw_model.parameters())
         self.autocast_dtype: torch.dtype | None = None
         self.scaler: Any = None  # torch.amp.GradScaler when fp16
@@ -120,6 +121,7 @@ class TrainRun(Run):
         self.count_activations = True  # measure saved-for-backward bytes in outputs() (off under compile)
         self.saved: dict[int, int] | None = None
         self.grad_bytes = 0
+        self.facts: dict[str, Any] = {}  # what an optimization measured in apply() for its check, in outputs()
         self.global_batches = self.make_batches()  # [(x, y)] * steps, each [B, T] on the CPU
         self.batches = [(x.to(self.device), y.to(self.device)) for x, y in self.global_batches]
         self.steps_done = 0
@@ -148,6 +150,9 @@ class TrainRun(Run):
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"lr": self.spec.lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
+        if self.optimizer_impl is not None:  # chosen by a plugin (optimizer_impl), which checks it exists here
+            impl = self.optimizer_impl
+            return {**kwargs, "fused": True} if impl == "fused" else {**kwargs, "foreach": impl == "foreach"}
         signature = inspect.signature(torch.optim.AdamW).parameters
         if self.device.type == "cuda" and "fused" in signature:
             kwargs["fused"] = True
@@ -158,7 +163,9 @@ class TrainRun(Run):
     @property
     def optimizer_kind(self) -> str:
         kw = self.optimizer_kwargs()
-        return "adamw(fused)" if kw.get("fused") else "adamw(foreach)" if kw.get("foreach") else "adamw"
+        if kw.get("fused"):
+            return "adamw(fused)"
+        return "adamw(foreach)" if kw.get("foreach") else "adamw(for_loop)" if "foreach" in kw else "adamw"
 
     def shard_batches(self, rank: int, world_size: int) -> None:
         """Keep this rank's slice of each global batch; the global batch (and so the result) is unchanged."""
@@ -243,7 +250,7 @@ class TrainRun(Run):
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
         out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": self.precision_name,
                "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
-               "memory_estimate": self.memory_estimate()}
+               "memory_estimate": self.memory_estimate(), "facts": self.facts}
         if self.scaler is not None:
             out["skipped_steps"] = self.skipped_steps()
         return out
@@ -305,14 +312,18 @@ class TrainRun(Run):
 
         Baseline 4Psi weights + 4Psi grads + 8Psi Adam states; zero1 shards the states (4 + 4 + 8/N);
         FSDP2 shards all three (16/N at rest). fsdp_grad_op (~ZeRO-2) differs from fsdp_full (~ZeRO-3) only
-        inside the step: it keeps the gathered 4Psi weights from forward to backward.
+        inside the step: it keeps the gathered 4Psi weights from forward to backward. Frozen parameters
+        (LoRA) have no gradients or Adam states: those terms count the trainable Psi_t only.
         """
         n, w, stage = self.raw_model.num_params(), self.world, self.sharding
+        t = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         fsdp = stage in ("fsdp_grad_op", "fsdp_full")
-        return {"formula": f"fp32 AdamW, Psi={n}, N={w}, stage={stage or 'none'}: weights 4Psi{'/N' * fsdp} + "
-                           f"grads 4Psi{'/N' * fsdp} + Adam states 8Psi{'/N' * bool(stage)} per rank at rest",
-                "weights": 4 * n // w if fsdp else 4 * n, "gradients": 4 * n // w if fsdp else 4 * n,
-                "optimizer_states": 8 * n // w if stage else 8 * n}
+        psi_t = "Psi" if t == n else "Psi_t"
+        return {"formula": f"fp32 AdamW, Psi={n}{f', Psi_t={t} trainable' * (t != n)}, N={w}, "
+                           f"stage={stage or 'none'}: weights 4Psi{'/N' * fsdp} + grads 4{psi_t}{'/N' * fsdp} + "
+                           f"Adam states 8{psi_t}{'/N' * bool(stage)} per rank at rest",
+                "weights": 4 * n // w if fsdp else 4 * n, "gradients": 4 * t // w if fsdp else 4 * t,
+                "optimizer_states": 8 * t // w if stage else 8 * t}
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
         """tokens/s, samples/s, model TFLOP/s (6N + 12LHQT, recompute not counted), MFU, final loss."""

@@ -1,0 +1,161 @@
+"""Gradient accumulation: forward + backward k micro-batches of the global batch, then one optimizer step.
+
+Each micro-batch's loss is scaled by 1/k, so the summed gradients are the gradient of the mean loss over the
+whole batch and the step equals the one-big-batch step: the same training at 1/k of the activation memory.
+Under DDP every micro-batch but the last runs in `model.no_sync()`, so gradients are all-reduced once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness import Check, Optimization, ParamError, hookimpl
+from harness.training import loss_check, tensors_check
+
+# Summing k micro-batch gradients adds the same terms in another order than one big reduction: in fp32 the
+# first-step gradients differ by round-off (measured on nano, batch 4, k 2-4: max |diff| 3e-8, gradients up to
+# 0.14). AdamW divides by sqrt(v), which amplifies round-off where a gradient is near zero, so after K steps
+# parameters get DDP's tolerance (DDP sums the same gradients in yet another order; measured here 2.5e-6).
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
+PARAM_RTOL, PARAM_ATOL = 1e-4, 1e-5
+LOSS_ATOL = 1e-4
+# Under autocast each micro-batch's weight gradient is rounded to bf16/fp16 before the fp32 sum, so gradients
+# agree to half-precision round-off (measured max |diff| 5e-4 bf16, 6e-5 fp16) and AdamW can flip the sign of
+# a near-zero update, moving a parameter by up to 2 lr per step (measured 3e-3 after 3 steps): parameters are
+# not compared then; gradients at half-precision tolerance and the final loss (measured |diff| 4e-6) are.
+LOW_GRAD_RTOL, LOW_GRAD_ATOL = 1e-2, 2e-3
+LOW_LOSS_ATOL = 1e-3
+# A missing 1/k scale makes the gradients k times larger (fails the gradient check; AdamW is almost
+# scale-invariant, so parameters barely notice); an optimizer step per micro-batch fails the parameter check.
+
+
+@dataclass
+class AccumulationParams:
+    """Parameters of gradient_accumulation."""
+
+    micro_batches: int = field(
+        default=4,
+        metadata={"help": "k: micro-batches per optimizer step (each of batch / k sequences, per rank under DDP)"},
+    )
+
+    def __post_init__(self):
+        if self.micro_batches < 1:
+            raise ParamError("micro_batches", f"micro_batches must be >= 1 (got {self.micro_batches})")
+
+
+def no_sync(model: torch.nn.Module):
+    """DDP's `no_sync()` (skip the gradient all-reduce of this backward), or nothing for other models."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+class GradientAccumulation(Optimization):
+    """Accumulate gradients over k micro-batches of the global batch; one AdamW step on their mean."""
+
+    name = "gradient_accumulation"
+    kind = "training"
+    description = "k micro-batches (loss / k each), one optimizer step; parameters equal the one-big-batch run."
+    Params = AccumulationParams
+
+    def apply(self, run: Any) -> None:
+        k = self.params.micro_batches
+        if run.spec.batch % k:
+            raise ParamError(
+                "micro_batches",
+                f"the batch of {run.spec.batch} does not split into {k} equal "
+                f"micro-batches; use a micro_batches that divides the batch",
+            )
+        if run.sharding in ("fsdp_grad_op", "fsdp_full"):
+            raise ValueError(
+                "gradient_accumulation does not combine with FSDP here (it would reduce-scatter "
+                "every micro-batch); use it alone, with ddp or with zero1"
+            )
+        run.train_step = lambda x, y, keep_grads=False: self.train_step(run, x, y, keep_grads)
+        run.info["micro_batches"] = k
+
+    def loss_scale(self) -> float:
+        return 1.0 / self.params.micro_batches
+
+    def train_step(self, run: Any, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> torch.Tensor:
+        """`TrainRun.train_step` over k micro-batches; returns the batch's mean loss (detached).
+
+        Activation bytes counted by `run.saved` are those of the largest micro-batch: a micro-batch's saved
+        tensors are freed by its backward before the next forward, so that is the peak, not the sum.
+        """
+        k = self.params.micro_batches
+        if x.size(0) % k:  # the local batch under DDP: global batch / world_size
+            raise ParamError(
+                "micro_batches",
+                f"the local batch of {x.size(0)} does not split into {k} "
+                f"micro-batches; make batch a multiple of world_size x {k}",
+            )
+        run.info["micro_batch"] = x.size(0) // k
+        total, peak = torch.zeros((), device=x.device), {}
+        for i, (xm, ym) in enumerate(zip(x.chunk(k), y.chunk(k))):  # xm, ym: [B / k, T]
+            if run.saved is not None:
+                run.saved.clear()
+            sync = contextlib.nullcontext() if i == k - 1 else no_sync(run.model)
+            with run.precision(), sync:
+                with run.autocast():
+                    _, loss = run.model(xm, ym)
+                loss = loss * self.loss_scale()
+                if run.scaler is not None:
+                    run.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total += loss.detach().float()
+            if run.saved is not None and sum(run.saved.values()) > sum(peak.values()):
+                peak = dict(run.saved)
+        if run.saved is not None:
+            run.saved.clear()
+            run.saved.update(peak)
+        if not keep_grads:
+            run.optimizer_step()
+        return total * (1.0 / (k * self.loss_scale()))  # the mean loss whatever the scale (k * 1/k = 1)
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        precisions = baseline.get("precision"), optimized.get("precision")
+        if precisions[0] != precisions[1]:
+            return [
+                Check(
+                    "params_equal_one_big_batch",
+                    False,
+                    {"baseline_precision": precisions[0], "optimized_precision": precisions[1]},
+                    "same precision on both sides: add the precision plugin to the case's baseline",
+                )
+            ]
+        if precisions[0] == "fp32":
+            checks = [
+                tensors_check(
+                    "params_equal_one_big_batch", baseline["params"], optimized["params"], PARAM_RTOL, PARAM_ATOL
+                ),
+                tensors_check("first_step_grads_equal", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL),
+                loss_check("loss_equal_one_big_batch", baseline, optimized, LOSS_ATOL),
+            ]
+        else:  # bf16 / fp16 autocast on both sides (tf32 too: its matmul inputs are rounded the same way)
+            checks = [
+                tensors_check(
+                    "first_step_grads_equal", baseline["grads"], optimized["grads"], LOW_GRAD_RTOL, LOW_GRAD_ATOL
+                ),
+                loss_check("loss_equal_one_big_batch", baseline, optimized, LOW_LOSS_ATOL),
+            ]
+        b, o = baseline.get("activation_bytes"), optimized.get("activation_bytes")
+        if b and o:
+            k = self.params.micro_batches
+            checks.append(
+                Check(
+                    "activation_bytes_lower",
+                    o < b or k == 1,
+                    {"baseline": b, "optimized": o, "ratio": o / b, "micro_batches": k},
+                    "saved-for-backward bytes of the largest micro-batch < those of the whole batch",
+                )
+            )
+        return checks
+
+
+@hookimpl
+def register_optimizations(register):
+    register(GradientAccumulation)

@@ -1,0 +1,192 @@
+"""LoRA (Hu et al. 2021): freeze the model, train a low-rank update B A of chosen linear layers.
+
+`LoRALinear` is torchtune's shape in plain PyTorch: the frozen base weight and bias keep their names (so the
+checks compare them by name with the full fine-tuning baseline), `lora_a` [r, in] starts kaiming-uniform,
+`lora_b` [out, r] starts at zero, and the output is ``x W^T + b + (alpha / r) * dropout(x) A^T B^T``. Only the
+adapters go to the optimizer, so gradients and AdamW states shrink to the trainable fraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import Check, Optimization, ParamError, hookimpl
+
+TARGETS = ("qkv", "proj", "fc", "lm_head")  # attention qkv, attention and MLP output projections, MLP up, head
+
+
+@dataclass
+class LoRAParams:
+    """Parameters of lora."""
+
+    rank: int = field(default=8, metadata={"help": "r: rank of the update B A"})
+    alpha: float = field(default=16.0, metadata={"help": "scale of the update is alpha / rank"})
+    targets: list[str] = field(
+        default_factory=lambda: ["qkv", "proj", "fc"],
+        metadata={"help": f"linear layers (by attribute name) that get an adapter: {', '.join(TARGETS)}"},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input (0 = deterministic)"})
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ParamError("rank", f"rank must be >= 1 (got {self.rank})")
+        if not self.alpha > 0:
+            raise ParamError("alpha", f"alpha must be > 0 (got {self.alpha})")
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise ParamError(
+                "targets", f"targets must be a non-empty list of {', '.join(TARGETS)} (got {self.targets})"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ParamError("dropout", f"dropout must be in [0, 1) (got {self.dropout})")
+
+
+class LoRALinear(nn.Module):
+    """A frozen `nn.Linear` plus a trainable low-rank update: y = x W^T + b + (alpha / r) (x A^T) B^T."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.weight, self.bias = base.weight, base.bias  # the same Parameters: names and values unchanged
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.lora_a = nn.Linear(base.in_features, rank, bias=False)  # A: [r, in]
+        self.lora_b = nn.Linear(rank, base.out_features, bias=False)  # B: [out, r]
+        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))  # on the CPU generator, then moved
+        nn.init.zeros_(self.lora_b.weight)  # B = 0: the adapted model starts as the base model
+        self.to(base.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, T, in] -> [B, T, out]
+        return F.linear(x, self.weight, self.bias) + self.scale * self.lora_b(self.lora_a(self.dropout(x)))
+
+
+def digest(t: torch.Tensor) -> str:
+    """A hash of the tensor's bytes: equal digests mean bitwise-equal values (a CPU fp32 copy is hashed)."""
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def add_adapters(model: nn.Module, params: LoRAParams, generator_seed: int) -> list[str]:
+    """Replace each targeted `nn.Linear` of `model` by a LoRALinear; returns the replaced modules' names."""
+    replaced = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator_seed)  # A's init fixed by the seed; the run's RNG state is restored after
+        for name, module in list(model.named_modules()):
+            for attr, child in list(module.named_children()):
+                if isinstance(child, nn.Linear) and attr in params.targets:
+                    setattr(module, attr, LoRALinear(child, params.rank, params.alpha, params.dropout))
+                    replaced.append(f"{name}.{attr}" if name else attr)
+    return replaced
+
+
+class LoRA(Optimization):
+    """LoRA fine-tuning: adapters on the targeted linears, every other parameter frozen."""
+
+    name = "lora"
+    kind = "training"
+    description = "Low-rank adapters (frozen base); starts equal to the base model, base weights never change."
+    Params = LoRAParams
+
+    def apply(self, run: Any) -> None:
+        if run.model is not run.raw_model:
+            raise ValueError(
+                "lora must be applied to the plain model: list it before ddp / zero / torch_compile "
+                "in the case's plugins"
+            )
+        model = run.raw_model
+        probe = run.batches[0][0][:1]  # the first sequence of the first batch: [1, T]
+        with torch.no_grad():
+            before = model(probe)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        replaced = add_adapters(model, self.params, run.ctx.seed + 2)
+        with torch.no_grad():
+            after = model(probe)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        run.optimizer = run.make_optimizer(trainable)
+        n_train, n_all = sum(p.numel() for p in trainable), model.num_params()
+        run.facts["lora"] = {
+            "step0_logits_equal": torch.equal(before, after),
+            "step0_logits_max_abs_diff": (after - before).abs().max().item(),
+            "initial_digests": {n: digest(p) for n, p in model.named_parameters()},
+            "trainable_params": n_train,
+            "trainable_tensors": len(trainable),
+        }
+        run.info.update(
+            {
+                "lora": f"rank {self.params.rank}, alpha {self.params.alpha:g} on {len(replaced)} linears "
+                f"({', '.join(self.params.targets)})",
+                "trainable_params": n_train,
+                "trainable_fraction": n_train / n_all,
+            }
+        )
+
+    def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+        facts = optimized["facts"]["lora"]
+        checks = [
+            Check(
+                "step0_logits_equal_base",
+                facts["step0_logits_equal"],
+                {"max_abs_diff": facts["step0_logits_max_abs_diff"]},
+                "bitwise (B = 0)",
+            )
+        ]
+        initial, params = facts["initial_digests"], optimized["params"]
+        base = [n for n in params if ".lora_" not in n]
+        adapters = [n for n in params if ".lora_" in n]
+        changed = [n for n in base if digest(params[n]) != initial[n]]
+        missing = sorted(set(baseline["params"]) - set(base))
+        checks.append(
+            Check(
+                "base_weights_unchanged",
+                not changed and not missing,
+                {"base_tensors": len(base), "changed": changed[:5], "missing": missing[:5]},
+                "bitwise",
+            )
+        )
+        unchanged = [n for n in adapters if digest(params[n]) == initial[n]]
+        checks.append(
+            Check(
+                "adapters_trained",
+                bool(adapters) and not unchanged,
+                {"adapter_tensors": len(adapters), "unchanged": unchanged[:5]},
+                "every adapter tensor differs from its initial value",
+            )
+        )
+        losses = optimized["losses"]
+        checks.append(
+            Check(
+                "loss_decreases",
+                losses[-1] < losses[0],
+                {
+                    "first": losses[0],
+                    "last": losses[-1],
+                    "steps": len(losses),
+                    "baseline_first": baseline["losses"][0],
+                    "baseline_last": baseline["losses"][-1],
+                },
+                "loss of the last step < loss of the first",
+            )
+        )
+        b, o = baseline["memory"]["optimizer_states"], optimized["memory"]["optimizer_states"]
+        bound = 8 * facts["trainable_params"] + 4 * facts["trainable_tensors"]  # exp_avg, exp_avg_sq, step
+        checks.append(
+            Check(
+                "optimizer_states_only_for_adapters",
+                o <= bound,
+                {"baseline": b, "optimized": o, "ratio": o / b if b else None, "bound": bound},
+                "fp32 AdamW bytes of the trainable parameters at most (8 per value + 4 per tensor)",
+            )
+        )
+        return checks
+
+
+@hookimpl
+def register_optimizations(register):
+    register(LoRA)
