@@ -8,14 +8,40 @@ from typing import Any
 
 
 def nvml_handle(device_index: int):
-    """An NVML device handle, or None when NVML is missing or fails (no driver, CPU machine): never raises."""
+    """The NVML handle of CUDA device `device_index`, or None when NVML is missing or fails (no driver, CPU
+    machine): never raises. NVML numbers every GPU of the machine, CUDA only the visible ones
+    (CUDA_VISIBLE_DEVICES; torch maps them in `torch.cuda._get_nvml_device_index`), so the GPU is found by
+    its UUID; by index only where the UUID is unknown or unmatched (MIG)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        uuid = cuda_uuid(device_index)
+        for i in range(pynvml.nvmlDeviceGetCount() if uuid else 0):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            found = pynvml.nvmlDeviceGetUUID(handle)  # "GPU-<8-4-4-4-12 hex>"
+            found = found.decode() if isinstance(found, bytes) else str(found)
+            if found.lower().removeprefix("gpu-") == uuid:
+                return handle
+    except Exception:
+        pass
+    try:
         return pynvml.nvmlDeviceGetHandleByIndex(device_index)
     except Exception:
         return None
+
+
+def cuda_uuid(device_index: int) -> str | None:
+    """The CUDA device's UUID as 8-4-4-4-12 lowercase hex (str of torch's `_CUuuid`), None if unknown."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(device_index), "uuid", None)
+    return str(uuid).lower().removeprefix("gpu-") if uuid is not None else None
 
 
 def energy_window(fn: Callable[[], Any], sync: Callable[[], None], device_index: int,
@@ -67,7 +93,7 @@ def clock_state(device_index: int) -> dict[str, Any] | None:
     for key, read in (("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
                       ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3),
                       ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(handle, 0)),
-                      ("throttle_reasons", lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle))):
+                      ("throttle_reasons", lambda: throttle_reasons(pynvml, handle))):
         try:
             state[key] = read()
         except Exception:
@@ -76,3 +102,12 @@ def clock_state(device_index: int) -> dict[str, Any] | None:
     # power cap 0x4, hw slowdown 0x8, sw thermal 0x20, hw thermal 0x40, power brake 0x80
     state["capped"] = bool(reasons & (0x4 | 0x8 | 0x20 | 0x40 | 0x80))
     return state
+
+
+def throttle_reasons(pynvml, handle) -> int:
+    """The clocks-event (throttle) reason bits. nvmlDeviceGetCurrentClocksEventReasons is the newer name
+    (nvidia-ml-py 12.535+, driver R535+); older bindings and drivers have only ...ThrottleReasons, same bits."""
+    try:
+        return pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
+    except (AttributeError, pynvml.NVMLError):
+        return pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)

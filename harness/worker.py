@@ -88,7 +88,9 @@ class Distributed:
     def max(self, value: float) -> float:
         if not self.active:
             return value
-        t = self.torch.tensor([value], dtype=self.torch.float64)
+        # NCCL reduces CUDA tensors only ("Tensors must be CUDA and dense"): this rank's device there
+        device = f"cuda:{self.torch.cuda.current_device()}" if self.dist.get_backend() == "nccl" else "cpu"
+        t = self.torch.tensor([value], dtype=self.torch.float64, device=device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return float(t.item())
 

@@ -3,6 +3,7 @@ int4 weight-only and fp8 (CUDA, torchao). Fewer bytes per token; speed is whatev
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +40,23 @@ def has_torchao() -> bool:
     return True
 
 
+@functools.cache
+def int8pack_mm_runs(device: str) -> bool:
+    """Whether torch._weight_int8pack_mm has a kernel on `device`: the CPU one since it exists, CUDA's only
+    from torch 2.9 (pytorch PR #159325, aten/src/ATen/native/cuda/int8mm.cu); before, CUDA raises
+    NotImplementedError, so the check runs it once on a tiny input."""
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    if device == "cpu":
+        return True
+    try:
+        torch._weight_int8pack_mm(torch.ones(1, 8, device=device), torch.ones(1, 8, dtype=torch.int8, device=device),
+                                  torch.ones(1, device=device))
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
+
+
 class Int8WeightOnlyLinear(nn.Module):
     """Linear with int8 weights and one scale per output channel (symmetric); activations stay in their dtype.
     Uses torch._weight_int8pack_mm where it exists, else dequantizes the weight in forward."""
@@ -50,7 +68,7 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("weight", torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8))
         self.register_buffer("scales", scales.to(linear.weight.dtype))
         self.bias = linear.bias
-        self.fused = hasattr(torch, "_weight_int8pack_mm")
+        self.fused = int8pack_mm_runs(str(linear.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:

@@ -1,6 +1,7 @@
 """Environment detection, the peak table and the MFU convention (O2, E5, U1)."""
 
 import json
+import sys
 
 import pytest
 
@@ -53,3 +54,49 @@ def test_env_command_json_and_text():
     assert "peak       n/a" in text and "threads" in text
     bad = harness_cli("env", "--device", "cuda:9")
     assert bad.returncode == 2 and "cuda:9" in bad.stderr
+
+
+class FakeNVML:
+    """pynvml with two GPUs, of which CUDA sees only the second (CUDA_VISIBLE_DEVICES=1)."""
+
+    class NVMLError(Exception):
+        pass
+
+    NVML_CLOCK_SM = 1
+    uuids = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-1111-1111-1111-111111111111"]
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.uuids[handle]
+
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        return 1980
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 700_000  # mW
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        return 60
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle):  # bindings older than 12.535: no ...EventReasons
+        return 0x4
+
+
+def test_nvml_finds_the_cuda_device_by_uuid_and_reads_old_throttle_reasons(monkeypatch):
+    from harness import energy
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML())
+    monkeypatch.setattr(energy, "cuda_uuid", lambda index: "bbbbbbbb-1111-1111-1111-111111111111")
+    assert energy.nvml_handle(0) == 1  # CUDA device 0 is NVML device 1
+    monkeypatch.setattr(energy, "cuda_uuid", lambda index: None)
+    assert energy.nvml_handle(0) == 0  # UUID unknown: by index, as before
+    state = energy.clock_state(0)
+    assert state["throttle_reasons"] == 0x4 and state["capped"] and state["power_w"] == 700.0
