@@ -28,7 +28,8 @@ PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
 class TrainSpec:
     """Settings of a training case."""
 
-    model: str = field(default="nano", metadata={"help": f"model preset: {', '.join(PRESETS)}"})
+    model: str = field(default="nano", metadata={
+        "help": f"model preset ({', '.join(PRESETS)}: random init) or reference:NAME (trained, for fine-tuning)"})
     batch: int = field(default=8, metadata={"help": "global batch (sequences per step, summed over ranks)"})
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence (<= the preset's block_size)"})
     steps: int = field(default=3, metadata={"help": "K: steps of the correctness pass (distinct fixed batches)"})
@@ -41,18 +42,40 @@ class TrainSpec:
                                                "'corpus' = seeded windows of the harness.data training text"})
 
     def __post_init__(self):
-        if self.model not in PRESETS:
-            raise ParamError("model", f"unknown preset '{self.model}'; use one of {', '.join(PRESETS)}")
+        block = model_block_size(self.model)
         if self.batch < 1:
             raise ParamError("batch", f"batch must be >= 1 (got {self.batch})")
-        block = PRESETS[self.model].block_size
         if not 1 <= self.seq_len <= block:
-            raise ParamError("seq_len", f"seq_len must be in 1..{block} for preset '{self.model}' "
+            raise ParamError("seq_len", f"seq_len must be in 1..{block} for model '{self.model}' "
                                         f"(got {self.seq_len})")
         if self.steps < 1:
             raise ParamError("steps", f"steps must be >= 1 (got {self.steps})")
         if not self.lr > 0:
             raise ParamError("lr", f"lr must be > 0 (got {self.lr})")
+
+
+def model_block_size(name: str) -> int:
+    """Context length of a preset or of a trained reference ("reference:NAME"); ParamError("model") if unknown."""
+    if name.startswith("reference:"):
+        from harness.reference import REFERENCES
+
+        ref = name.removeprefix("reference:")
+        if ref not in REFERENCES:
+            raise ParamError("model", f"unknown reference '{ref}'; known: {', '.join(REFERENCES)}")
+        return REFERENCES[ref].block_size
+    if name not in PRESETS:
+        raise ParamError("model", f"unknown preset '{name}'; use one of {', '.join(PRESETS)} or reference:NAME")
+    return PRESETS[name].block_size
+
+
+def load_train_model(name: str, device: torch.device) -> GPT:
+    """A fresh model to train: a preset, randomly initialised from the current seed, or a trained reference
+    (`harness.reference`, from its cache; trained there on first use), in train mode."""
+    if name.startswith("reference:"):
+        from harness.reference import load_reference
+
+        return load_reference(name.removeprefix("reference:"), device).train()
+    return GPT(ModelArgs.from_name(name)).to(device)
 
 
 def tensor_bytes(tensors) -> int:
@@ -109,8 +132,8 @@ class TrainRun(Run):
         self.spec, self.device = spec, torch.device(ctx.device)
         self.tf32 = spec.tf32  # TF32 matmuls on CUDA, set around each step (both sides share the process)
         torch.manual_seed(ctx.seed)
-        self.args: ModelArgs = ModelArgs.from_name(spec.model)
-        self.raw_model = GPT(self.args).to(self.device)
+        self.raw_model = load_train_model(spec.model, self.device)
+        self.args: ModelArgs = self.raw_model.args
         self.model: torch.nn.Module = self.raw_model
         self.optimizer_impl: str | None = None  # "fused" / "foreach" / "for_loop"; None: the device's best
         self.optimizer = self.make_optimizer(self.raw_model.parameters())

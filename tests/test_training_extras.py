@@ -211,3 +211,17 @@ def test_lora_must_come_before_ddp():
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_train_workload_accepts_a_reference_model_and_fine_tunes_it(monkeypatch):
+    import harness.reference
+    from harness.model import GPT, ModelArgs
+
+    with pytest.raises(ParamError, match="unknown reference") as err:
+        build_params(TrainSpec, {"model": "reference:nope"})
+    assert err.value.field == "model"
+    trained = GPT(ModelArgs.from_name("micro")).eval()  # stands in for the cached reference (no training here)
+    monkeypatch.setattr(harness.reference, "load_reference", lambda name, device: trained)
+    run = build([LoRA(LoRAParams(rank=2))], model="reference:draft", data="corpus")
+    assert run.raw_model is trained and trained.training and run.info["model"] == "reference:draft"
+    assert run.args.n_embd == 32 and run.outputs()["facts"]["lora"]["step0_logits_equal"]
