@@ -79,12 +79,16 @@ class HFCausalLM(nn.Module):
         self.n_layer, self.n_head = self.args.n_layer, self.args.n_head
         self.head_dim, self.vocab_size = self.args.head_dim, self.args.vocab_size
 
-    def forward(self, idx: torch.Tensor, targets=None, cache=None, input_pos=None):
-        # idx: [B, T]; input_pos: [T] absolute positions of idx (default 0..T-1)
+    def forward(self, idx: torch.Tensor, targets=None, cache=None, input_pos=None, pad=None):
+        # idx: [B, T]; input_pos: [T] absolute positions of idx (default 0..T-1); pad: [B] left padding per row
         B, T = idx.shape
         if input_pos is None:
             input_pos = torch.arange(T, device=idx.device)
         kwargs = {"position_ids": input_pos[None, :].expand(B, T), "cache_position": input_pos}
+        if pad is not None:  # transformers' own convention: a 2-D mask over every position so far
+            kwargs["position_ids"] = (input_pos[None, :] - pad[:, None]).clamp(min=0)
+            seen = torch.arange(int(input_pos[-1]) + 1, device=idx.device)
+            kwargs["attention_mask"] = (seen[None, :] >= pad[:, None]).long()
         if cache is not None:
             kwargs.update(past_key_values=cache.inner, use_cache=True)
         else:

@@ -110,28 +110,30 @@ def probabilities(logits: torch.Tensor, spec: GenerateSpec) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def generate_no_cache(model: nn.Module, prompts: torch.Tensor, n: int, sampler) -> torch.Tensor:
-    """Baseline decode: recompute the whole prefix for every new token. prompts [B, P] -> [B, n]."""
+def generate_no_cache(model: nn.Module, prompts: torch.Tensor, n: int, sampler, pad=None) -> torch.Tensor:
+    """Baseline decode: recompute the whole prefix for every new token. prompts [B, P] -> [B, n];
+    `pad` [B]: left-padding tokens per prompt (a ragged batch), None for equal-length prompts."""
     idx = prompts
     for _ in range(n):
-        tok = sampler(model(idx)[:, -1])  # [B]
+        tok = sampler(model(idx, pad=pad)[:, -1])  # [B]
         idx = torch.cat([idx, tok[:, None]], dim=1)
     return idx[:, prompts.size(1):]
 
 
-def decode_one_token(model: nn.Module, tok: torch.Tensor, input_pos: torch.Tensor, cache) -> torch.Tensor:
+def decode_one_token(model: nn.Module, tok: torch.Tensor, input_pos: torch.Tensor, cache, pad=None) -> torch.Tensor:
     """tok [B, 1] at input_pos [1] -> logits [B, V], appending to the cache."""
-    return model(tok, cache=cache, input_pos=input_pos)[:, -1]
+    return model(tok, cache=cache, input_pos=input_pos, pad=pad)[:, -1]
 
 
-def generate_cached(model: nn.Module, prompts: torch.Tensor, n: int, sampler, cache, decode) -> torch.Tensor:
-    """Prefill the prompt into `cache`, then decode one token per forward. prompts [B, P] -> [B, n]."""
+def generate_cached(model: nn.Module, prompts: torch.Tensor, n: int, sampler, cache, decode, pad=None) -> torch.Tensor:
+    """Prefill the prompt into `cache`, then decode one token per forward. prompts [B, P] -> [B, n];
+    `pad` as in `generate_no_cache`."""
     P = prompts.size(1)
     pos = torch.arange(P, device=prompts.device)
-    tok = sampler(model(prompts, cache=cache, input_pos=pos)[:, -1])  # [B]
+    tok = sampler(model(prompts, cache=cache, input_pos=pos, pad=pad)[:, -1])  # [B]
     out = [tok]
     for i in range(n - 1):
-        tok = sampler(decode(model, tok[:, None], pos[-1:] + 1 + i, cache))
+        tok = sampler(decode(model, tok[:, None], pos[-1:] + 1 + i, cache, pad))
         out.append(tok)
     return torch.stack(out, dim=1)
 
@@ -148,8 +150,16 @@ def weight_bytes(model: nn.Module) -> int:
             total += w.numel() * w.element_size() + _qparams_bytes(w)
             bias = module.bias() if callable(getattr(module, "bias", None)) else None
             tensors += [bias] if bias is not None else []
-        total += sum(t.numel() * t.element_size() for t in tensors)
+        total += sum(_tensor_bytes(t) for t in tensors)
     return total
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes; a tensor subclass (torchao's quantized weights) counts its inner packed tensors, since it
+    reports the original float dtype and shape."""
+    if hasattr(t, "__tensor_flatten__"):
+        return sum(_tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
+    return t.numel() * t.element_size()
 
 
 def _qparams_bytes(w: torch.Tensor) -> int:
@@ -171,7 +181,8 @@ def sync(device: torch.device) -> None:
 class GenerateRun(Run):
     """One generation case. Plugins replace: `model`, `cache_kind` ("none" / "dynamic" / "static"), `decode`
     (the one-token step, e.g. CUDA-graphed), `generate_fn(run, prompts, n) -> [B, n]` (e.g. speculative),
-    `layout` ("batched": one forward for the batch, "sequential": one sequence at a time) and `prompts`.
+    `layout` ("batched": one forward for the batch, "sequential": one sequence at a time), `prompts` and `pad`
+    (left-padding tokens per prompt [B] when the prompts have different lengths; None when all are full).
     `metric_fns` are extra `fn(median_s) -> dict` merged into `extra_metrics`."""
 
     def __init__(self, spec: GenerateSpec, ctx: RunContext):
@@ -182,6 +193,7 @@ class GenerateRun(Run):
         vocab = self.model.args.vocab_size
         synthetic = spec.prompts == "synthetic"
         self.prompts = held_out(spec.batch, spec.prompt_len, ctx.seed, synthetic, vocab).to(ctx.device)
+        self.pad: torch.Tensor | None = None
         self.eval_tokens = held_out(EVAL_SEQS, EVAL_LEN + 1, ctx.seed + 1, synthetic, vocab).to(ctx.device)
         self.new_tokens = spec.new_tokens
         self.cache_kind = "none"
@@ -228,23 +240,29 @@ class GenerateRun(Run):
         return self.last_cache
 
     @torch.inference_mode()
-    def generate(self, prompts: torch.Tensor, n: int) -> torch.Tensor:
-        """prompts [B, P] -> new tokens [B, n], with this run's layout, generate function, cache and sampler."""
+    def generate(self, prompts: torch.Tensor, n: int, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """prompts [B, P] (left-padded by `pad` [B]) -> new tokens [B, n], with this run's layout, generate
+        function, cache and sampler. One at a time, each prompt runs without its padding."""
         if self.layout == "sequential" and prompts.size(0) > 1:
-            return torch.cat([self.generate(p[None], n) for p in prompts], dim=0)
+            starts = pad.tolist() if pad is not None else [0] * prompts.size(0)
+            return torch.cat([self.generate(p[None, s:], n) for p, s in zip(prompts, starts)], dim=0)
+        if pad is not None and not bool(pad.any()):
+            pad = None
         if self.generate_fn is not None:
+            if pad is not None:
+                raise ValueError("this plugin's generate function takes equal-length prompts (no prompt_min)")
             return self.generate_fn(self, prompts, n)
         sampler = make_sampler(self.spec, self.ctx.seed, self.device)
         if self.cache_kind == "none":
-            return generate_no_cache(self.model, prompts, n, sampler)
+            return generate_no_cache(self.model, prompts, n, sampler, pad)
         cache = self.new_cache(prompts.size(0), prompts.size(1) + n)
-        return generate_cached(self.model, prompts, n, sampler, cache, self.decode)
+        return generate_cached(self.model, prompts, n, sampler, cache, self.decode, pad)
 
     def step(self) -> None:
         if self.server is not None:
             self.server.serve()
         else:
-            self.generate(self.prompts, self.new_tokens)
+            self.generate(self.prompts, self.new_tokens, self.pad)
 
     @torch.inference_mode()
     def quality(self) -> dict[str, Any]:
@@ -257,8 +275,9 @@ class GenerateRun(Run):
     def outputs(self) -> dict[str, Any]:
         if self.server is not None:
             return {**self.server.outputs(), **self.quality(), "weight_bytes": weight_bytes(self.model)}
-        tokens = self.generate(self.prompts, self.new_tokens).cpu()
-        return {"tokens": tokens, "prompts": self.prompts.cpu(), **self.quality(),
+        tokens = self.generate(self.prompts, self.new_tokens, self.pad).cpu()
+        return {"tokens": tokens, "prompts": self.prompts.cpu(), "pad": None if self.pad is None else self.pad.cpu(),
+                **self.quality(),
                 "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}
 
     def kv_bytes(self) -> dict[str, int] | None:
@@ -311,7 +330,10 @@ class GenerateRun(Run):
         for _ in range(repeats):
             sync(self.device)
             t0 = time.perf_counter()
-            self.generate(self.prompts[:1] if self.layout == "sequential" else self.prompts, 1)
+            if self.layout == "sequential":  # the first prompt alone, without its padding
+                self.generate(self.prompts[:1, int(self.pad[0]) if self.pad is not None else 0:], 1)
+            else:
+                self.generate(self.prompts, 1, self.pad)
             sync(self.device)
             times.append(time.perf_counter() - t0)
         self.last_cache, self._cache_shape = cache, shape

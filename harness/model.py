@@ -86,6 +86,16 @@ class StaticCache(nn.Module):
         return self.k.numel() * self.k.element_size() * 2
 
 
+def padding_mask(input_pos: torch.Tensor, pad: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, 1, T, length] attention mask of a left-padded batch: the query in column p sees the key columns
+    c <= p holding its row's tokens (c >= pad); a padding query sees itself only, so no softmax row is empty."""
+    cols = torch.arange(length, device=pad.device)
+    causal = cols[None, :] <= input_pos[:, None]  # [T, length]
+    own_tokens = cols[None, None, :] >= pad[:, None, None]  # [B, 1, length]
+    itself = cols[None, :] == input_pos[:, None]  # [T, length]
+    return ((causal & own_tokens) | itself)[:, None]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
@@ -93,13 +103,15 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(args.n_embd, 3 * args.n_embd)
         self.proj = nn.Linear(args.n_embd, args.n_embd)
 
-    def forward(self, x: torch.Tensor, cache=None, input_pos=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, input_pos=None, pad=None) -> torch.Tensor:
         B, T, C = x.shape  # x: [B, T, C]
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.args.n_head, self.args.head_dim).transpose(1, 2) for t in (q, k, v))
         mask = None
         if cache is not None:
             k, v, mask = cache.update(self.layer, k, v, input_pos)
+        if pad is not None:  # key columns are absolute positions 0.. with every cache and without one
+            mask = padding_mask(input_pos, pad, k.size(2))
         if mask is None:
             # Causal within the new tokens; with a dynamic cache the earlier positions come first in k/v.
             past = k.size(2) - T
@@ -132,8 +144,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(args.n_embd)
         self.mlp = MLP(args)
 
-    def forward(self, x: torch.Tensor, cache=None, input_pos=None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, input_pos)
+    def forward(self, x: torch.Tensor, cache=None, input_pos=None, pad=None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, input_pos, pad)
         return x + self.mlp(self.ln2(x))
 
 
@@ -158,14 +170,16 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets=None, cache=None, input_pos=None):
-        # idx: [B, T] token ids; input_pos: [T] absolute positions (default 0..T-1)
+    def forward(self, idx: torch.Tensor, targets=None, cache=None, input_pos=None, pad=None):
+        # idx: [B, T] token ids; input_pos: [T] columns (absolute positions, default 0..T-1) of idx in the cache;
+        # pad: [B] left-padding tokens per row of a ragged batch: a row's own positions start after its padding
         T = idx.size(1)
         if input_pos is None:
             input_pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(input_pos)
+        positions = input_pos if pad is None else (input_pos[None, :] - pad[:, None]).clamp(min=0)  # [T] | [B, T]
+        x = self.wte(idx) + self.wpe(positions)
         for block in self.blocks:
-            x = block(x, cache, input_pos)
+            x = block(x, cache, input_pos, pad)
         logits = self.lm_head(self.ln_f(x))  # [B, T, vocab]
         if targets is None:
             return logits

@@ -30,10 +30,10 @@ class CheckpointParams:
 def checkpointed(run: Any, forward):
     """`forward` of a block run under non-reentrant `torch.utils.checkpoint`."""
 
-    def wrapped(x: torch.Tensor, cache=None, input_pos=None) -> torch.Tensor:
+    def wrapped(x: torch.Tensor, *args) -> torch.Tensor:
         if run.saved is not None and torch.is_grad_enabled():  # the input the checkpoint keeps for recompute
             run.saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
-        return checkpoint(forward, x, cache, input_pos, use_reentrant=False)
+        return checkpoint(forward, x, *args, use_reentrant=False)
 
     return wrapped
 

@@ -1,9 +1,13 @@
-"""Static batching: generate `batch_size` same-length prompts as one batch instead of one after another.
+"""Static batching: generate `batch_size` prompts as one batch instead of one after another.
 
 A decode step at small batch reads every weight once whatever the batch, so total tokens/s grows almost
 linearly with the batch until the step becomes compute-bound, while each sequence waits a little longer.
 The baseline side of a case applies this plugin with `mode: sequential` (same prompts, one at a time), so both
 sides do the same work and the speedup is the throughput gain; tokens/s per sequence and total are reported.
+
+With `prompt_min`, prompt lengths vary: the batch is left-padded to the longest prompt and the padding is masked
+out of attention and positions (the invariant proves it: each row equals its unpadded prompt generated alone).
+The padded positions are computed and cached anyway, which is what static batching of ragged prompts costs.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from harness import Check, Optimization, ParamError, hookimpl
 from harness.inference import compare_tokens, held_out
+
+PAD_TOKEN = 0
 
 
 @dataclass
@@ -21,10 +29,15 @@ class BatchingParams:
         "help": "prompts per step (null: the workload's batch); give the baseline entry the same value"})
     mode: Literal["batched", "sequential"] = field(default="batched", metadata={
         "help": "batched: one forward per token for the whole batch; sequential: one prompt at a time (baseline)"})
+    prompt_min: int | None = field(default=None, metadata={
+        "help": "shortest prompt: lengths drawn (seeded) from prompt_min..prompt_len and left-padded in the "
+                "batched mode; null: every prompt prompt_len tokens. Give the baseline entry the same value"})
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise ParamError("batch_size", f"must be >= 1 or null (got {self.batch_size})")
+        if self.prompt_min is not None and self.prompt_min < 1:
+            raise ParamError("prompt_min", f"must be >= 1 or null (got {self.prompt_min})")
 
 
 class Batching(Optimization):
@@ -40,14 +53,39 @@ class Batching(Optimization):
             spec = run.spec
             run.prompts = held_out(self.params.batch_size, spec.prompt_len, run.ctx.seed,
                                    spec.prompts == "synthetic", run.model.args.vocab_size).to(run.device)
+        if self.params.prompt_min is not None:
+            self.make_ragged(run)
         run.layout = self.params.mode
         run.info.update(layout=run.layout, batch=run.batch)
+
+    def make_ragged(self, run: Any) -> None:
+        """Seeded prompt lengths in prompt_min..prompt_len; each prompt keeps its last tokens, left-padded."""
+        P, B = run.prompts.size(1), run.batch
+        if self.params.prompt_min > P:
+            raise ParamError("prompt_min", f"must be <= the workload's prompt_len {P} (got {self.params.prompt_min})")
+        gen = torch.Generator().manual_seed(run.ctx.seed + 3)
+        lengths = torch.randint(self.params.prompt_min, P + 1, (B,), generator=gen)
+        pad = (P - lengths).to(run.device)
+        padding = torch.arange(P, device=run.device)[None, :] < pad[:, None]
+        run.prompts = run.prompts.masked_fill(padding, PAD_TOKEN)
+        run.pad = pad
+        run.info.update(prompt_lengths=f"{int(lengths.min())}..{int(lengths.max())}",
+                        padding_fraction=round(float(pad.sum()) / (B * P), 4))
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         checks = [compare_tokens("tokens_identical_to_one_at_a_time", baseline["tokens"], optimized["tokens"])]
         if not checks[0].passed and baseline["tokens"].shape != optimized["tokens"].shape:
             checks[0].values["hint"] = "give the baseline's batching entry the same batch_size"
+        elif not checks[0].passed and not same_prompts(baseline, optimized):
+            checks[0].values["hint"] = "give the baseline's batching entry the same prompt_min"
         return checks
+
+
+def same_prompts(baseline: dict[str, Any], optimized: dict[str, Any]) -> bool:
+    """Both sides generated from the same prompts with the same padding."""
+    pads = baseline.get("pad"), optimized.get("pad")
+    same_pad = (pads[0] is None) == (pads[1] is None) and (pads[0] is None or torch.equal(*pads))
+    return same_pad and torch.equal(baseline["prompts"], optimized["prompts"])
 
 
 @hookimpl

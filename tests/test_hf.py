@@ -105,3 +105,23 @@ def test_without_transformers_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
     with pytest.raises(InputError, match=r"pip install 'harness\[hf\]'"):
         load_model(f"hf:{tmp_path}", "cpu")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cache_kind", ["none", "dynamic", "static"])
+def test_left_padded_batch_equals_each_prompt_alone(hf_dir, cache_kind):
+    from harness.inference import decode_one_token, generate_cached, generate_no_cache
+
+    _, path = hf_dir
+    model = load_model(f"hf:{path}", "cpu")
+    prompts = torch.randint(1, 97, (3, 10), generator=torch.Generator().manual_seed(2))
+    pad = torch.tensor([0, 3, 6])
+    prompts[torch.arange(10)[None, :] < pad[:, None]] = 0
+    argmax = lambda logits: logits.argmax(-1)  # noqa: E731
+    if cache_kind == "none":
+        batched = generate_no_cache(model, prompts, 8, argmax, pad)
+    else:
+        batched = generate_cached(model, prompts, 8, argmax, model.new_cache(cache_kind, 3, 18), decode_one_token, pad)
+    for i in range(3):
+        alone = greedy(model, prompts[i:i + 1, int(pad[i]):], 8, "dynamic")[0, 10 - int(pad[i]):]
+        assert torch.equal(batched[i], alone), (i, batched[i], alone)
