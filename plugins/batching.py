@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import compare_tokens, held_out
+from harness.inference import held_out, tokens_check
 
 PAD_TOKEN = 0
 
@@ -73,7 +73,7 @@ class Batching(Optimization):
                         padding_fraction=round(float(pad.sum()) / (B * P), 4))
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
-        checks = [compare_tokens("tokens_identical_to_one_at_a_time", baseline["tokens"], optimized["tokens"])]
+        checks = [tokens_check("tokens_identical_to_one_at_a_time", baseline, optimized)]
         if not checks[0].passed and baseline["tokens"].shape != optimized["tokens"].shape:
             checks[0].values["hint"] = "give the baseline's batching entry the same batch_size"
         elif not checks[0].passed and not same_prompts(baseline, optimized):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, hookimpl
-from harness.inference import compare_tokens, decode_one_token
+from harness.inference import decode_one_token, tokens_check
 
 
 @dataclass
@@ -42,7 +42,7 @@ class KVCache(Optimization):
         run.info["kv_cache"] = self.params.kind
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
-        checks = [compare_tokens("tokens_identical_to_no_cache", baseline["tokens"], optimized["tokens"])]
+        checks = [tokens_check("tokens_identical_to_no_cache", baseline, optimized)]
         kv = optimized.get("kv_cache")
         if kv is not None:
             checks.append(Check("kv_bytes_match_formula", kv["measured"] == kv["formula"],

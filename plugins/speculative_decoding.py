@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import compare_tokens, load_model, probabilities, sync
+from harness.inference import load_model, probabilities, sync, tokens_check
 from harness.model import StaticCache
 
 
@@ -156,7 +156,7 @@ class SpeculativeDecoding(Optimization):
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         if not self.greedy:
             return []  # sampled: rejection sampling keeps the target's distribution, not its tokens
-        return [compare_tokens("tokens_identical_to_target_greedy", baseline["tokens"], optimized["tokens"])]
+        return [tokens_check("tokens_identical_to_target_greedy", baseline, optimized)]
 
 
 @hookimpl

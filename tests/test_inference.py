@@ -100,3 +100,25 @@ def test_registered_as_inference_workload():
     for name in ("kv_cache", "quantization", "speculative_decoding", "batching", "continuous_batching",
                  "distillation"):
         assert registry.optimizations[name].kind == "inference", name
+
+
+def test_compare_tokens_allows_divergence_only_at_a_near_tie():
+    expected = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
+    got = torch.tensor([[5, 9, 0, 0], [1, 2, 3, 4]])  # row 0 takes 9 instead of 6, then goes its own way
+    ties = torch.full((2, 4, 4), -1)
+    ties[..., 0] = expected
+    assert not compare_tokens("x", expected, got, ties).passed  # 9 was not within tolerance of 6
+    ties[0, 1, 1] = 9  # 9 was a near-tie of 6 on the baseline
+    check = compare_tokens("x", expected, got, ties)
+    assert check.passed and check.values["sequences_diverging_at_near_ties"] == 1
+    got[1, 0] = 3  # a second row diverging at a non-tie fails the whole check
+    assert not compare_tokens("x", expected, got, ties).passed
+
+
+def test_ties_list_the_greedy_token_first_and_only_close_logits():
+    run = build(batch=2, prompt_len=8, new_tokens=6)
+    out = run.outputs()
+    ties = out["ties"]
+    assert ties.shape == (2, 6, 4) and torch.equal(ties[..., 0], out["tokens"])
+    assert bool(((ties[..., 1:] == -1) | (ties[..., 1:] != ties[..., :1])).all())
+    assert build(batch=1, prompt_len=8, new_tokens=4, sampling="sample").outputs()["ties"] is None
