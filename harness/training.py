@@ -272,11 +272,21 @@ class TrainRun(Run):
             losses.append(self.global_loss(loss))
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
         out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": self.precision_name,
+               "first_batch_loss_after": self.first_batch_loss(),
                "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
                "memory_estimate": self.memory_estimate(), "facts": self.facts}
         if self.scaler is not None:
             out["skipped_steps"] = self.skipped_steps()
         return out
+
+    @torch.no_grad()
+    def first_batch_loss(self) -> float:
+        """The loss on the first batch again, after the K steps: below the first step's loss if the run trained
+        (the same batch, so batch-to-batch variation cannot fake it). The plain module, so no recompile."""
+        x, y = self.batches[0]
+        with self.precision(), self.autocast():
+            _, loss = self.raw_model(x, y)
+        return self.global_loss(loss)
 
     @contextlib.contextmanager
     def count_saved_tensors(self):

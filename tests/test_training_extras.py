@@ -176,6 +176,19 @@ def test_lora_starts_as_base_trains_adapters_only_and_shrinks_optimizer_state(co
     assert set(out["grads"]) == {n for n in out["params"] if ".lora_" in n}
 
 
+def test_lora_loss_check_holds_on_random_tokens_and_fails_when_nothing_trains():
+    opt = LoRA()
+    baseline = outputs()
+    result = checks(opt, baseline, outputs([opt]))
+    assert result["loss_decreases"].passed, result["loss_decreases"]  # the same batch: memorised, even if random
+    frozen = LoRA()
+    run = build([frozen])
+    for group in run.optimizer.param_groups:
+        group["lr"] = 0.0
+    result = checks(frozen, baseline, run.outputs())
+    assert not result["loss_decreases"].passed and not result["adapters_trained"].passed
+
+
 class TrainableBase(LoRA):
     """Broken: adds the adapters but leaves every base weight trainable (full fine-tuning plus adapters)."""
 
