@@ -272,9 +272,9 @@ class TrainRun(Run):
             losses.append(self.global_loss(loss))
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
         out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": self.precision_name,
-               "first_batch_loss_after": self.first_batch_loss(),
                "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
                "memory_estimate": self.memory_estimate(), "facts": self.facts}
+        out["first_batch_loss_after"] = self.first_batch_loss()  # after memory(): FSDP gathers weights for it
         if self.scaler is not None:
             out["skipped_steps"] = self.skipped_steps()
         return out
@@ -286,6 +286,9 @@ class TrainRun(Run):
         x, y = self.batches[0]
         with self.precision(), self.autocast():
             _, loss = self.raw_model(x, y)
+        for module in self.raw_model.modules():  # FSDP2 without reshard-after-forward keeps them gathered
+            if hasattr(module, "reshard"):
+                module.reshard()
         return self.global_loss(loss)
 
     @contextlib.contextmanager
