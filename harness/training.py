@@ -104,9 +104,10 @@ def loss_check(name: str, baseline: dict[str, Any], optimized: dict[str, Any], a
 
 
 def tensors_check(name: str, baseline: dict[str, torch.Tensor], optimized: dict[str, torch.Tensor],
-                  rtol: float, atol: float) -> Check:
-    """Every named tensor equal (`torch.allclose`) in both runs; reports the worst one."""
-    tol = f"rtol {rtol:g}, atol {atol:g} per element"
+                  rtol: float, atol: float, atol_of_max: float = 0.0) -> Check:
+    """Every named tensor equal (`torch.allclose`) in both runs; reports the worst one. `atol_of_max` raises a
+    tensor's atol to that fraction of its largest |value| (round-off of sums that cancel scales with the terms)."""
+    tol = f"rtol {rtol:g}, atol {atol:g}{f' or {atol_of_max:g} x max|tensor|' if atol_of_max else ''} per element"
     if baseline.keys() != optimized.keys():
         missing = sorted(baseline.keys() ^ optimized.keys())
         return Check(name, False, {"mismatched_names": missing[:5]}, tol)
@@ -116,7 +117,8 @@ def tensors_check(name: str, baseline: dict[str, torch.Tensor], optimized: dict[
         if b.shape != o.shape:
             return Check(name, False, {"tensor": key, "shapes": [list(b.shape), list(o.shape)]}, tol)
         diff = (o - b).abs().max().item() if b.numel() else 0.0
-        passed = passed and torch.allclose(o, b, rtol=rtol, atol=atol)
+        tensor_atol = max(atol, atol_of_max * b.abs().max().item()) if b.numel() else atol
+        passed = passed and torch.allclose(o, b, rtol=rtol, atol=tensor_atol)
         if not diff <= worst_diff:  # also catches nan
             worst, worst_diff = key, diff
     scale = max(t.abs().max().item() for t in baseline.values() if t.numel())
@@ -272,6 +274,7 @@ class TrainRun(Run):
             losses.append(self.global_loss(loss))
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
         out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": self.precision_name,
+               "device": self.device.type,
                "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
                "memory_estimate": self.memory_estimate(), "facts": self.facts}
         out["first_batch_loss_after"] = self.first_batch_loss()  # after memory(): FSDP gathers weights for it

@@ -14,6 +14,11 @@ from harness.training import tensors_check
 # Recompute runs the same kernels on the same inputs, so gradients match to fp32 round-off (bitwise on CPU in
 # our runs); the tolerance allows for non-deterministic reductions on GPUs.
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
+# On CUDA under bf16/fp16 autocast, attention backward kernels may accumulate with atomics (nondeterministic order),
+# and a different fp32 partial sum can round the half-precision result one ulp the other way (2^-8 relative for
+# bf16), which the next matmuls carry on: there gradients agree to ~2 half-precision ulps, per element or of the
+# tensor's largest value for sums that cancel. Not yet measured on a GPU; the CPU check stays at fp32 round-off.
+HALF_GRAD_RTOL, HALF_GRAD_ATOL_OF_MAX = 2e-2, 1e-2
 
 
 @dataclass
@@ -59,7 +64,11 @@ class ActivationCheckpointing(Optimization):
             return [Check("grads_equal_plain", False, {"baseline_precision": precisions[0],
                                                        "optimized_precision": precisions[1]},
                           "same precision on both sides: add the precision plugin to the case's baseline")]
-        grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL)
+        if optimized.get("device") == "cuda" and precisions[1] in ("bfloat16", "float16"):
+            grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], HALF_GRAD_RTOL,
+                                  GRAD_ATOL, HALF_GRAD_ATOL_OF_MAX)
+        else:
+            grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL)
         checks = [grads]
         b, o = baseline.get("activation_bytes"), optimized.get("activation_bytes")
         if b and o:

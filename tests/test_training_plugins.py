@@ -121,6 +121,16 @@ def test_checkpointing_with_bf16_against_bf16_baseline_is_exact_and_against_fp32
     assert not refused.passed and refused.values["optimized_precision"] == "bfloat16"
 
 
+def test_checkpointing_half_precision_tolerance_on_cuda_allows_ulp_flips_but_not_other_weights():
+    bf16 = outputs([MixedPrecision()])
+    opt = ActivationCheckpointing()
+    flipped = {**bf16, "device": "cuda", "grads": {n: g * (1 + 2**-7) for n, g in bf16["grads"].items()}}
+    assert checks(opt, bf16, flipped)["grads_equal_plain"].passed  # one bf16 ulp everywhere (GPU round-off)
+    assert not checks(opt, bf16, {**flipped, "device": "cpu"})["grads_equal_plain"].passed  # CPU: fp32 round-off
+    other = {**outputs([MixedPrecision(), opt], seed=1), "device": "cuda"}
+    assert not checks(opt, bf16, other)["grads_equal_plain"].passed
+
+
 def test_ddp_needs_a_process_group_for_more_than_one_rank():
     assert DDP().processes() == 2
     with pytest.raises(RuntimeError, match="process group"):
