@@ -5,8 +5,10 @@ Metric definitions (stated once; the report shows them):
   TTFT (time to first token): a generate of one token with the same model, cache and generate function, i.e.
     the prefill plus the first sampling; measured separately in `extra_metrics` (synchronized perf_counter,
     median of 3 calls after the timed samples), not carved out of the e2e samples.
-  TPOT (time per output token) = (e2e - TTFT) / (new_tokens - 1); ITL (inter-token latency) is the same
-    quantity seen by a streaming client, so one number is reported for both.
+  TPOT (time per output token) = (e2e - TTFT) / (new_tokens - 1), the mean gap between a sequence's tokens.
+  ITL (inter-token latency) percentiles: the gaps between consecutive tokens of a sequence as a streaming client
+    sees them (synchronized after every token), from one extra generate after the timed samples; their tail
+    shows stalls that TPOT averages away. p99 only with >= 100 gaps.
   tokens/s total = batch x new_tokens / e2e; tokens/s per sequence = new_tokens / (the time one sequence took:
     e2e when the batch runs together, e2e / batch when sequences run one after another).
   weight bytes: parameters and buffers outside `nn.Embedding` modules (gpt-fast); quantized weights count their
@@ -204,6 +206,7 @@ class GenerateRun(Run):
         self._static_caches: dict[tuple[int, int], Any] = {}
         self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
         self.server: Any = None  # a request-trace server (continuous_batching) replaces step/outputs/metrics
+        self.token_times: list[list[float]] | None = None  # per generate of one batch, when each token was ready
         self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
 
     @property
@@ -253,6 +256,8 @@ class GenerateRun(Run):
                 raise ValueError("this plugin's generate function takes equal-length prompts (no prompt_min)")
             return self.generate_fn(self, prompts, n)
         sampler = make_sampler(self.spec, self.ctx.seed, self.device)
+        if self.token_times is not None:
+            sampler = self.clocked(sampler)
         if self.cache_kind == "none":
             return generate_no_cache(self.model, prompts, n, sampler, pad)
         cache = self.new_cache(prompts.size(0), prompts.size(1) + n)
@@ -341,8 +346,43 @@ class GenerateRun(Run):
             bw = peak.get("bandwidth_bytes_s") if self.device.type == "cuda" else None
             out["mbu"] = out["achieved_bandwidth_bytes_s"] / bw if bw else None
             out["regime"] = regime(out["mbu"])
+        out.update(self.inter_token_latencies())
         for fn in self.metric_fns:
             out.update(fn(median_s))
+        return out
+
+    def clocked(self, sampler: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`sampler` that also records the synchronized time each token (of the whole batch) is ready."""
+        times: list[float] = []
+        self.token_times.append(times)
+
+        def sample(logits: torch.Tensor) -> torch.Tensor:
+            tok = sampler(logits)
+            sync(self.device)  # a streaming client reads each token as it comes, so this sync is part of ITL
+            times.append(time.perf_counter())
+            return tok
+
+        return sample
+
+    def inter_token_latencies(self) -> dict[str, Any]:
+        """ITL percentiles from one extra, instrumented generate (outside the timed samples): the gaps between
+        consecutive tokens of a sequence. Empty for a plugin's own generate function (e.g. speculative)."""
+        if self.generate_fn is not None or self.new_tokens < 2:
+            return {}
+        cache, shape = self.last_cache, getattr(self, "_cache_shape", None)
+        self.token_times = []
+        try:
+            self.generate(self.prompts, self.new_tokens, self.pad)
+            gaps = sorted(b - a for times in self.token_times for a, b in zip(times, times[1:]))
+        finally:
+            self.token_times = None
+            self.last_cache, self._cache_shape = cache, shape
+        if not gaps:
+            return {}
+        at = lambda q: gaps[min(len(gaps) - 1, int(q * len(gaps)))]  # noqa: E731
+        out = {"itl_p50_s": at(0.50), "itl_p90_s": at(0.90), "itl_max_s": gaps[-1], "itl_gaps": len(gaps)}
+        if len(gaps) >= 100:
+            out["itl_p99_s"] = at(0.99)
         return out
 
     def time_first_token(self, repeats: int = 3) -> float:

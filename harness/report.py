@@ -344,7 +344,8 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
         view["latency_svg"] = latency_chart(case, f"lat{index}")
         view["memory_svg"] = memory_chart(case, f"mem{index}")
         view["costs"] = {label: cost.side_cost(case[key], price) for label, key in SIDES}
-        first = ("ttft_s", "tpot_s", "itl_s", "mfu", "hfu", "mbu", "model_tflops", "regime")
+        first = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "itl_max_s", "mfu", "hfu", "mbu",
+                 "model_tflops", "regime")
         keys = {k for _, key in SIDES for k in (case[key].get("extra") or {})}
         view["extra_keys"] = [k for k in first if k in keys] + sorted(keys - set(first))
         view["info_keys"] = sorted({k for _, key in SIDES for k in (case[key].get("info") or {})})

@@ -1,5 +1,7 @@
 """The generate workload: no-cache baseline vs cached decode, metrics, spec validation, registration."""
 
+import time
+
 import pytest
 import torch
 
@@ -45,6 +47,25 @@ def test_units_and_metrics():
     assert m["kv_bytes_measured"] == m["kv_bytes_formula"] == kv_cache_bytes(run.model.args, 2, 13, 4)
     assert m["mbu"] is None and m["regime"] is None  # CPU / unknown peak: never guessed
     assert m["weight_bytes"] == weight_bytes(run.model)
+    assert m["itl_gaps"] == 4 and 0 < m["itl_p50_s"] <= m["itl_p90_s"] <= m["itl_max_s"] and "itl_p99_s" not in m
+    assert run.kv_bytes()["measured"] == m["kv_bytes_measured"]  # the extra generates leave the cache facts alone
+
+
+def test_itl_gaps_are_within_sequences_and_show_a_stall():
+    run = build(batch=2, prompt_len=8, new_tokens=6)
+    run.layout = "sequential"
+    decode, calls = run.decode, []
+
+    def stalled(*args):  # the 3rd decode step of every sequence stalls for 50 ms
+        calls.append(1)
+        if len(calls) % 5 == 3:
+            time.sleep(0.05)
+        return decode(*args)
+
+    run.cache_kind, run.decode = "dynamic", stalled
+    m = run.inter_token_latencies()
+    assert m["itl_gaps"] == 2 * 5  # 5 gaps per sequence, none across the two sequences
+    assert m["itl_max_s"] >= 0.05 > m["itl_p50_s"]
 
 
 def test_sequential_layout_gives_same_tokens_and_per_sequence_latency():
