@@ -206,7 +206,7 @@ class GenerateRun(Run):
         self._static_caches: dict[tuple[int, int], Any] = {}
         self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
         self.server: Any = None  # a request-trace server (continuous_batching) replaces step/outputs/metrics
-        self.token_times: list[list[float]] | None = None  # per generate of one batch, when each token was ready
+        self.token_times: list[list[float]] | None = None  # per sequence (or batch), when each token was ready
         self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
 
     @property
@@ -366,8 +366,9 @@ class GenerateRun(Run):
 
     def inter_token_latencies(self) -> dict[str, Any]:
         """ITL percentiles from one extra, instrumented generate (outside the timed samples): the gaps between
-        consecutive tokens of a sequence. Empty for a plugin's own generate function (e.g. speculative)."""
-        if self.generate_fn is not None or self.new_tokens < 2:
+        consecutive tokens of a sequence. A plugin's own generate function records into `token_times` itself
+        (speculative decoding does); empty if it does not."""
+        if self.new_tokens < 2:
             return {}
         cache, shape = self.last_cache, getattr(self, "_cache_shape", None)
         self.token_times = []

@@ -48,9 +48,10 @@ def rejection_accept(draft_tokens: list[int], q: torch.Tensor, p: torch.Tensor, 
 
 
 def speculative_generate(target, draft, prompt: torch.Tensor, n: int, gamma: int, spec, gen, stats: dict,
-                         caches: tuple[StaticCache, StaticCache]) -> list[int]:
+                         caches: tuple[StaticCache, StaticCache], clock: list[float] | None = None) -> list[int]:
     """One sequence. prompt [1, P] -> n token ids. Static caches make rollback free: rejected positions are
-    overwritten next round and masked until then."""
+    overwritten next round and masked until then. `clock` gets the time each token became available: the
+    tokens a verification accepts arrive together, as a streaming client sees them."""
     tc, dc = caches
     P, dev = prompt.size(1), prompt.device
     greedy = spec.sampling == "greedy"
@@ -59,6 +60,8 @@ def speculative_generate(target, draft, prompt: torch.Tensor, n: int, gamma: int
     draft(prompt, cache=dc, input_pos=pos)
     first = t_logits.argmax() if greedy else torch.multinomial(probabilities(t_logits, spec), 1, generator=gen)
     out, draft_valid = [int(first)], P  # out[j] sits at position P + j; draft cache valid below draft_valid
+    if clock is not None:
+        clock.append(time.perf_counter())  # int() above waited for the device
     while len(out) < n:
         cur = P + len(out) - 1  # position of the last accepted token, not yet in the target cache
         x = torch.tensor([out[draft_valid - P:]], device=dev)
@@ -82,11 +85,15 @@ def speculative_generate(target, draft, prompt: torch.Tensor, n: int, gamma: int
         else:
             n_acc, nxt = rejection_accept(d_toks, torch.stack(q), probabilities(t_logits, spec), gen)
         out += d_toks[:n_acc] + [nxt]
+        if clock is not None:
+            clock.extend([time.perf_counter()] * (n_acc + 1))
         draft_valid = cur + min(gamma, n_acc + 1)
         stats["drafted"] += gamma
         stats["accepted"] += n_acc
         stats["target_forwards"] += 1
     stats["target_forwards"] += 1  # the prefill
+    if clock is not None:
+        del clock[n:]
     return out[:n]
 
 
@@ -115,8 +122,11 @@ class SpeculativeDecoding(Optimization):
                 caches[max_len] = tuple(StaticCache(m.args, 1, max_len, run.dtype, run.device)
                                         for m in (run.model, draft))
             gen = torch.Generator(device=run.device).manual_seed(run.ctx.seed)
-            rows = [speculative_generate(run.model, draft, p[None], n, gamma, run.spec, gen, stats, caches[max_len])
-                    for p in prompts]
+            clocks = [[] for _ in prompts] if run.token_times is not None else [None] * prompts.size(0)
+            rows = [speculative_generate(run.model, draft, p[None], n, gamma, run.spec, gen, stats, caches[max_len],
+                                         clock) for p, clock in zip(prompts, clocks)]
+            if run.token_times is not None:
+                run.token_times.extend(clocks)
             if n == run.new_tokens:  # keep the statistics of full generates, not of the TTFT probes
                 self.stats = {**stats, "tokens": n * prompts.size(0)}
             return torch.tensor(rows, device=prompts.device)

@@ -93,6 +93,14 @@ def test_speculative_greedy_equals_target(draft, gamma):
     assert 0 <= m["acceptance_rate"] <= 1 and m["tokens_per_target_forward"] >= 1 and m["cost_ratio_c"] > 0
 
 
+def test_speculative_tokens_arrive_in_bursts():
+    opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft="nano", gamma=3))  # the target itself: all accepted
+    _, run = pair(opt, [KVCache()], batch=1, new_tokens=13)
+    m = run.inter_token_latencies()
+    # token 1 from the prefill, then 3 rounds of gamma + 1 = 4 tokens each: 12 gaps, 3 of them between rounds
+    assert m["itl_gaps"] == 12 and m["itl_p50_s"] == 0.0 and m["itl_max_s"] > 0
+
+
 def test_speculative_verifier_that_accepts_everything_is_caught(monkeypatch):
     monkeypatch.setattr(sd, "greedy_accept", lambda draft_tokens, target_tokens: len(draft_tokens))
     opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft="micro", gamma=4))
