@@ -59,6 +59,14 @@ class HFCache:
     def __init__(self, inner, kind: str):
         self.inner, self.kind = inner, kind
 
+    def seek(self, position: torch.Tensor) -> None:
+        """Make the next write land at `position` (a 0-dim tensor; no host sync). transformers >= 5 static layers
+        write at their own running length rather than at the given positions; rewinding it lets a caller
+        overwrite rejected positions (speculative decoding) as with the harness's StaticCache."""
+        for layer in getattr(self.inner, "layers", []):
+            if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
+                layer.cumulative_length.copy_(position)
+
     def nbytes(self) -> int:
         if hasattr(self.inner, "layers"):  # transformers >= 4.56: one object per layer
             tensors = [t for layer in self.inner.layers for t in (getattr(layer, "keys", None),
@@ -90,6 +98,8 @@ class HFCausalLM(nn.Module):
             seen = torch.arange(int(input_pos[-1]) + 1, device=idx.device)
             kwargs["attention_mask"] = (seen[None, :] >= pad[:, None]).long()
         if cache is not None:
+            if cache.kind == "static":
+                cache.seek(input_pos[0])
             kwargs.update(past_key_values=cache.inner, use_cache=True)
         else:
             kwargs["use_cache"] = False

@@ -140,6 +140,14 @@ def generate_cached(model: nn.Module, prompts: torch.Tensor, n: int, sampler, ca
     return torch.stack(out, dim=1)
 
 
+def static_cache(model: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+    """A static KV cache for `model`: our GPT's is built in the run's dtype (a quantized model's weights are not
+    in it); a user model (hf:) builds its own."""
+    if isinstance(model, GPT):
+        return StaticCache(model.args, batch, max_len, dtype, device)
+    return model.new_cache("static", batch, max_len)
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of parameters and buffers outside nn.Embedding; packed quantized weights count too (gpt-fast)."""
     total = 0
@@ -196,7 +204,8 @@ class GenerateRun(Run):
         synthetic = spec.prompts == "synthetic"
         self.prompts = held_out(spec.batch, spec.prompt_len, ctx.seed, synthetic, vocab).to(ctx.device)
         self.pad: torch.Tensor | None = None
-        self.eval_tokens = held_out(EVAL_SEQS, EVAL_LEN + 1, ctx.seed + 1, synthetic, vocab).to(ctx.device)
+        eval_len = min(EVAL_LEN, (self.model.args.block_size or EVAL_LEN + 1) - 1)  # a short-context user model
+        self.eval_tokens = held_out(EVAL_SEQS, eval_len + 1, ctx.seed + 1, synthetic, vocab).to(ctx.device)
         self.new_tokens = spec.new_tokens
         self.cache_kind = "none"
         self.decode = decode_one_token
@@ -231,10 +240,7 @@ class GenerateRun(Run):
         if self.cache_kind == "static":
             key = (batch, max_len)
             if key not in self._static_caches:
-                # our GPT's cache is built here in the run's dtype: a quantized model's weights are not in it
-                self._static_caches[key] = (StaticCache(self.model.args, batch, max_len, self.dtype, self.device)
-                                            if isinstance(self.model, GPT) else
-                                            self.model.new_cache("static", batch, max_len))
+                self._static_caches[key] = static_cache(self.model, batch, max_len, self.dtype, self.device)
             self.last_cache = self._static_caches[key]
         else:
             self.last_cache = self.model.new_cache("dynamic", batch, max_len)

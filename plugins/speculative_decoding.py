@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import load_model, probabilities, sync, tokens_check
-from harness.model import StaticCache
+from harness.inference import load_model, probabilities, static_cache, sync, tokens_check
 
 
 @dataclass
@@ -48,7 +47,7 @@ def rejection_accept(draft_tokens: list[int], q: torch.Tensor, p: torch.Tensor, 
 
 
 def speculative_generate(target, draft, prompt: torch.Tensor, n: int, gamma: int, spec, gen, stats: dict,
-                         caches: tuple[StaticCache, StaticCache], clock: list[float] | None = None) -> list[int]:
+                         caches: tuple[Any, Any], clock: list[float] | None = None) -> list[int]:
     """One sequence. prompt [1, P] -> n token ids. Static caches make rollback free: rejected positions are
     overwritten next round and masked until then. `clock` gets the time each token became available: the
     tokens a verification accepts arrive together, as a streaming client sees them."""
@@ -119,8 +118,7 @@ class SpeculativeDecoding(Optimization):
             stats = {"drafted": 0, "accepted": 0, "target_forwards": 0}
             max_len = prompts.size(1) + n + gamma + 1
             if max_len not in caches:
-                caches[max_len] = tuple(StaticCache(m.args, 1, max_len, run.dtype, run.device)
-                                        for m in (run.model, draft))
+                caches[max_len] = tuple(static_cache(m, 1, max_len, run.dtype, run.device) for m in (run.model, draft))
             gen = torch.Generator(device=run.device).manual_seed(run.ctx.seed)
             clocks = [[] for _ in prompts] if run.token_times is not None else [None] * prompts.size(0)
             rows = [speculative_generate(run.model, draft, p[None], n, gamma, run.spec, gen, stats, caches[max_len],
@@ -151,7 +149,7 @@ class SpeculativeDecoding(Optimization):
     def forward_time(model, run: Any, repeats: int = 7) -> float:
         """Median synchronized time of one cached decode forward (batch 1) after the prompt."""
         P = run.prompts.size(1)
-        cache = StaticCache(model.args, 1, P + 1, run.dtype, run.device)
+        cache = static_cache(model, 1, P + 1, run.dtype, run.device)
         model(run.prompts[:1], cache=cache, input_pos=torch.arange(P, device=run.device))
         tok, pos = run.prompts[:1, -1:], torch.tensor([P], device=run.device)
         times = []
