@@ -137,6 +137,21 @@ def prompts(n: int, length: int, seed: int = 0, max_bytes: int = DEFAULT_MAX_BYT
     return x
 
 
+def tokenized_split(tokenizer, split: str = "val", max_chars: int = 400_000,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+    """The first `max_chars` characters of a split encoded by a user model's own tokenizer (a transformers
+    tokenizer): LongTensor [N]. The byte ids of `splits()` mean nothing to a model with another vocabulary."""
+    key = (id(tokenizer), split, max_chars, max_bytes)
+    if key not in _TOKENIZED:
+        train, val = _split_bytes(max_bytes)
+        text = (val if split == "val" else train)[:max_chars].decode("utf-8", errors="replace")
+        _TOKENIZED[key] = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    return _TOKENIZED[key]
+
+
+_TOKENIZED: dict[tuple, torch.Tensor] = {}
+
+
 def synthetic_tokens(n: int, vocab_size: int = VOCAB_SIZE, seed: int = 0) -> torch.Tensor:
     """`n` uniformly random token ids in [0, vocab_size): for workloads where only speed matters."""
     return torch.randint(vocab_size, (n,), generator=torch.Generator().manual_seed(seed))

@@ -86,6 +86,7 @@ class HFCausalLM(nn.Module):
         self.args = _args_from_config(model.config)
         self.n_layer, self.n_head = self.args.n_layer, self.args.n_head
         self.head_dim, self.vocab_size = self.args.head_dim, self.args.vocab_size
+        self.tokenizer = None  # the model directory's tokenizer, set by load_hf when there is one
 
     def forward(self, idx: torch.Tensor, targets=None, cache=None, input_pos=None, pad=None):
         # idx: [B, T]; input_pos: [T] absolute positions of idx (default 0..T-1); pad: [B] left padding per row
@@ -155,4 +156,23 @@ def load_hf(path: str, device="cpu", dtype: torch.dtype | None = None) -> HFCaus
                          "save_pretrained or `huggingface-cli download NAME --local-dir DIR` (nothing is downloaded)")
     model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    return HFCausalLM(model).eval()
+    adapter = HFCausalLM(model).eval()
+    adapter.tokenizer = load_tokenizer(where)
+    return adapter
+
+
+def load_tokenizer(where: Path):
+    """The model's own tokenizer if its directory has one (prompts and evaluation text are then real text in the
+    model's vocabulary), else None (byte ids, which such a model reads as arbitrary tokens)."""
+    from transformers import AutoTokenizer
+
+    if not any((where / name).is_file() for name in TOKENIZER_FILES):
+        return None  # transformers would otherwise build an empty one from the config alone
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return tokenizer if tokenizer("def f(x):\n")["input_ids"] else None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")

@@ -80,16 +80,17 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int) -
     return model.to(device=device, dtype=dtype).eval()
 
 
-def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int) -> torch.Tensor:
-    """[n, length] prompt tokens from held-out text (harness.data) or seeded random bytes."""
-    if not synthetic:
-        try:
-            from harness.data import prompts
-        except ImportError:
-            synthetic = True
-        else:
-            return prompts(n, length, seed)
-    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int, tokenizer=None) -> torch.Tensor:
+    """[n, length] prompt tokens: windows of held-out text (harness.data; encoded by `tokenizer`, a user model's
+    own, when given, else bytes) or seeded random ids."""
+    if synthetic:
+        return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+    from harness import data
+
+    if tokenizer is None:
+        return data.prompts(n, length, seed)
+    x, _ = data.get_batch(data.tokenized_split(tokenizer), n, length, torch.Generator().manual_seed(seed))
+    return x
 
 
 def make_sampler(spec: GenerateSpec, seed: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -200,12 +201,10 @@ class GenerateRun(Run):
         self.spec, self.device = spec, ctx.device
         self.dtype = DTYPES[spec.dtype]
         self.model = load_model(spec.model, ctx.device, self.dtype, ctx.seed)
-        vocab = self.model.args.vocab_size
-        synthetic = spec.prompts == "synthetic"
-        self.prompts = held_out(spec.batch, spec.prompt_len, ctx.seed, synthetic, vocab).to(ctx.device)
+        self.prompts = self.held_out(spec.batch, spec.prompt_len, ctx.seed)
         self.pad: torch.Tensor | None = None
         eval_len = min(EVAL_LEN, (self.model.args.block_size or EVAL_LEN + 1) - 1)  # a short-context user model
-        self.eval_tokens = held_out(EVAL_SEQS, eval_len + 1, ctx.seed + 1, synthetic, vocab).to(ctx.device)
+        self.eval_tokens = self.held_out(EVAL_SEQS, eval_len + 1, ctx.seed + 1)
         self.new_tokens = spec.new_tokens
         self.cache_kind = "none"
         self.decode = decode_one_token
@@ -217,6 +216,13 @@ class GenerateRun(Run):
         self.server: Any = None  # a request-trace server (continuous_batching) replaces step/outputs/metrics
         self.token_times: list[list[float]] | None = None  # per sequence (or batch), when each token was ready
         self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
+
+    def held_out(self, n: int, length: int, seed: int) -> torch.Tensor:
+        """[n, length] tokens on the run's device, as the workload's `prompts` setting says (text is encoded by
+        the model's own tokenizer when it has one: an hf: model with tokenizer files)."""
+        synthetic = self.spec.prompts == "synthetic"
+        tokenizer = getattr(self.model, "tokenizer", None)
+        return held_out(n, length, seed, synthetic, self.model.args.vocab_size, tokenizer).to(self.device)
 
     @property
     def batch(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import held_out, tokens_check
+from harness.inference import tokens_check
 
 PAD_TOKEN = 0
 
@@ -50,9 +50,7 @@ class Batching(Optimization):
 
     def apply(self, run: Any) -> None:
         if self.params.batch_size is not None and self.params.batch_size != run.batch:
-            spec = run.spec
-            run.prompts = held_out(self.params.batch_size, spec.prompt_len, run.ctx.seed,
-                                   spec.prompts == "synthetic", run.model.args.vocab_size).to(run.device)
+            run.prompts = run.held_out(self.params.batch_size, run.spec.prompt_len, run.ctx.seed)
         if self.params.prompt_min is not None:
             self.make_ragged(run)
         run.layout = self.params.mode

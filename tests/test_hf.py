@@ -167,3 +167,31 @@ def test_speculative_decoding_with_hf_models_rolls_back_rejected_positions(hf_di
         monkeypatch.setattr(HFCache, "seek", lambda self, position: None)
         with pytest.raises(IndexError):
             speculative_checks(path, hf_draft_dir)
+
+
+def test_text_prompts_use_the_models_own_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from harness import data
+    from harness.inference import GenerateSpec, GenerateWorkload
+    from harness.workload import RunContext
+
+    train, val = data._split_bytes(data.DEFAULT_MAX_BYTES)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([train[:100_000].decode("utf-8", "replace")],
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe).save_pretrained(tmp_path)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+
+    run = GenerateWorkload().build(GenerateSpec(model=f"hf:{tmp_path}", batch=2, prompt_len=16, new_tokens=4), [],
+                                   RunContext(device=torch.device("cpu"), env={}, seed=0))
+    tokenizer = run.model.tokenizer
+    assert tokenizer is not None and run.prompts.shape == (2, 16) and int(run.prompts.max()) >= 256  # merges used
+    text = val.decode("utf-8", "replace")
+    for row in run.prompts:
+        assert tokenizer.decode(row) in text  # a window of the held-out text, in the model's vocabulary
+    assert run.outputs()["perplexity"] > 0
