@@ -314,7 +314,7 @@ class GenerateRun(Run):
             tol = TIE_ULPS * eps * logits.abs().amax(dim=1, keepdim=True)
             top = logits.topk(min(k, logits.size(1)), dim=1)
             near = (top.values >= chosen - tol) & (top.indices != tokens[b, :, None].to(self.device))
-            candidates = torch.where(near, top.indices, -1)
+            candidates = torch.where(near, top.indices, -1).sort(dim=1, descending=True).values  # -1s last
             out.append(torch.cat([tokens[b, :, None].to(self.device), candidates[:, : k - 1]], dim=1).cpu())
         return torch.stack(out)
 
