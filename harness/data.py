@@ -132,9 +132,10 @@ def get_batch(
 
 def prompts(n: int, length: int, seed: int = 0, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
     """`n` fixed prompts of `length` tokens cut from the held-out split: LongTensor [n, length]."""
-    _, val = splits(max_bytes)
-    x, _ = get_batch(val, n, length, torch.Generator().manual_seed(seed))
-    return x
+    _, val = _split_bytes(max_bytes)
+    ids = torch.frombuffer(bytearray(val), dtype=torch.uint8)  # windows first, then int64: no 8x copy of the split
+    x, _ = get_batch(ids, n, length, torch.Generator().manual_seed(seed))
+    return x.long()
 
 
 def tokenized_split(tokenizer, split: str = "val", max_chars: int = 400_000,
