@@ -66,3 +66,12 @@ def test_new_plugin_package_installs_and_runs_through_the_cli(tmp_path):
     assert case["id"] == "gen/bf16_weights" and case["status"] == "ok"
     assert case["checks"][0]["name"] == "perplexity_change" and case["checks"][0]["passed"]
     assert case["metrics"]["latency"]["median"] > 0 and case["comparison"]["verdict"]
+
+
+def test_plugins_piped_into_a_reader_that_leaves_early_ends_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m harness plugins | head -1", shell=True, capture_output=True,
+                          text=True)
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
