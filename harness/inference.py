@@ -261,8 +261,6 @@ class GenerateRun(Run):
         if self.layout == "sequential" and prompts.size(0) > 1:
             starts = pad.tolist() if pad is not None else [0] * prompts.size(0)
             return torch.cat([self.generate(p[None, s:], n) for p, s in zip(prompts, starts)], dim=0)
-        if pad is not None and not bool(pad.any()):
-            pad = None
         if self.generate_fn is not None:
             if pad is not None:
                 raise ValueError("this plugin's generate function takes equal-length prompts (no prompt_min)")

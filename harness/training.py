@@ -103,6 +103,16 @@ def loss_check(name: str, baseline: dict[str, Any], optimized: dict[str, Any], a
                                        "steps": len(optimized["losses"])}, f"abs {atol:g}")
 
 
+def precision_mismatch(name: str, baseline: dict[str, Any], optimized: dict[str, Any]) -> Check | None:
+    """A failed `name` check when the two sides ran at different precisions (their tensors cannot be compared
+    then), else None."""
+    precisions = baseline.get("precision"), optimized.get("precision")
+    if precisions[0] == precisions[1]:
+        return None
+    return Check(name, False, {"baseline_precision": precisions[0], "optimized_precision": precisions[1]},
+                 "same precision on both sides: add the precision plugin to the case's baseline")
+
+
 def tensors_check(name: str, baseline: dict[str, torch.Tensor], optimized: dict[str, torch.Tensor],
                   rtol: float, atol: float, atol_of_max: float = 0.0) -> Check:
     """Every named tensor equal (`torch.allclose`) in both runs; reports the worst one. `atol_of_max` raises a

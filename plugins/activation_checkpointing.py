@@ -9,7 +9,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import tensors_check
+from harness.training import precision_mismatch, tensors_check
 
 # Recompute runs the same kernels on the same inputs, so gradients match to fp32 round-off (bitwise on CPU in
 # our runs); the tolerance allows for non-deterministic reductions on GPUs.
@@ -59,12 +59,10 @@ class ActivationCheckpointing(Optimization):
         run.info["checkpointed_blocks"] = f"{len(chosen)} of {len(blocks)}"
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
-        precisions = baseline.get("precision"), optimized.get("precision")
-        if precisions[0] != precisions[1]:  # a combined case against another precision cannot compare grads
-            return [Check("grads_equal_plain", False, {"baseline_precision": precisions[0],
-                                                       "optimized_precision": precisions[1]},
-                          "same precision on both sides: add the precision plugin to the case's baseline")]
-        if optimized.get("device") == "cuda" and precisions[1] in ("bfloat16", "float16"):
+        mismatch = precision_mismatch("grads_equal_plain", baseline, optimized)
+        if mismatch:
+            return [mismatch]
+        if optimized.get("device") == "cuda" and optimized.get("precision") in ("bfloat16", "float16"):
             grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], HALF_GRAD_RTOL,
                                   GRAD_ATOL, HALF_GRAD_ATOL_OF_MAX)
         else:

@@ -66,7 +66,7 @@ class Batching(Optimization):
         pad = (P - lengths).to(run.device)
         padding = torch.arange(P, device=run.device)[None, :] < pad[:, None]
         run.prompts = run.prompts.masked_fill(padding, PAD_TOKEN)
-        run.pad = pad
+        run.pad = pad if bool(pad.any()) else None  # all full length: the plain path, no mask
         run.info.update(prompt_lengths=f"{int(lengths.min())}..{int(lengths.max())}",
                         padding_fraction=round(float(pad.sum()) / (B * P), 4))
 

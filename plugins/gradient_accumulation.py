@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, tensors_check
+from harness.training import loss_check, precision_mismatch, tensors_check
 
 # Summing k micro-batch gradients adds the same terms in another order than one big reduction: in fp32 the
 # first-step gradients differ by round-off (measured max |diff| 3e-8 on nano, 7e-9 on `cpu`; gradients up to
@@ -119,17 +119,10 @@ class GradientAccumulation(Optimization):
         return total * (1.0 / (k * self.loss_scale()))  # the mean loss whatever the scale (k * 1/k = 1)
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
-        precisions = baseline.get("precision"), optimized.get("precision")
-        if precisions[0] != precisions[1]:
-            return [
-                Check(
-                    "params_equal_one_big_batch",
-                    False,
-                    {"baseline_precision": precisions[0], "optimized_precision": precisions[1]},
-                    "same precision on both sides: add the precision plugin to the case's baseline",
-                )
-            ]
-        if precisions[0] == "fp32":
+        mismatch = precision_mismatch("params_equal_one_big_batch", baseline, optimized)
+        if mismatch:
+            return [mismatch]
+        if baseline.get("precision") == "fp32":
             checks = [
                 tensors_check(
                     "params_equal_one_big_batch", baseline["params"], optimized["params"], PARAM_RTOL, PARAM_ATOL
