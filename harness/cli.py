@@ -163,16 +163,19 @@ def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path
 
 def print_summary(results: dict) -> None:
     """The end-of-run table: one line per case."""
-    rows = [("case", "status", "speedup [95% CI]", "verdict", "memory", "checks")]
+    from harness.runner import fmt_speedup
+
+    rows = [("case", "status", "speedup [95% CI]", "verdict", "foreign CPU", "memory", "checks")]
     for c in results["cases"]:
         if c["status"] != "ok":
-            rows.append((c["id"], c["status"], "", "", "", ""))
+            rows.append((c["id"], c["status"], "", "", "", "", ""))
             continue
         cmp = c["comparison"]
         mem = f"{cmp['memory_ratio']:.2f}x" if cmp.get("memory_ratio") else "n/a"
         checks = c.get("checks", [])
-        rows.append((c["id"], "ok", f"{cmp['speedup']:.2f}x [{cmp['ci95'][0]:.2f}, {cmp['ci95'][1]:.2f}]",
-                     cmp["verdict"], mem, f"{sum(ch['passed'] for ch in checks)}/{len(checks)}"))
+        load = ((c.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+        rows.append((c["id"], "ok", fmt_speedup(cmp), cmp["verdict"], "n/a" if load is None else f"{load:.0%}",
+                     mem, f"{sum(ch['passed'] for ch in checks)}/{len(checks)}"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())

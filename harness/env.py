@@ -195,7 +195,7 @@ def probe(device: str) -> dict[str, Any]:
     n = 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    settings = MeasureSettings(min_time_s=0.5, max_time_s=3, rounds=1, energy=False)
+    settings = MeasureSettings(min_time_s=0.5, max_time_s=3, energy=False)
     mm = measure(lambda: a @ b, device, settings)
     src = torch.empty(2**30, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)

@@ -76,7 +76,8 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
     job = {"case": dataclasses.asdict(case), "env": env, "threads": threads,
-           "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0}
+           "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
+           "runner_pid": os.getpid()}
     write_json(str(job_path), job)
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -218,5 +219,16 @@ def one_line(record: dict[str, Any]) -> str:
     c = record["comparison"]
     checks = record.get("checks", [])
     passed = sum(ch["passed"] for ch in checks)
-    return (f"{c['verdict']}: speedup {c['speedup']:.2f}x [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}], "
-            f"checks {passed}/{len(checks)} passed")
+    word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")
+    figure = f"speedup {fmt_speedup(c)}" + (f" over {c['pairs']} pairs" if c.get("pairs") else "")
+    load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+    load_text = f", foreign CPU {load:.0%}" if load is not None else ""
+    return f"{word}: {figure}{load_text}, checks {passed}/{len(checks)} passed"
+
+
+def fmt_speedup(comparison: dict[str, Any]) -> str:
+    """'1.62x [1.55, 1.70]', or 'n/a' when nothing was compared."""
+    s, ci = comparison.get("speedup"), comparison.get("ci95")
+    if s is None:
+        return "n/a"
+    return f"{s:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")

@@ -92,7 +92,7 @@ def test_{name}_keeps_perplexity():
 SUITE = '''name: {name}
 description: The {name} plugin against fp32 generation on the tiny nano model.
 device: cpu
-measure: {{rounds: 2, min_samples: 5, min_time_s: 0.2, max_time_s: 2}}
+measure: {{min_pairs: 6, min_samples: 6, min_time_s: 0.2, max_time_s: 2}}
 workloads:
   gen:
     type: generate

@@ -1,23 +1,46 @@
-"""Statistics of samples and of a comparison (rules S1-S4 of METHODOLOGY.md). Pure Python, no torch."""
+"""Statistics of samples and of a paired comparison (docs/measurement.md, "Statistics"). numpy, no torch.
+
+A case is timed as pairs of blocks: in pair i the baseline runs a block of samples and the optimization a block,
+in a random order, back to back (`harness.timing.paired_blocks`). Everything here follows from that design:
+
+- per-pair ratio r_i = median(baseline block i) / median(optimized block i): a burst of foreign load or a clock
+  change that lasts longer than a pair hits both sides of it;
+- speedup = exp(median_i log r_i), so every pair has equal weight and the estimate lies within the per-pair range;
+- 95% interval: percentile bootstrap that resamples whole pairs (a cluster bootstrap, Kalibera & Jones,
+  "Rigorous benchmarking in reasonable time", ISMM 2013), two-level when a case ran in several processes
+  (`--repeat`): processes first, then pairs within each, as that paper prescribes for nested repetition levels;
+- verdict (`verdict`): "faster"/"slower" only when the interval excludes 1, the estimate differs from 1 by at least
+  `min_effect`, and the machine was not busy; "no significant difference" when the interval lies within the
+  equivalence band [1/(1 + 2 min_effect), 1 + 2 min_effect]; otherwise "inconclusive", with the reason.
+"""
 
 from __future__ import annotations
 
-import random
+import math
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pytest_benchmark.stats import Stats
 
 NOISY_IQR = 0.10  # IQR/median thresholds of torch.utils.benchmark
 VERY_NOISY_IQR = 0.25
 OUTLIER_Z = 14.826  # |x - median| / MAD above this is an outlier (hyperfine's modified z-score)
 BOOTSTRAP_RESAMPLES = 2000
-MIN_EFFECT = 0.05
+MIN_EFFECT = 0.05  # smallest speedup called "faster"/"slower"
+MIN_PAIRS = 5  # fewer pairs give no verdict: a bootstrap of so few ratios cannot show their spread
 CPU_MEMORY_RESOLUTION = 8 * 2**20  # bytes: CPU RSS peaks move by ~1-2 MiB from runtime allocations alone
+VERDICTS = ("faster", "slower", "no significant difference", "inconclusive")
+
+Blocks = Sequence[Sequence[float]]
 
 
-def summarize(samples: list[float], iterations: int = 1) -> dict[str, Any]:
-    """Latency statistics of per-call times (seconds): pytest-benchmark's Stats plus p90, p99, cv."""
+def summarize(samples: list[float], iterations: int = 1, blocks: list[int] | None = None) -> dict[str, Any]:
+    """Latency statistics of per-call times (seconds): pytest-benchmark's Stats plus p90, p99, cv.
+
+    `blocks`: how many consecutive samples each timed block holds (sum = len(samples)), kept so a later
+    comparison between runs can resample whole blocks."""
     stats = Stats()
     for s in samples:
         stats.update(s)
@@ -29,20 +52,20 @@ def summarize(samples: list[float], iterations: int = 1) -> dict[str, Any]:
     out["cv"] = out["stddev"] / out["mean"] if out["mean"] else 0.0
     out["iterations"] = iterations
     out["data"] = list(samples)
+    if blocks is not None:
+        out["blocks"] = list(blocks)
     return out
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method)."""
-    xs = sorted(samples)
-    pos = (len(xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 1] (numpy's default method); the one percentile of harness."""
+    return float(np.percentile(np.asarray(samples, dtype=float), 100 * q))
 
 
 def warnings_for(name: str, samples: list[float]) -> list[str]:
-    """Noise and warm-up warnings for one side's samples (S1, S2)."""
+    """Noise and warm-up warnings for one side's samples in time order (S1, S2). Only the very first sample is
+    judged for warm-up: later blocks start right after the other side ran, so a slow block start is a
+    side-switch effect (cold caches) that a longer warm-up would not remove."""
     warnings = []
     median = statistics.median(samples)
     iqr = percentile(samples, 0.75) - percentile(samples, 0.25)
@@ -65,38 +88,116 @@ def outlier_flags(samples: list[float]) -> list[bool]:
     return [abs(x - median) / mad > OUTLIER_Z for x in samples]
 
 
-def compare(baseline_rounds: list[list[float]], optimized_rounds: list[list[float]],
-            min_effect: float = MIN_EFFECT, seed: int = 0) -> dict[str, Any]:
-    """Speedup = median(baseline) / median(optimized), with a 95% percentile-bootstrap interval and a verdict.
-
-    Samples are resampled within each side and within each round (stratified by round, so the interval keeps
-    the interleaved design); the verdict is "faster"/"slower" only when the interval excludes 1 and the ratio
-    differs from 1 by at least `min_effect` (S3).
-    """
-    base = [x for r in baseline_rounds for x in r]
-    opt = [x for r in optimized_rounds for x in r]
-    speedup = statistics.median(base) / statistics.median(opt)
-    rng = random.Random(seed)
-    ratios = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        b = [x for r in baseline_rounds for x in rng.choices(r, k=len(r))]
-        o = [x for r in optimized_rounds for x in rng.choices(r, k=len(r))]
-        ratios.append(statistics.median(b) / statistics.median(o))
-    lo, hi = percentile(ratios, 0.025), percentile(ratios, 0.975)
-    return {
-        "speedup": speedup,
-        "ci95": [lo, hi],
-        "verdict": verdict(speedup, lo, hi, min_effect),
-        "per_round": [statistics.median(b) / statistics.median(o)
-                      for b, o in zip(baseline_rounds, optimized_rounds) if b and o],
-        "min_effect": min_effect,
-    }
+def pair_ratios(baseline_blocks: Blocks, optimized_blocks: Blocks) -> list[float]:
+    """r_i = median(baseline block i) / median(optimized block i), for each pair with both blocks timed."""
+    return [statistics.median(b) / statistics.median(o) for b, o in zip(baseline_blocks, optimized_blocks)
+            if len(b) and len(o)]
 
 
-def verdict(speedup: float, lo: float, hi: float, min_effect: float = MIN_EFFECT) -> str:
-    """"faster", "slower" or "no significant difference" (S3)."""
+def estimate(groups: Sequence[Sequence[float]]) -> float:
+    """Speedup from per-pair ratios grouped by process: exp(median over processes of median log-ratio).
+
+    One process: the median of its pair ratios; it lies within their range whatever the block sizes."""
+    return math.exp(float(np.median([np.median(np.log(g)) for g in groups])))
+
+
+def bootstrap_interval(groups: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of `estimate`, resampling whole pairs (and whole processes when there
+    are several: two-level cluster bootstrap). Fixed seed: the same ratios give the same interval."""
+    rng = np.random.default_rng(seed)
+    per_group = []
+    for g in groups:
+        logs = np.log(np.asarray(g, dtype=float))
+        idx = rng.integers(0, len(logs), size=(resamples, len(logs)))
+        per_group.append(np.median(logs[idx], axis=1))
+    medians = np.stack(per_group)  # [processes, resamples]
+    if len(groups) == 1:
+        dist = medians[0]
+    else:  # each resample draws processes with replacement, each with an independent inner resample
+        pick = rng.integers(0, len(groups), size=(resamples, len(groups)))
+        col = rng.integers(0, resamples, size=(resamples, len(groups)))
+        dist = np.median(medians[pick, col], axis=1)
+    lo, hi = np.percentile(dist, [2.5, 97.5])
+    return math.exp(float(lo)), math.exp(float(hi))
+
+
+def equivalence_band(min_effect: float = MIN_EFFECT) -> tuple[float, float]:
+    """Speedups this close to 1 count as "no difference": [1/(1 + 2 min_effect), 1 + 2 min_effect]."""
+    return 1.0 / (1.0 + 2 * min_effect), 1.0 + 2 * min_effect
+
+
+def verdict(speedup: float, lo: float, hi: float, min_effect: float = MIN_EFFECT,
+            busy: str | None = None) -> tuple[str, str | None]:
+    """(verdict, reason): "faster", "slower", "no significant difference" or "inconclusive" with why."""
+    if busy:
+        return "inconclusive", busy
     if lo > 1.0 and speedup >= 1.0 + min_effect:
-        return "faster"
+        return "faster", None
     if hi < 1.0 and speedup <= 1.0 / (1.0 + min_effect):
-        return "slower"
-    return "no significant difference"
+        return "slower", None
+    band_lo, band_hi = equivalence_band(min_effect)
+    if band_lo <= lo and hi <= band_hi:
+        return "no significant difference", None
+    return "inconclusive", (f"interval [{lo:.2f}, {hi:.2f}] too wide: it neither excludes 1 by the "
+                            f"{min_effect:.0%} minimum effect nor lies within [{band_lo:.2f}, {band_hi:.2f}]")
+
+
+def compare_groups(groups: Sequence[Sequence[float]], min_effect: float = MIN_EFFECT, busy: str | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """Speedup, interval and verdict from per-pair ratios, one list per process."""
+    groups = [list(g) for g in groups if len(g)]
+    n = sum(len(g) for g in groups)
+    if not n:
+        return {"speedup": None, "ci95": None, "verdict": "inconclusive", "reason": "no pairs timed",
+                "pairs": 0, "min_effect": min_effect}
+    speedup = estimate(groups)
+    lo, hi = bootstrap_interval(groups, seed=seed)
+    word, reason = verdict(speedup, lo, hi, min_effect, busy)
+    if n < MIN_PAIRS and word != "inconclusive":
+        word, reason = "inconclusive", f"only {n} pairs of blocks (a verdict needs {MIN_PAIRS})"
+    return {"speedup": speedup, "ci95": [lo, hi], "verdict": word, "reason": reason, "pairs": n,
+            "min_effect": min_effect, "equivalence": list(equivalence_band(min_effect))}
+
+
+def compare(baseline_blocks: Blocks, optimized_blocks: Blocks, min_effect: float = MIN_EFFECT,
+            seed: int = 0, busy: str | None = None) -> dict[str, Any]:
+    """Paired comparison of one process's timing: block i of each side form pair i (see the module docstring).
+
+    Returns speedup (> 1 = optimized faster), ci95, verdict, reason (why inconclusive, else None), per_pair
+    ratios, pairs, min_effect and the equivalence band."""
+    ratios = pair_ratios(baseline_blocks, optimized_blocks)
+    out = compare_groups([ratios], min_effect, busy, seed)
+    out["per_pair"] = ratios
+    return out
+
+
+def split_blocks(latency: dict[str, Any]) -> list[list[float]]:
+    """A side's samples cut into its timed blocks (`latency.blocks`); one block per sample when not recorded
+    (older results, pytest-benchmark files)."""
+    data = list(latency.get("data") or [])
+    sizes = latency.get("blocks") or [1] * len(data)
+    out, start = [], 0
+    for size in sizes:
+        out.append(data[start:start + size])
+        start += size
+    return [b for b in out if b]
+
+
+def compare_unpaired(first: Blocks, later: Blocks, min_effect: float = MIN_EFFECT, seed: int = 0,
+                     busy: str | None = None) -> dict[str, Any]:
+    """Two runs timed apart (other machines, other days): speedup = median of the first run's block medians /
+    median of the later run's (> 1 = later faster), interval by resampling each run's blocks independently,
+    verdict by the same rule as a paired case (`verdict`)."""
+    a = np.log([statistics.median(b) for b in first if len(b)])
+    b = np.log([statistics.median(x) for x in later if len(x)])
+    if len(a) < 2 or len(b) < 2:
+        return {"speedup": None, "ci95": None, "verdict": "inconclusive", "reason": "fewer than 2 blocks",
+                "min_effect": min_effect}
+    rng = np.random.default_rng(seed)
+    ra = np.median(a[rng.integers(0, len(a), size=(BOOTSTRAP_RESAMPLES, len(a)))], axis=1)
+    rb = np.median(b[rng.integers(0, len(b), size=(BOOTSTRAP_RESAMPLES, len(b)))], axis=1)
+    lo, hi = (math.exp(float(x)) for x in np.percentile(ra - rb, [2.5, 97.5]))
+    speedup = math.exp(float(np.median(a) - np.median(b)))
+    word, reason = verdict(speedup, lo, hi, min_effect, busy)
+    return {"speedup": speedup, "ci95": [lo, hi], "verdict": word, "reason": reason, "min_effect": min_effect}

@@ -159,19 +159,25 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
 
 def _measure(doc: _Doc, values: dict) -> MeasureSettings:
     allowed = tuple(f.name for f in dataclasses.fields(MeasureSettings))
+    if isinstance(values, dict) and "rounds" in values:
+        raise doc.error(("measure", "rounds"), "'rounds' is gone: cases are timed in pairs of short blocks in a "
+                                               "random order; set 'min_pairs' (default 10) and 'block_s' instead")
     _check_keys(doc, ("measure",), values, allowed, "measure")
     try:
         settings = build_params(MeasureSettings, values)
     except ParamError as exc:
         raise doc.error(("measure", exc.field) if exc.field else ("measure",), str(exc)) from None
-    for key in ("min_samples", "warmup_min_iters", "rounds"):
+    for key in ("min_samples", "warmup_min_iters", "min_pairs", "max_samples"):
         value = getattr(settings, key)
         if value is not None and value < 1:
             raise doc.error(("measure", key), f"must be at least 1 (got {value})")
-    for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s"):
+    for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s"):
         value = getattr(settings, key)
         if value is not None and value <= 0:
             raise doc.error(("measure", key), f"must be positive (got {value})")
+    if not 0 < settings.busy_threshold <= 1:
+        raise doc.error(("measure", "busy_threshold"), "must be a fraction of the machine in (0, 1] "
+                                                       f"(got {settings.busy_threshold})")
     return settings
 
 

@@ -1,10 +1,11 @@
-"""Synchronized timing: warm-up until stable, enough samples, sub-resolution batching (rules T1-T7).
+"""Synchronized timing: warm-up until stable, paired blocks in random order, sub-resolution batching.
 
 `measure(fn)` is the Python API for timing any callable the way the runner times a case.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -18,16 +19,23 @@ CUDA_EVENT_RESOLUTION_S = 0.5e-6
 
 @dataclass
 class MeasureSettings:
-    """How long to warm up and sample. `None` defaults depend on the device (GPU, CPU) as in T5/T6."""
+    """How long to warm up and sample. `None` defaults depend on the device (GPU, CPU).
+
+    Sampling is in pairs of blocks (docs/measurement.md): each pair times a block of the baseline and a block of
+    the optimization, in a random order; `block_s` is a block's target duration. Counts and times are per side,
+    summed over blocks."""
 
     warmup_min_iters: int = 3
     warmup_min_s: float | None = None  # 0.5 s GPU, 0.2 s CPU
     warmup_max_s: float = 10.0
-    min_samples: int = 10
-    min_time_s: float | None = None  # per side and round: 1 s GPU, 2 s CPU
-    max_time_s: float = 30.0
-    max_samples: int = 1000  # per side and round: enough for p99, bounded results files
-    rounds: int | None = None  # interleaved rounds: 2 GPU, 3 CPU
+    block_s: float | None = None  # target duration of one block: 0.1 s GPU, 0.2 s CPU
+    min_pairs: int = 10  # pairs of blocks before stopping; a verdict needs stats.MIN_PAIRS
+    min_samples: int = 10  # per side
+    min_time_s: float | None = None  # per side: 2 s GPU, 4 s CPU
+    max_time_s: float = 30.0  # per side: the budget, also for until_conclusive
+    max_samples: int = 1000  # per side: enough for p99, bounded results files
+    until_conclusive: bool = False  # after the minimums, add pairs until the verdict is decided or the budget ends
+    busy_threshold: float = 0.10  # foreign CPU share of the machine that withholds faster/slower (harness.load)
     timeout_s: float = 900.0  # per case, process start to end
     energy: bool = True  # measure an NVML energy window after timing (GPU only)
     min_effect: float = 0.05  # smallest speedup called "faster"/"slower"
@@ -37,8 +45,8 @@ class MeasureSettings:
         """A copy with the device-dependent defaults filled in."""
         return MeasureSettings(**{**self.__dict__,
                                   "warmup_min_s": _pick(self.warmup_min_s, 0.5, 0.2, cuda),
-                                  "min_time_s": _pick(self.min_time_s, 1.0, 2.0, cuda),
-                                  "rounds": _pick(self.rounds, 2, 3, cuda)})
+                                  "block_s": _pick(self.block_s, 0.1, 0.2, cuda),
+                                  "min_time_s": _pick(self.min_time_s, 2.0, 4.0, cuda)})
 
 
 def _pick(value, gpu, cpu, cuda):
@@ -137,8 +145,9 @@ def _stable(samples: list[float]) -> bool:
 
 
 def sample(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings, iterations: int = 1) -> list[float]:
-    """One round of samples (T6): at least `min_samples` and `min_time_s`, more while IQR/median >= 0.1,
-    at most `max_time_s`. Elapsed time is the sum of (reduced) samples, so every rank stops together."""
+    """One series of samples of one callable (`measure`): at least `min_samples` and `min_time_s`, more while
+    IQR/median >= 0.1, at most `max_time_s`. Elapsed time is the sum of (reduced) samples, so every rank stops
+    together."""
     samples: list[float] = []
     elapsed = 0.0
     while True:
@@ -158,16 +167,85 @@ def _quiet(samples: list[float]) -> bool:
     return median > 0 and (qs[2] - qs[0]) / median < 0.1
 
 
+def block_size(sample_s: float, settings: MeasureSettings) -> int:
+    """Samples per block so that a block lasts about `block_s`; at least 1, at most what keeps `min_pairs` pairs
+    within `max_samples`."""
+    cap = max(1, settings.max_samples // (2 * settings.min_pairs))
+    return max(1, min(cap, round(settings.block_s / max(sample_s, 1e-12))))
+
+
+@dataclass
+class PairedTiming:
+    """The blocks of each side, in time order, and which side ran first in each pair."""
+
+    blocks: dict[str, list[list[float]]]
+    orders: list[list[str]]
+    stopped_by: str
+
+
+def paired_blocks(run_block: Callable[[str, int], list[float]], block_samples: dict[str, int],
+                  iterations: dict[str, int], settings: MeasureSettings, seed: int = 0,
+                  on_pair: Callable[[int], None] | None = None,
+                  decided: Callable[[dict[str, list[list[float]]]], bool] | None = None,
+                  agree: Callable[[bool], bool] = lambda stop: stop) -> PairedTiming:
+    """Time pairs of blocks until the stopping rule says enough (docs/measurement.md, "Paired blocks").
+
+    run_block(side, n): time n samples of `side` and return them (seconds per call). In each pair every side
+    runs one block, in an order drawn from a seeded generator (the same on every rank). After each pair,
+    `on_pair(i)` runs outside any timed block. Stop when the budget is spent (`max_time_s` or `max_samples` on a
+    side), or when `min_pairs`, `min_samples` and `min_time_s` are met and, with `until_conclusive`,
+    `decided(blocks)` is true at a check point (pairs = min_pairs x 1.5^k, so the interval is not re-tested after
+    every pair). `agree(stop)` makes every rank take rank 0's decision."""
+    rng = random.Random(seed)
+    names = list(block_samples)
+    blocks: dict[str, list[list[float]]] = {name: [] for name in names}
+    orders: list[list[str]] = []
+    next_check = settings.min_pairs
+    while True:
+        order = rng.sample(names, len(names))
+        for name in order:
+            blocks[name].append(run_block(name, block_samples[name]))
+        orders.append(order)
+        if on_pair:
+            on_pair(len(orders) - 1)
+        stop = _stop_reason(blocks, iterations, settings, len(orders), next_check, decided)
+        if stop == "check":
+            next_check = max(next_check + 1, round(next_check * 1.5))
+            stop = None
+        if agree(stop is not None):
+            return PairedTiming(blocks, orders, stop or "rank 0")
+
+
+def _stop_reason(blocks, iterations, settings: MeasureSettings, pairs: int, next_check: int, decided) -> str | None:
+    counts = {n: sum(len(b) for b in bs) for n, bs in blocks.items()}
+    times = {n: sum(s for b in bs for s in b) * iterations[n] for n, bs in blocks.items()}
+    if not any(counts.values()):  # a rank that times no side: rank 0 decides
+        return None
+    if pairs >= 2 and (max(times.values()) >= settings.max_time_s
+                       or max(counts.values()) >= max(settings.max_samples, settings.min_samples)):
+        return "budget"
+    minimums = (pairs >= settings.min_pairs and min(counts.values()) >= settings.min_samples
+                and min(times.values()) >= settings.min_time_s)
+    if not minimums:
+        return None
+    if not settings.until_conclusive or decided is None:
+        return "minimums"
+    if pairs < next_check:
+        return None
+    return "conclusive" if decided(blocks) else "check"
+
+
 def measure(fn: Callable[[], Any], device: Any = "cpu", settings: MeasureSettings | None = None,
             timer: str = "wall_sync") -> dict[str, Any]:
-    """Time any callable as the runner does: warm-up, then `rounds` rounds of samples. Returns latency
-    statistics (see harness.stats.summarize) plus `compile_s`, `timer` and `warmup_s`."""
+    """Time any callable as the runner times one side: warm-up, then samples until `min_samples` and
+    `min_time_s` (at most `max_time_s`). Returns latency statistics (see harness.stats.summarize) plus
+    `compile_s`, `timer` and `warmup_s`."""
     from harness.stats import summarize
 
     clock = Clock(device, timer)
     settings = (settings or MeasureSettings()).resolved(clock.cuda)
     warm = warm_up(fn, clock, settings)
-    samples = [s for _ in range(settings.rounds) for s in sample(fn, clock, settings, warm.iterations)]
+    samples = sample(fn, clock, settings, warm.iterations)
     out = summarize(samples, warm.iterations)
     out.update(compile_s=warm.first_call_s, timer=timer, warmup_s=warm.seconds)
     return out

@@ -1,8 +1,9 @@
 """Runs one case in its own process (M1): `python -m harness.worker JOB.json RESULT.json`, or under torchrun.
 
 Both sides of the case are built in this process: the baseline first, then the optimization, each measured
-for memory while it is the newest thing in the process; then both are warmed up and timed in interleaved rounds
-B O B O ... (T9). The result is written atomically by rank 0; an exception becomes a failed/oom/unsupported
+for memory while it is the newest thing in the process; then both are warmed up and timed in pairs of short
+blocks in a random order (harness.timing.paired_blocks), with the load of the rest of the machine read between
+pairs (harness.load). The result is written atomically by rank 0; an exception becomes a failed/oom/unsupported
 result. A crash, an OOM kill or a hang is handled by the parent (`harness.runner`).
 """
 
@@ -17,10 +18,10 @@ import tempfile
 import traceback
 from typing import Any
 
-from harness import memory, stats
+from harness import load, memory, stats
 from harness.optimization import build_params
 from harness.plugins import load_registry
-from harness.timing import Clock, MeasureSettings, sample, warm_up
+from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_up
 from harness.workload import RunContext
 
 
@@ -172,31 +173,66 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             with_threads(run, dist, threads, rank_threads)
             warm[side] = warm_up(run.timed_step, clock_dist if run.distributed else clock_local, settings)
         dist.barrier()
-    rounds: dict[str, list[list[float]]] = {"baseline": [], "metrics": []}
-    clocks_log = []
-    for r in range(settings.rounds):
-        clocks_log.append(gpu_state(device, cuda))
-        for side, run in runs.items():
-            if owns(run, dist):
-                log(f"round {r + 1}/{settings.rounds}: {side}")
-                with_threads(run, dist, threads, rank_threads)
-                rounds[side].append(sample(run.timed_step, clock_dist if run.distributed else clock_local,
-                                           settings, warm[side].iterations))
-            dist.barrier()
-    clocks_log.append(gpu_state(device, cuda))
+    timing, load_record, clocks_log = time_pairs(runs, warm, settings, dist, threads, rank_threads, device, cuda,
+                                                 clock_dist, clock_local, job.get("seed", 0), job.get("runner_pid"))
+    blocks = timing.blocks
     extras = {}
     for side, run in runs.items():  # on every rank that runs the side: extra_metrics may use collectives
         if owns(run, dist):
-            extras[side] = run.extra_metrics(statistics.median(s for r in rounds[side] for s in r))
+            extras[side] = run.extra_metrics(statistics.median(s for b in blocks[side] for s in b))
         dist.barrier()
 
     result = None
     if dist.rank == 0:
-        result = summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settings, clocks_log,
-                                threads, rank_threads, dist.world_size, device, cuda)
+        result = summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settings, clocks_log,
+                                load_record, threads, rank_threads, dist.world_size, device, cuda)
     dist.barrier()
     dist.close()
     return result if result is not None else {"status": "ok"}
+
+
+def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads: int, rank_threads: int, device,
+               cuda: bool, clock_dist: Clock, clock_local: Clock, seed: int, runner_pid: int | None):
+    """Time the sides in pairs of blocks (harness.timing.paired_blocks), reading the foreign load and, on CUDA,
+    the clocks between pairs on rank 0. Returns the PairedTiming, the foreign-load record and the GPU states."""
+    meter = load.LoadMeter(runner_pid) if dist.rank == 0 else None
+    snapshots = [meter.snapshot()] if meter else []
+    clocks_log = [gpu_state(device, cuda)] if dist.rank == 0 else []
+    block_samples = {side: block_size(statistics.median(warm[side].samples[-5:]) * warm[side].iterations, settings)
+                     if side in warm else 1 for side in runs}
+    iterations = {side: warm[side].iterations if side in warm else 1 for side in runs}
+
+    def run_block(side: str, n: int) -> list[float]:
+        run, samples = runs[side], []
+        if owns(run, dist):
+            with_threads(run, dist, threads, rank_threads)
+            clock = clock_dist if run.distributed else clock_local
+            samples = [clock.time(run.timed_step, iterations[side]) for _ in range(n)]
+        dist.barrier()
+        return samples
+
+    def on_pair(i: int) -> None:
+        if meter:
+            snapshots.append(meter.snapshot())
+            if cuda and (i + 1) % 5 == 0:
+                clocks_log.append(gpu_state(device, cuda))
+
+    def decided(blocks) -> bool:
+        return stats.compare(blocks["baseline"], blocks["metrics"], settings.min_effect)["verdict"] != "inconclusive"
+
+    log(f"timing pairs of blocks ({', '.join(f'{s} {n} samples' for s, n in block_samples.items())})")
+    timing = paired_blocks(run_block, block_samples, iterations, settings, seed, on_pair,
+                           decided if dist.rank == 0 else None,
+                           agree=lambda stop: dist.max(float(stop) if dist.rank == 0 else 0.0) > 0)
+    record = None
+    if meter:
+        clocks_log.append(gpu_state(device, cuda))
+        windows = [meter.window(a, b) for a, b in zip(snapshots, snapshots[1:])]
+        weights = [b.t - a.t for a, b in zip(snapshots, snapshots[1:])]
+        gpu_others = load.gpu_processes(device.index or 0, meter.own_pids) if cuda else None
+        record = load.summarize(windows, weights, meter.cores, threads, gpu_others, settings.busy_threshold)
+        log(f"{len(timing.orders)} pairs ({timing.stopped_by}); foreign CPU {record['foreign_cpu']:.0%}")
+    return timing, record, clocks_log
 
 
 def warm_runtime(workload, spec, baseline_opts, ctx, dist: Distributed) -> None:
@@ -239,15 +275,15 @@ def gpu_state(device, cuda: bool) -> dict[str, Any] | None:
     return clock_state(device.index or 0)
 
 
-def summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settings, clocks_log, threads,
-                   rank_threads, world_size, device, cuda) -> dict[str, Any]:
+def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settings, clocks_log, load_record,
+                   threads, rank_threads, world_size, device, cuda) -> dict[str, Any]:
     from harness.energy import energy_window
 
     warnings: list[str] = []
     out: dict[str, Any] = {"status": "ok", "checks": checks}
     for side, run in runs.items():
-        samples = [s for r in rounds[side] for s in r]
-        latency = stats.summarize(samples, warm[side].iterations)
+        samples = [s for b in timing.blocks[side] for s in b]
+        latency = stats.summarize(samples, warm[side].iterations, [len(b) for b in timing.blocks[side]])
         warnings += stats.warnings_for(side if side == "baseline" else "optimized", samples)
         median = latency["median"]
         mem = side_memory(run, peaks[side])
@@ -267,7 +303,8 @@ def summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settin
             "threads": threads if not run.distributed else rank_threads,
             "distributed": run.distributed,
         }
-    comparison = stats.compare(rounds["baseline"], rounds["metrics"], settings.min_effect)
+    busy = load_record["reason"] if load_record and load_record["busy"] else None
+    comparison = stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect, busy=busy)
     base_peak = out["baseline"]["memory"].get("peak_bytes")
     opt_peak = out["metrics"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
@@ -280,12 +317,19 @@ def summarize_case(runs, rounds, warm, first_call, peaks, extras, checks, settin
     if capped:
         warnings.append(f"GPU clocks were capped (power/thermal) at {len(capped)} of {len(clocks_log)} "
                         "round boundaries: timings may be throttled")
+    if busy:
+        warnings.append(f"{busy}: no faster/slower verdict" + (f"; {load_record['advice']}"
+                                                                if load_record["advice"] else ""))
     failed = [c["name"] for c in checks if not c["passed"]]
     if failed:
         warnings.append(f"invariant failed: {', '.join(failed)}")
     out["warnings"] = warnings
     out["measurement"] = {
-        "timer": "wall_sync", "l2_flush": False, "rounds": settings.rounds, "order": "interleaved B O",
+        "timer": "wall_sync", "l2_flush": False, "design": "paired blocks, random order",
+        "pairs": len(timing.orders), "order": ["".join("B" if s == "baseline" else "O" for s in o)
+                                               for o in timing.orders],
+        "block_samples": {side: round(statistics.mean(len(b) for b in bs)) for side, bs in timing.blocks.items()},
+        "stopped_by": timing.stopped_by, "foreign_load": load_record,
         "num_threads": threads, "processes": world_size,
         "warmup_s": {side: w.seconds for side, w in warm.items()},
         "settings": {k: v for k, v in settings.__dict__.items()},

@@ -9,7 +9,7 @@ name: e2e <b>escaped</b>
 description: Tiny training and inference cases through the real runner.
 device: cpu
 threads: 2
-measure: {rounds: 2, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5, warmup_min_s: 0.02, warmup_max_s: 0.3}
+measure: {min_pairs: 5, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5, warmup_min_s: 0.02, warmup_max_s: 0.3}
 workloads:
   train: {type: train, model: micro, batch: 4, seq_len: 32, steps: 2}
   gen: {type: generate, model: micro, batch: 1, prompt_len: 8, new_tokens: 8, prompts: synthetic}
