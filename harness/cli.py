@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the interrupted run in --out without redoing cases")
     p.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no isolation)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the suite's, else physical cores)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each case in N fresh processes and combine them (the interval then covers "
+                        "process-to-process variation)")
+    p.add_argument("--until-conclusive", action="store_true",
+                   help="after the minimum pairs, keep adding pairs until the verdict is decided or the suite's "
+                        "max_time_s per side is spent")
     p.add_argument("--price-per-hour", type=float, help="device price in $/hour for cost figures")
     p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name (overrides the examples)")
     p.set_defaults(func=cmd_run)
@@ -116,6 +122,10 @@ def cmd_run(args) -> int:
         if unknown:
             raise InputError(f"unknown plugin '{unknown[0]}'; known: {', '.join(registry.optimizations)}",
                              field="--only")
+    if args.repeat < 1:
+        raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
+    if args.until_conclusive:
+        suite.measure.until_conclusive = True
     device = args.device or suite.device
     threads = args.threads or suite.threads or envmod.physical_cores()
     try:
@@ -135,7 +145,7 @@ def cmd_run(args) -> int:
         prepare_references(suite, env["device"], progress)
         results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
-                            registry=registry)
+                            registry=registry, repeat=args.repeat)
     except KeyboardInterrupt:
         write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
         return 130
@@ -179,6 +189,17 @@ def print_summary(results: dict) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    withheld = [c for c in results["cases"] if c["status"] == "ok" and c["comparison"]["verdict"] == "inconclusive"]
+    if withheld:
+        print(f"\n{len(withheld)} verdict(s) withheld:")
+        for c in withheld:
+            print(f"  {c['id']}: {c['comparison'].get('reason')}")
+        busy = [c for c in withheld if ((c.get("measurement") or {}).get("foreign_load") or {}).get("busy")]
+        if busy:
+            print("  busy: other processes used the CPU while these cases were timed; re-run them when the machine "
+                  "is quiet (--only PLUGIN), or with fewer threads than free cores")
+        if len(busy) < len(withheld):
+            print("  too wide: add pairs with --until-conclusive, or fresh processes with --repeat 3")
 
 
 def warn_load_errors(registry) -> None:

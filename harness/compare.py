@@ -1,11 +1,14 @@
 """Compare runs (machines, commits, library versions): align cases by id, ratio per metric, significance, gate.
 
 Each side of each case (baseline / optimized) is one entry. For every later run against the first: time ratio
-(later / first median), throughput and peak-memory ratios, and the bootstrap verdict of harness.stats over the
-two runs' samples (the runner's rule: the 95% interval excludes 1 and the change is at least 5%). Cases present
-in only some runs are listed, not dropped. `--fail-if median:10%` follows pytest-benchmark's
-`--benchmark-compare-fail`: fail when a later run's statistic is more than 10% (or, without %, more than that
-many seconds) above the first run's.
+(later / first median), throughput and peak-memory ratios, and the verdict of `harness.stats.compare_unpaired`
+over the two runs' timed blocks, by the runner's own rule (`harness.stats.verdict`: faster/slower only when the
+95% interval excludes 1, the change is at least 5% and neither run was busy; inconclusive when the interval is
+too wide or a run was busy). Cases present in only some runs are listed, not dropped. `--fail-if median:10%`
+follows pytest-benchmark's `--benchmark-compare-fail` (a later run's statistic more than 10%, or without %, more
+than that many seconds, above the first run's) with one definition of significance: a breach fails the gate when
+the change is "slower" or "inconclusive"; a breach that the verdict calls "no significant difference" is noise
+and is printed as a note.
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: floa
     if side is None:
         return {"present": True, "status": case.get("status"), "error": case.get("error")}
     throughput = side.get("throughput") or {}
+    load = (case.get("measurement") or {}).get("foreign_load") or {}
     unit = sorted(throughput, key=lambda k: k != "tokens_per_s")[0] if throughput else None
     money = cost.side_cost(side, price)
     return {"present": True, "status": "ok", "latency": side["latency"], "median": side["latency"]["median"],
             "throughput": throughput, "unit": unit, "rate": throughput.get(unit) if unit else None,
             "tokens_per_s": throughput.get("tokens_per_s"), "peak_bytes": (side.get("memory") or {}).get("peak_bytes"),
             "cost_unit": money["unit"], "usd_per_1m_units": money["usd_per_1m_units"],
-            "usd_per_1m_tokens": money["usd_per_1m_tokens"]}
+            "usd_per_1m_tokens": money["usd_per_1m_tokens"], "busy": load.get("reason") if load.get("busy") else None}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -60,11 +64,12 @@ def _versus(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | No
     out = {"time_ratio": _ratio(first["median"], later["median"]), "unit": unit,
            "throughput_ratio": _ratio(first["rate"], later["throughput"].get(unit)) if unit else None,
            "memory_ratio": _ratio(first["peak_bytes"], later["peak_bytes"]),
-           "speedup": None, "ci95": None, "verdict": "n/a (no samples)"}
-    a, b = first["latency"].get("data") or [], later["latency"].get("data") or []
+           "speedup": None, "ci95": None, "verdict": "n/a (no samples)", "reason": None}
+    a, b = stats.split_blocks(first["latency"]), stats.split_blocks(later["latency"])
     if len(a) >= 2 and len(b) >= 2:
-        c = stats.compare([a], [b])
-        out.update(speedup=c["speedup"], ci95=c["ci95"], verdict=c["verdict"])
+        busy = "; ".join(f"{name} run: {e['busy']}" for name, e in (("first", first), ("later", later)) if e["busy"])
+        c = stats.compare_unpaired(a, b, busy=busy or None)
+        out.update(speedup=c["speedup"], ci95=c["ci95"], verdict=c["verdict"], reason=c["reason"])
     return out
 
 
@@ -109,6 +114,8 @@ def _verdict_word(v: dict[str, Any] | None) -> str:
     if v["verdict"] in ("faster", "slower") and v["speedup"]:
         x = v["speedup"] if v["verdict"] == "faster" else 1 / v["speedup"]
         return f"{x:.2f}× {v['verdict']}"
+    if v["verdict"] == "inconclusive" and (v.get("reason") or "").startswith(("first run", "later run")):
+        return "inconclusive (busy)"
     return "no sig. diff." if v["verdict"] == "no significant difference" else v["verdict"]
 
 
@@ -143,8 +150,10 @@ def render_compare(result: dict[str, Any]) -> str:
     return env.get_template("compare.html").render(c=result)
 
 
-def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...]) -> list[str]:
-    """Messages for each `--fail-if` expression breached by a later run against the first run."""
+def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
+                  notes: list[str] | None = None) -> list[str]:
+    """Messages for each `--fail-if` expression breached by a later run against the first run, unless the
+    change is "no significant difference" by the shared rule: those go to `notes`."""
     checks = []
     for expr in fail_if:
         try:
@@ -159,10 +168,19 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...]) 
         for i, later in enumerate(row["entries"][1:], start=1):
             if first["status"] != "ok" or later["status"] != "ok":
                 continue
+            versus = row["versus"][i] or {}
             for expr, check in checks:
                 msg = check.fails(later["latency"], first["latency"])
-                if msg:
-                    failures.append(f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0: {expr}: {msg}")
+                if not msg:
+                    continue
+                line = f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0: {expr}: {msg}"
+                if versus.get("verdict") == "no significant difference":
+                    if notes is not None:
+                        notes.append(f"{line}; within noise (no significant difference): not a failure")
+                    continue
+                if versus.get("verdict") == "inconclusive":
+                    line += f"; and the comparison is inconclusive ({versus.get('reason')}): re-measure"
+                failures.append(line)
     return failures
 
 
@@ -170,11 +188,14 @@ def main(paths: list[str | Path], out: str | Path | None = None, fail_if: list[s
          price_per_hour: float | None = None, prices: dict[str, float] | None = None) -> int:
     """Print the comparison table, write the HTML page to `out`, and return 1 if a --fail-if check is breached."""
     result = compare([Path(p) for p in paths], price_per_hour, prices)
-    failures = check_fail_if(result, fail_if)
+    notes: list[str] = []
+    failures = check_fail_if(result, fail_if, notes)
     print(format_table(result), end="")
     if out is not None:
         write_atomic(Path(out), render_compare(result))
         print(f"wrote {out}")
+    for n in notes:
+        print(f"NOTE: {n}")
     for f in failures:
         print(f"FAIL: {f}")
     return 1 if failures else 0

@@ -24,10 +24,12 @@ from harness.report import (
     SIDES,
     fmt_num,
     fmt_saved,
+    fmt_time,
     measured,
     memory_saved,
     read_json,
     throughput_units,
+    timed_alone,
     unit_label,
     validate,
     verdict_text,
@@ -61,11 +63,11 @@ def to_pytest_benchmark(results: dict[str, Any]) -> dict[str, Any]:
     git = env.get("git") or {}
     benchmarks = []
     for case in results["cases"]:
-        if not measured(case):
+        if not (measured(case) or timed_alone(case)):
             continue
         m = case.get("measurement") or {}
         for side, key in SIDES:
-            s = case[key]
+            s = case.get(key) or {}
             if not (s.get("latency") or {}).get("data"):
                 continue  # pytest-benchmark stats need samples
             stats = Stats()
@@ -77,8 +79,9 @@ def to_pytest_benchmark(results: dict[str, Any]) -> dict[str, Any]:
                 "group": case["id"], "name": bench_name(case["id"], side),
                 "fullname": f"harness::{bench_name(case['id'], side)}",
                 "params": {"side": side}, "param": side,
-                "options": {"disable_gc": False, "timer": m.get("timer", "wall_sync"), "min_rounds": m.get("rounds"),
-                            "max_time": None, "min_time": None, "warmup": m.get("warmup_s")},
+                "options": {"disable_gc": False, "timer": m.get("timer", "wall_sync"),
+                            "min_rounds": m.get("pairs", m.get("rounds")), "max_time": None, "min_time": None,
+                            "warmup": m.get("warmup_s")},
                 "extra_info": {
                     "harness_case": case["id"], "harness_side": side, "kind": case["kind"],
                     "workload": case["workload"], "plugins": case["plugins"] if side == "optimized" else
@@ -164,16 +167,18 @@ def to_csv(results: dict[str, Any]) -> str:
         row = {"id": c["id"], "kind": c.get("kind"), "status": c.get("status"), "error": c.get("error") or "",
                "checks_passed": sum(1 for x in checks if x.get("passed")), "checks_total": len(checks),
                "warnings": len(c.get("warnings") or [])}
-        if measured(c):
+        if measured(c) or timed_alone(c):
             cmp = c.get("comparison") or {}
             ci = cmp.get("ci95") or [None, None]
             row.update(verdict=cmp.get("verdict"), speedup=cmp.get("speedup"), ci95_low=ci[0], ci95_high=ci[1],
                        memory_ratio=cmp.get("memory_ratio"))
             units = throughput_units(c)
-            if units:
+            if units and measured(c):
                 row.update(throughput_unit=units[0], baseline_throughput=c["baseline"]["throughput"].get(units[0]),
                            optimized_throughput=c["metrics"]["throughput"].get(units[0]))
             for side, key in SIDES:
+                if not isinstance(c.get(key), dict):
+                    continue
                 row[f"{side}_median_s"] = c[key]["latency"]["median"]
                 row[f"{side}_tokens_per_s"] = (c[key].get("throughput") or {}).get("tokens_per_s")
                 row[f"{side}_peak_bytes"] = (c[key].get("memory") or {}).get("peak_bytes")
@@ -196,7 +201,12 @@ def to_markdown(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     failed = []
     for c in results["cases"]:
-        if not measured(c) or not isinstance(c.get("comparison"), dict):
+        if timed_alone(c):
+            rates = "<br>".join(f"{fmt_num(x)} {unit_label(u)}" for u, x in c["metrics"]["throughput"].items())
+            lines.append(f"| {_md(c['id'])} | timed alone | median {fmt_time(c['metrics']['latency']['median'])} | "
+                         f"{rates or 'n/a'} | n/a | — |")
+            continue
+        if not measured(c) or not isinstance(c.get("comparison"), dict) or c["comparison"].get("speedup") is None:
             failed.append(c)
             continue
         cmp, checks = c["comparison"], c.get("checks") or []

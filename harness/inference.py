@@ -14,7 +14,7 @@ Metric definitions (stated once; the report shows them):
   weight bytes: parameters and buffers outside `nn.Embedding` modules (gpt-fast); quantized weights count their
     packed int8 bytes plus scales.
   MBU (CUDA, peak bandwidth known) = (weight bytes + KV bytes read per decode step) / TPOT / peak bandwidth;
-    regime: launch-bound below 10 %, bandwidth-bound at 50 % or more, mixed in between (METHODOLOGY.md U3).
+    regime: launch-bound below 10 %, bandwidth-bound at 50 % or more, mixed in between (rule U3, docs/measurement.md).
 """
 
 from __future__ import annotations

@@ -5,13 +5,16 @@
 
 The fixture builds the baseline and the optimized run (same seed), fails the test if an invariant check fails,
 then times one side with `benchmark.pedantic` (each call ends with a CUDA synchronize, so the host clock sees
-the GPU work) and puts the harness metrics in `benchmark.extra_info`. `--benchmark-disable` runs each step
+the GPU work) and puts the harness metrics in `benchmark.extra_info`. With `compare=True` it also times both sides
+in paired blocks and records the speedup, interval and verdict of `harness.stats.compare`, the rule `harness run`
+uses (never asserted: performance belongs in reports, not in test outcomes). `--benchmark-disable` runs each step
 once: the test is then a correctness test. `--benchmark-json out.json` writes a file `harness compare` reads.
 Enabled by the `pytest11` entry point, or `-p harness.pytest_plugin`.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -35,9 +38,11 @@ def _uses(items: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, plugins: Any = (),
              baseline: Any = (), side: str = "optimized", rounds: int = 10, warmup_rounds: int = 3,
-             device: str = "cpu", threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+             device: str = "cpu", threads: int | None = None, seed: int = 0,
+             compare: bool = False, measure: Any = None) -> dict[str, Any]:
     """Check the case's invariants, time `side` ("baseline" or "optimized") with `benchmark.pedantic`, and
-    return the extra_info recorded (checks, units, memory, info, extra metrics, throughput)."""
+    return the extra_info recorded (checks, units, memory, info, extra metrics, throughput; with `compare`, the
+    paired comparison of both sides under `measure`, a harness.timing.MeasureSettings)."""
     import torch
 
     from harness import env as harness_env
@@ -62,7 +67,9 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
         sides[name] = opts
     runs = {name: wl.build(build_params(wl.Spec, spec or {}), opts, ctx) for name, opts in sides.items()}
     base_out, opt_out = runs["baseline"].outputs(), runs["optimized"].outputs()
-    checks = [c.as_dict() for o in sides["optimized"] for c in o.check(base_out, opt_out)]
+    from harness.worker import differing  # the worker's rule: the baseline's own plugins are not what is tested
+
+    checks = [c.as_dict() for o in differing(sides["optimized"], sides["baseline"]) for c in o.check(base_out, opt_out)]
     failed = [c for c in checks if not c["passed"]]
     assert not failed, f"invariant checks failed: {failed}"
 
@@ -82,8 +89,26 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
     if median:
         info["throughput"] = {f"{unit}_per_s": n / median for unit, n in run.units.items()}
         info["extra"] = run.extra_metrics(median)
+    if compare:
+        info["comparison"] = _paired(runs, ctx.device, measure)
     benchmark.extra_info.update(info)
     return info
+
+
+def _paired(runs: dict[str, Any], device: Any, measure: Any) -> dict[str, Any]:
+    """Both sides warmed up and timed in paired blocks, compared by harness.stats (as a `harness run` case)."""
+    from harness import stats
+    from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_up
+
+    clock = Clock(device)
+    settings = (measure or MeasureSettings()).resolved(clock.cuda)
+    steps = {"baseline": runs["baseline"].timed_step, "metrics": runs["optimized"].timed_step}
+    warm = {side: warm_up(fn, clock, settings) for side, fn in steps.items()}
+    sizes = {s: block_size(statistics.median(w.samples[-5:]) * w.iterations, settings) for s, w in warm.items()}
+    iterations = {s: w.iterations for s, w in warm.items()}
+    timing = paired_blocks(lambda s, n: [clock.time(steps[s], iterations[s]) for _ in range(n)], sizes, iterations,
+                           settings)
+    return stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect)
 
 
 @pytest.fixture

@@ -1,29 +1,27 @@
 """The HTML report: a pure function of results.json (docs/results.md). No torch, no network, no external files.
 
 The page is one self-contained file: Jinja2 templates from harness/templates with autoescaping (every string
-from a suite, plugin or error shows as text), charts drawn by matplotlib (Agg) as inline SVG with text kept as
-<text> elements, a few lines of inline JS to sort tables, and a Content-Security-Policy that blocks any load.
+from a suite, plugin or error shows as text), charts drawn by matplotlib (harness/charts.py) as inline SVG with
+text kept as <text> elements, a few lines of inline JS to sort tables, and a Content-Security-Policy that blocks
+any load. The Summary opens with a forest plot of every measured case's speedup and interval; each case shows its
+per-pair ratios with the pairs timed on a busy machine marked.
 """
 
 from __future__ import annotations
 
-import inspect
-import io
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from harness import cost, stats
+from harness import charts, cost, stats
+from harness.charts import COLORS, MEMORY_CATEGORIES  # noqa: F401  (re-exported)
 from harness.errors import InputError
 
 TEMPLATES = Path(__file__).parent / "templates"
-MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
 SIDES = (("baseline", "baseline"), ("optimized", "metrics"))  # (label, key in the case)
-COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
 # Below this, a CPU peak (VmHWM delta) is allocator and page noise, not the step's memory: the worker leaves
 # comparison.memory_ratio null there (harness/worker.py); older files that carry a ratio are judged the same way.
 
@@ -94,13 +92,29 @@ def fmt_extra(key: str, x: Any) -> str:
 
 
 def verdict_text(comparison: dict[str, Any]) -> str:
-    """'1.62× faster', '1.32× slower' (time ratio, so it reads naturally) or 'no significant difference'."""
-    s = comparison["speedup"]
-    if comparison["verdict"] == "faster":
+    """'1.62× faster', '1.32× slower' (time ratio, so it reads naturally), 'no significant difference' or
+    'inconclusive' (its reason, comparison["reason"], is shown beside it); any other verdict as recorded."""
+    s, word = comparison.get("speedup"), comparison.get("verdict")
+    if word == "faster" and s:
         return f"{s:.2f}× faster"
-    if comparison["verdict"] == "slower":
+    if word == "slower" and s:
         return f"{1 / s:.2f}× slower"
-    return "no significant difference"
+    return str(word) if word else "n/a"
+
+
+def verdict_class(word: Any) -> str:
+    """The CSS class of a verdict: faster, slower, inconclusive, or nsd (no significant difference, n/a...)."""
+    return word if word in ("faster", "slower", "inconclusive") else "nsd"
+
+
+def short_reason(reason: str | None, width: int = 50) -> str:
+    """A reason short enough for a table cell: its first clause, cut at its last colon within `width` when
+    longer ('interval [0.87, 1.05] too wide', 'first run: machine busy'); the page has the whole one too."""
+    head = (reason or "").split("; ")[0]
+    if len(head) > width:
+        cut = head.rfind(":", 0, width)
+        head = head[:cut] if cut > 0 else head[:width - 1] + "…"
+    return head
 
 
 def throughput_units(case: dict[str, Any]) -> list[str]:
@@ -120,6 +134,11 @@ def unit_label(key: str) -> str:
 def measured(case: dict[str, Any]) -> bool:
     """An ok case with both sides recorded (the report shows measurements only for these)."""
     return case.get("status") == "ok" and all(isinstance(case.get(key), dict) for _, key in SIDES)
+
+
+def timed_alone(case: dict[str, Any]) -> bool:
+    """An ok case with `baseline: none`: only its optimized side was timed, there is no comparison."""
+    return case.get("status") == "ok" and bool(case.get("alone")) and isinstance(case.get("metrics"), dict)
 
 
 def memory_resolved(case: dict[str, Any]) -> bool:
@@ -196,84 +215,60 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"not valid JSON: {e.msg}", path=str(path), line=e.lineno) from None
 
 
-# ---- charts ----
+# ---- what the charts and tables show ----
 
-def _svg(fig: Any, salt: str) -> str:
-    """A matplotlib Figure as an inline <svg> element (text as text, deterministic ids, no metadata)."""
-    import matplotlib
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _figure(w: float, h: float) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=96)
-    fig.patch.set_alpha(0)
-    return fig
+def comparison_band(cases: list[dict[str, Any]]) -> tuple[float, float]:
+    """The equivalence band of the measured cases (the most common one; from min_effect in older files)."""
+    bands = []
+    for c in cases:
+        cmp = c.get("comparison") or {}
+        band = cmp.get("equivalence") or stats.equivalence_band(cmp.get("min_effect") or stats.MIN_EFFECT)
+        bands.append((round(band[0], 6), round(band[1], 6)))
+    return max(bands, key=bands.count) if bands else stats.equivalence_band()
 
 
-def _time_unit(values: list[float]) -> tuple[str, float]:
-    top = max(values)
-    return ("s", 1.0) if top >= 1 else ("ms", 1e3) if top >= 1e-3 else ("µs", 1e6)
+def forest(cases: list[dict[str, Any]]) -> str:
+    """The Summary's forest plot: one row per measured case, speedup and interval, busy cases hollow."""
+    rows = []
+    measured_cases = [c for c in cases if measured(c)]
+    for c in measured_cases:
+        cmp = c.get("comparison") or {}
+        ci, s = cmp.get("ci95"), cmp.get("speedup")
+        text = "n/a" if s is None else f"{s:.2f}×" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        rows.append({"label": c["id"], "speedup": s, "ci": ci, "verdict": cmp.get("verdict") or "n/a",
+                     "busy": bool(measure_view(c)["busy"]), "text": text})
+    return charts.forest_plot(rows, comparison_band(measured_cases))
 
 
-def latency_chart(case: dict[str, Any], salt: str) -> str:
-    """Each sample of both sides as a dot (jittered) over a box of the quartiles, per-call time."""
-    data = {label: case[key]["latency"]["data"] for label, key in SIDES
-            if ((case.get(key) or {}).get("latency") or {}).get("data")}
-    if not data:
-        return ""
-    every = sorted(x for xs in data.values() for x in xs)
-    # a few stalls 20x the median would squash both boxes into one pixel: clip at 1.5x the 99th percentile
-    limit = every[int(0.99 * (len(every) - 1))] * 1.5
-    beyond = sum(1 for x in every if x > limit) if every[-1] > limit else 0
-    unit, scale = _time_unit(every[:len(every) - beyond])
-    fig = _figure(5.4, 1.7)
-    ax = fig.add_subplot()
-    rng = random.Random(0)
-    # matplotlib 3.10 renamed vert=False to orientation="horizontal" (and deprecated the old spelling)
-    horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
-                  else {"vert": False})
-    for y, (label, xs) in enumerate(reversed(data.items())):
-        ax.boxplot([[x * scale for x in xs]], positions=[y], widths=0.5, showfliers=False,
-                   medianprops={"color": COLORS[label], "linewidth": 2}, **horizontal)
-        ax.scatter([x * scale for x in xs], [y + rng.uniform(-0.18, 0.18) for _ in xs], s=9, alpha=0.6,
-                   color=COLORS[label], linewidths=0)
-    ax.set_yticks(range(len(data)), list(reversed(data)))
-    ax.set_xlabel(f"time per step ({unit})" + (f"; {beyond} samples above {limit * scale:.3g} not shown"
-                                                    if beyond else ""))
-    if beyond:
-        ax.set_xlim(right=limit * scale)
-    ax.grid(axis="x", alpha=0.3)
-    return _svg(fig, salt)
+def pairs_chart(case: dict[str, Any], salt: str) -> str:
+    """A case's per-pair ratios (per-round in older files), busy pairs ringed."""
+    cmp = case.get("comparison") or {}
+    m = case.get("measurement") or {}
+    load = m.get("foreign_load") or {}
+    unit = "pair" if cmp.get("per_pair") else "round"
+    ratios = cmp.get("per_pair") or cmp.get("per_round") or []
+    threshold = load.get("threshold")
+    flagged = [threshold is not None and x is not None and x >= threshold for x in load.get("per_pair") or []]
+    orders = m.get("order") if isinstance(m.get("order"), list) else None
+    return charts.pair_chart(ratios, cmp.get("speedup"), cmp.get("ci95"), flagged if unit == "pair" else [],
+                             orders, unit, threshold, salt, band=cmp.get("equivalence"))
 
 
-def memory_chart(case: dict[str, Any], salt: str) -> str:
-    """Stacked bars of the counted memory categories per side, with the measured peak as a tick."""
-    sides = [(label, case[key]["memory"]) for label, key in SIDES if (case.get(key) or {}).get("memory")]
-    if not sides or not any(m.get("breakdown") for _, m in sides):
-        return ""
-    fig = _figure(5.4, 1.6)
-    ax = fig.add_subplot()
-    palette = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f")
-    for y, (_, mem) in enumerate(reversed(sides)):
-        left = 0.0
-        for cat, color in zip(MEMORY_CATEGORIES, palette):
-            v = (mem.get("breakdown") or {}).get(cat) or 0
-            ax.barh(y, v / 2**20, left=left, color=color, label=cat if y == 0 else None, height=0.55)
-            left += v / 2**20
-        if mem.get("peak_bytes"):
-            ax.plot([mem["peak_bytes"] / 2**20] * 2, [y - 0.35, y + 0.35], color="black", linewidth=2,
-                    label="measured peak" if y == 0 else None)
-    ax.set_yticks(range(len(sides)), [label for label, _ in reversed(sides)])
-    ax.set_xlabel("MiB")
-    ax.legend(fontsize=7, ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    return _svg(fig, salt)
+def measure_view(case: dict[str, Any]) -> dict[str, Any]:
+    """How a case was timed, for the tables, from new files (paired blocks) and older ones (rounds) alike."""
+    m = case.get("measurement") or {}
+    load = m.get("foreign_load") or {}
+    order, blocks = m.get("order"), m.get("block_samples") or {}
+    paired = "pairs" in m or "design" in m
+    return {"design": m.get("design") or (order if isinstance(order, str) else None),
+            "count": m.get("pairs") if paired else m.get("rounds"), "count_unit": "pairs" if paired else "rounds",
+            "orders": ", ".join(f"{order.count(o)}× {o}" for o in sorted(set(order))) if isinstance(order, list)
+            else None,
+            "block_samples": " / ".join(str(blocks.get(key, "?")) for _, key in SIDES) if blocks else None,
+            "stopped_by": m.get("stopped_by"), "foreign_cpu": load.get("foreign_cpu"), "steal": load.get("steal"),
+            "loadavg": load.get("loadavg_1m"), "cores": load.get("cores"), "threshold": load.get("threshold"),
+            "gpu_others": load.get("gpu_other_processes"), "busy": bool(load.get("busy")), "load_recorded": bool(load),
+            "reason": load.get("reason"), "advice": load.get("advice")}
 
 
 def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -297,18 +292,9 @@ def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not common:
             continue
         unit = common[0]
-        fig = _figure(5.2, 2.6)
-        ax = fig.add_subplot()
-        for label, key in SIDES:
-            ax.plot(batches, [c[key]["throughput"][unit] for c in group], marker="o", color=COLORS[label],
-                    label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.set_xlabel("batch")
-        ax.set_ylabel(unit_label(unit))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
-        curves.append({"ids": [c["id"] for c in group], "unit": unit, "svg": _svg(fig, f"batch{i}")})
+        series = {label: [c[key]["throughput"][unit] for c in group] for label, key in SIDES}
+        curves.append({"ids": [c["id"] for c in group], "unit": unit,
+                       "svg": charts.batch_chart(batches, series, unit_label(unit), f"batch{i}")})
     return curves
 
 
@@ -319,7 +305,8 @@ def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environme
     env = jinja_env or jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(time=fmt_time, warmup=fmt_warmup, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
-                       verdict=verdict_text, saved=fmt_saved, unit=unit_label, extra=lambda x, k: fmt_extra(k, x),
+                       verdict=verdict_text, vclass=verdict_class, short_reason=short_reason, saved=fmt_saved,
+                       unit=unit_label, extra=lambda x, k: fmt_extra(k, x),
                        tojson_compact=lambda v: json.dumps(v, sort_keys=True))
     return env
 
@@ -330,19 +317,25 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
     checks = case.get("checks") or []
     passed = sum(1 for c in checks if c.get("passed"))
     status = str(case.get("status"))
-    if case.get("status") == "ok" and not ok:
+    if timed_alone(case):
+        status = "ok (timed alone)"
+    elif case.get("status") == "ok" and not ok:
         status = "ok (no measurements recorded)"
     elif ok and passed < len(checks):
         status = "ok, invariant FAILED"
-    view = {"case": case, "anchor": f"case-{index}", "ok": ok, "status": status,
+    view = {"case": case, "anchor": f"case-{index}", "ok": ok, "status": status, "alone": timed_alone(case),
             "clean": ok and passed == len(checks),
             "checks_passed": passed, "checks_total": len(checks), "units": throughput_units(case) if ok else [],
             "saved": memory_saved(case) if ok else None,
-            "memory_resolved": ok and memory_resolved(case), "latency_svg": "", "memory_svg": "", "costs": {},
+            "memory_resolved": ok and memory_resolved(case), "mv": measure_view(case), "pairs_svg": "",
+            "latency_svg": "", "memory_svg": "", "costs": {},
             "extra_keys": [], "info_keys": [], "categories": []}
     if ok:
-        view["latency_svg"] = latency_chart(case, f"lat{index}")
-        view["memory_svg"] = memory_chart(case, f"mem{index}")
+        view["pairs_svg"] = pairs_chart(case, f"pairs{index}")
+        samples = {label: (case[key].get("latency") or {}).get("data") for label, key in SIDES}
+        view["latency_svg"] = charts.latency_chart({k: v for k, v in samples.items() if v}, f"lat{index}")
+        view["memory_svg"] = charts.memory_chart(
+            [(label, case[key]["memory"]) for label, key in SIDES if case[key].get("memory")], f"mem{index}")
         view["costs"] = {label: cost.side_cost(case[key], price) for label, key in SIDES}
         first = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "itl_max_s", "mfu", "hfu", "mbu",
                  "model_tflops", "regime")
@@ -368,7 +361,8 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
         r=results, env=env, env_rows=flatten(env), cases=cases, warnings=warnings,
         device=cost.device_name(env), price=price,
         breakeven=cost.training_vs_inference(results, price and price[0]),
-        curves=batch_curves(results["cases"]), sides=SIDES, categories=MEMORY_CATEGORIES,
+        curves=batch_curves(results["cases"]), forest=forest(results["cases"]), sides=SIDES,
+        categories=MEMORY_CATEGORIES,
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
+from harness import __version__, stats
 from harness.errors import InputError
 from harness.suite import CaseSpec, Suite
 from harness.worker import write_json
@@ -55,7 +55,7 @@ def case_record(case: CaseSpec) -> dict[str, Any]:
     """The part of a case's results that is known before running it."""
     return {"id": case.id, "workload": {"name": case.workload, "type": case.workload_type,
                                         "spec": case.workload_spec},
-            "kind": case.kind, "plugins": [dataclasses.asdict(p) for p in case.plugins],
+            "kind": case.kind, "plugins": [dataclasses.asdict(p) for p in case.plugins], "alone": case.alone,
             "baseline_plugins": [dataclasses.asdict(p) for p in case.baseline], "note": case.note,
             "processes": case.processes}
 
@@ -166,8 +166,10 @@ def prepare_references(suite: Suite, device: str, progress: Callable[[str], None
 
 def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int, plugins_dirs: list[str],
               inline: bool = False, resume: bool = False, only: list[str] | None = None,
-              progress: Callable[[str], None] = print, registry=None) -> dict[str, Any]:
-    """Run every case of `suite` and write out_dir/results.json after each; returns the results."""
+              progress: Callable[[str], None] = print, registry=None, repeat: int = 1) -> dict[str, Any]:
+    """Run every case of `suite` and write out_dir/results.json after each; returns the results.
+
+    `repeat`: run each case in that many fresh processes and combine them (`combine_repeats`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     workdir = out_dir / "cases"
@@ -189,7 +191,14 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
             eta = f", about {_fmt(sum(durations) / len(durations) * (len(todo) - i))} left" if durations else ""
             progress(f"[{i + 1}/{len(todo)}] {case.id}{eta}")
             t0 = time.perf_counter()
-            record = run_case(case, suite, env, threads, workdir, plugins_dirs, inline)
+            records = []
+            for k in range(repeat):
+                if repeat > 1:
+                    progress(f"    process {k + 1}/{repeat}: " + (one_line(records[-1]) if records else "started"))
+                records.append(run_case(case, suite, env, threads, workdir, plugins_dirs, inline))
+                if records[-1]["status"] != "ok":
+                    break
+            record = combine_repeats(records, suite.measure.min_effect) if repeat > 1 else records[0]
             durations.append(time.perf_counter() - t0)
             results["cases"].append(record)
             write_json(str(results_path), results)
@@ -205,6 +214,50 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
     results["wall_s"] = time.perf_counter() - started
     write_json(str(results_path), results)
     return results
+
+
+def combine_repeats(records: list[dict[str, Any]], min_effect: float) -> dict[str, Any]:
+    """One record from a case run in several fresh processes (`harness run --repeat N`).
+
+    Samples and blocks of each side are concatenated (latency statistics and throughput recomputed from them);
+    the comparison is `stats.compare_groups` over each process's pair ratios, a two-level cluster bootstrap
+    (processes, then pairs) that covers the process-to-process variation one run's interval leaves out. Any
+    process that failed makes the case failed; a busy process withholds the verdict; a check failed in any
+    process is a failed check."""
+    bad = next((r for r in records if r["status"] != "ok"), None)
+    if bad is not None:
+        return {**bad, "error": f"process {records.index(bad) + 1} of the repeats: {bad.get('error')}"}
+    out = json.loads(json.dumps(records[0]))
+    for key in ("baseline", "metrics"):
+        if not isinstance(out.get(key), dict):
+            continue
+        lat = out[key]["latency"]
+        data = [x for r in records for x in r[key]["latency"]["data"]]
+        blocks = [b for r in records for b in r[key]["latency"].get("blocks") or [len(r[key]["latency"]["data"])]]
+        new = stats.summarize(data, lat.get("iterations", 1), blocks)
+        out[key]["throughput"] = {u: v * lat["median"] / new["median"] for u, v in out[key]["throughput"].items()}
+        out[key]["latency"] = new
+    loads = [(r.get("measurement") or {}).get("foreign_load") or {} for r in records]
+    busy = "; ".join(f"process {i + 1}: {ld['reason']}" for i, ld in enumerate(loads) if ld.get("busy")) or None
+    if isinstance(out.get("baseline"), dict):
+        groups = [r["comparison"].get("per_pair") or [] for r in records]
+        comparison = stats.compare_groups(groups, min_effect, busy)
+        comparison["per_pair"] = [x for g in groups for x in g]
+        comparison["memory_ratio"] = out["comparison"].get("memory_ratio")
+        out["comparison"] = comparison
+    out["repeats"] = [{"speedup": r["comparison"].get("speedup"), "ci95": r["comparison"].get("ci95"),
+                       "verdict": r["comparison"].get("verdict"), "pairs": r["comparison"].get("pairs"),
+                       "foreign_cpu": ld.get("foreign_cpu"), "log": r.get("log")} for r, ld in zip(records, loads)]
+    out["measurement"]["pairs"] = sum((r.get("measurement") or {}).get("pairs") or 0 for r in records)
+    out["measurement"]["processes_repeated"] = len(records)
+    out["measurement"]["foreign_load"] = max(loads, key=lambda ld: ld.get("foreign_cpu") or 0.0) or None
+    names = {c["name"] for c in out.get("checks", [])}
+    for i, r in enumerate(records[1:], start=2):
+        out["checks"] += [{**c, "name": f"{c['name']} (process {i})"} for c in r.get("checks", [])
+                          if not c["passed"] or c["name"] not in names]
+    out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings", [])))
+    out["duration_s"] = sum(r.get("duration_s") or 0.0 for r in records)
+    return out
 
 
 def _fmt(seconds: float) -> str:

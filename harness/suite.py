@@ -32,7 +32,8 @@ class PluginUse:
 
 @dataclass
 class CaseSpec:
-    """One case: a workload measured with `baseline` plugins and with `plugins`, interleaved."""
+    """One case: a workload measured with `baseline` plugins and with `plugins` in paired blocks; `alone`
+    (suite: `baseline: none`) times the plugins' side by itself, with no baseline, checks or verdict."""
 
     id: str
     workload: str
@@ -45,6 +46,7 @@ class CaseSpec:
     note: str = ""
     timeout_s: float | None = None
     line: int | None = None
+    alone: bool = False
 
 
 @dataclass
@@ -246,7 +248,8 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
         raise doc.error(path + ("workload",), _unknown("workload", wname, workloads, registry))
     wtype, wspec, kind = workloads[wname]
     plugins = _plugin_list(doc, path + ("plugins",), case.get("plugins"), registry)
-    baseline = _plugin_list(doc, path + ("baseline",), case.get("baseline"), registry)
+    alone = case.get("baseline") == "none"
+    baseline = [] if alone else _plugin_list(doc, path + ("baseline",), case.get("baseline"), registry)
     if not plugins:
         raise doc.error(path + ("plugins",), "a case needs at least one plugin")
     sweep = case.get("sweep") or {}
@@ -271,6 +274,7 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
                 if use.name == plugin:
                     use.params[param] = value
         out.append(_case(doc, path, case, wname, wtype, wspec, kind, uses, base_uses, registry))
+        out[-1].alone = alone
     return out
 
 
@@ -295,7 +299,8 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
-    base = f" vs {'+'.join(b.name for b in baseline)}" if baseline else ""
+    base = f" vs {'+'.join(b.name for b in baseline)}" if baseline else (" alone" if case.get("baseline") == "none"
+                                                                        else "")
     return CaseSpec(id=f"{wname}/{'+'.join(labels)}{base}", workload=wname, workload_type=wtype,
                     workload_spec=wspec, kind=kind, plugins=uses, baseline=baseline, processes=processes,
                     note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path))

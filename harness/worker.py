@@ -125,7 +125,9 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     workload = registry.workloads[case["workload_type"]]()
     spec = build_params(workload.Spec, case["workload_spec"])
     sides = {}
-    for side, uses in (("baseline", case["baseline"]), ("metrics", case["plugins"])):
+    pairs = (("metrics", case["plugins"]),) if case.get("alone") else (("baseline", case["baseline"]),
+                                                                        ("metrics", case["plugins"]))
+    for side, uses in pairs:
         opts = []
         for use in uses:
             cls = registry.optimizations[use["name"]]
@@ -138,7 +140,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
                      world_size=dist.world_size, threads=rank_threads)
 
-    warm_runtime(workload, spec, sides["baseline"], ctx, dist)
+    warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)
     clock_dist = Clock(device, reduce=dist.max)
     clock_local = Clock(device)
     runs, outputs, first_call, peaks = {}, {}, {}, {}
@@ -160,7 +162,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         peaks[side] = peak
         dist.barrier()
     checks = []
-    if dist.rank == 0:
+    if dist.rank == 0 and "baseline" in sides:
         for opt in differing(sides["metrics"], sides["baseline"]):
             checks += [c.as_dict() for c in opt.check(outputs["baseline"], outputs["metrics"])]
     outputs.clear()
@@ -218,6 +220,8 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
                 clocks_log.append(gpu_state(device, cuda))
 
     def decided(blocks) -> bool:
+        if "baseline" not in blocks:  # one side alone: its samples are the result, nothing to decide
+            return True
         return stats.compare(blocks["baseline"], blocks["metrics"], settings.min_effect)["verdict"] != "inconclusive"
 
     log(f"timing pairs of blocks ({', '.join(f'{s} {n} samples' for s, n in block_samples.items())})")
@@ -304,8 +308,12 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
             "distributed": run.distributed,
         }
     busy = load_record["reason"] if load_record and load_record["busy"] else None
-    comparison = stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect, busy=busy)
-    base_peak = out["baseline"]["memory"].get("peak_bytes")
+    if "baseline" not in runs:
+        comparison = {"speedup": None, "ci95": None, "verdict": "n/a", "reason": "timed alone (baseline: none)",
+                      "pairs": 0, "min_effect": settings.min_effect}
+    else:
+        comparison = stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect, busy=busy)
+    base_peak = (out.get("baseline") or {}).get("memory", {}).get("peak_bytes")
     opt_peak = out["metrics"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
     if not cuda and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:

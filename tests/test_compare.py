@@ -73,7 +73,8 @@ def test_same_run_twice_is_no_significant_difference(tmp_path):
     for r in result["rows"]:
         if r["versus"][1]:
             assert r["versus"][1]["time_ratio"] == pytest.approx(1.0)
-            assert r["versus"][1]["verdict"] == "no significant difference"
+            # a noisy case compared with itself may be too wide to call, never faster or slower
+            assert r["versus"][1]["verdict"] in ("no significant difference", "inconclusive")
     assert cmp.main([CPU, CPU], fail_if=["median:1%"]) == 0
 
 

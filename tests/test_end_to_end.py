@@ -9,7 +9,7 @@ name: e2e <b>escaped</b>
 description: Tiny training and inference cases through the real runner.
 device: cpu
 threads: 2
-measure: {min_pairs: 5, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5, warmup_min_s: 0.02, warmup_max_s: 0.3}
+measure: {min_pairs: 5, min_samples: 3, min_time_s: 0.05, max_time_s: 2, warmup_min_s: 0.02, warmup_max_s: 0.3}
 workloads:
   train: {type: train, model: micro, batch: 4, seq_len: 32, steps: 2}
   gen: {type: generate, model: micro, batch: 1, prompt_len: 8, new_tokens: 8, prompts: synthetic}
@@ -20,6 +20,9 @@ cases:
     plugins: [ddp]
   - workload: gen
     plugins: [{kv_cache: {kind: static}}]
+  - workload: gen
+    plugins: [{kv_cache: {kind: static}}]
+    baseline: none
 """
 
 
@@ -31,7 +34,11 @@ def test_suite_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     cases = {c["id"]: c for c in results["cases"]}
-    assert list(cases) == ["train/activation_checkpointing", "train/ddp", "gen/kv_cache(kind=static)"]
+    assert list(cases) == ["train/activation_checkpointing", "train/ddp", "gen/kv_cache(kind=static)",
+                           "gen/kv_cache(kind=static) alone"]
+    alone = cases.pop("gen/kv_cache(kind=static) alone")
+    assert alone["status"] == "ok" and "baseline" not in alone and alone["metrics"]["latency"]["median"] > 0
+    assert alone["comparison"]["verdict"] == "n/a" and alone["comparison"]["speedup"] is None
     for case in cases.values():
         assert case["status"] == "ok" and case["checks"] and all(ch["passed"] for ch in case["checks"])
         for side in ("baseline", "metrics"):
@@ -39,6 +46,16 @@ def test_suite_runs_end_to_end(tmp_path):
             assert stats["rounds"] == len(stats["data"]) >= 6 and stats["min"] <= stats["median"] <= stats["max"]
             assert all(v > 0 for v in case[side]["throughput"].values())
         assert case["comparison"]["ci95"][0] <= case["comparison"]["speedup"] <= case["comparison"]["ci95"][1]
+        m, cmp = case["measurement"], case["comparison"]
+        assert m["pairs"] == cmp["pairs"] == len(cmp["per_pair"]) == len(m["order"]) >= 5
+        assert set(m["order"]) <= {"BO", "OB"}
+        for side in ("baseline", "metrics"):
+            assert len(case[side]["latency"]["blocks"]) == m["pairs"]
+            assert sum(case[side]["latency"]["blocks"]) == len(case[side]["latency"]["data"])
+        load = m["foreign_load"]
+        assert 0 <= load["foreign_cpu"] <= 1 and len(load["per_pair"]) == m["pairs"] and load["cores"] >= 1
+        assert cmp["verdict"] in ("faster", "slower", "no significant difference", "inconclusive")
+        assert (cmp["verdict"] == "inconclusive") == bool(cmp["reason"])
     ddp = cases["train/ddp"]
     assert ddp["processes"] == 2 and ddp["metrics"]["distributed"] and not ddp["baseline"]["distributed"]
     assert ddp["metrics"]["throughput"]["tokens_per_s"] > 0 and ddp["measurement"]["processes"] == 2
@@ -48,4 +65,7 @@ def test_suite_runs_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert "e2e &lt;b&gt;escaped&lt;/b&gt;" in html and "<b>escaped</b>" not in html
     assert "train/ddp" in html and "kv_cache" in html
+    assert "ok (timed alone)" in html and 'id="alone"' in html
+    markdown = harness_cli("export", out / "results.json", "--format", "markdown")
+    assert markdown.returncode == 0 and "| gen/kv_cache(kind=static) alone | timed alone | median " in markdown.stdout
     assert "train/activation_checkpointing" in proc.stdout  # the summary table

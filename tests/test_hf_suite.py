@@ -17,7 +17,7 @@ def test_hf_model_runs_through_an_inference_suite(tmp_path):
     suite.write_text(f"""\
 name: hf
 device: cpu
-measure: {{rounds: 2, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5, warmup_min_s: 0.02, warmup_max_s: 0.3}}
+measure: {{min_pairs: 5, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5, warmup_min_s: 0.02, warmup_max_s: 0.3}}
 workloads:
   gen: {{type: generate, model: "hf:{tmp_path / 'tiny-gpt2'}", batch: 2, prompt_len: 16, new_tokens: 8}}
 cases:

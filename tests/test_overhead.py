@@ -16,7 +16,7 @@ def test_clock_overhead_per_sample(benchmark):
 
 def test_measure_reads_a_known_duration(benchmark):
     """measure() of a 5 ms sleep: its median must be the sleep, whatever the harness adds around it."""
-    settings = MeasureSettings(min_samples=5, min_time_s=0.03, max_time_s=0.5, rounds=1, warmup_min_s=0.01,
+    settings = MeasureSettings(min_samples=5, min_time_s=0.03, max_time_s=0.5, warmup_min_s=0.01,
                                warmup_max_s=0.1)
     stats = benchmark.pedantic(measure, args=(lambda: time.sleep(0.005), "cpu", settings), rounds=1, iterations=1)
     assert 0.005 <= stats["median"] < 0.0065

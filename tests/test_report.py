@@ -7,14 +7,15 @@ import json
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from markupsafe import escape as html_escape
 
-from harness import cost
+from harness import compare, cost
 from harness.errors import InputError
-from harness.report import fmt_bytes, memory_saved, render_report, verdict_text, write_report
+from harness.report import fmt_bytes, memory_saved, render_report, short_reason, verdict_text, write_report
 
 DATA = Path(__file__).parent / "data"
 
@@ -51,6 +52,148 @@ def test_slower_optimization_is_labelled_slower():
         "no significant difference"
 
 
+def test_inconclusive_verdict_text_and_reason():
+    busy = {"speedup": 4.9, "ci95": [4.8, 5.0], "verdict": "inconclusive", "reason": "machine busy: foreign CPU 23%"}
+    assert verdict_text(busy) == "inconclusive"  # never "4.90× faster" while the machine was busy
+    assert verdict_text({"speedup": None, "ci95": None, "verdict": "inconclusive", "reason": "no pairs timed"}) == \
+        "inconclusive"
+    wide = "interval [0.87, 1.05] too wide: it neither excludes 1 by the 5% minimum effect nor lies within [0.91, 1.10]"
+    assert short_reason(wide) == "interval [0.87, 1.05] too wide"
+    assert short_reason("machine busy: foreign CPU 23% of 2 cores") == "machine busy: foreign CPU 23% of 2 cores"
+    assert short_reason("machine busy: foreign CPU 23% of 2 cores; 1 other process(es) computing on the GPU") == \
+        "machine busy: foreign CPU 23% of 2 cores"
+    assert short_reason("first run: machine busy: foreign CPU 23% of 2 cores") == "first run: machine busy"
+    assert short_reason(None) == ""
+
+
+def svg_of(html: str, start: str) -> ET.Element:
+    """The first inline <svg> after `start` in the page, parsed."""
+    i = html.index("<svg", html.index(start))
+    return ET.fromstring(html[i:html.index("</svg>", i) + len("</svg>")])
+
+
+def svg_text(svg: ET.Element) -> list[str]:
+    return ["".join(t.itertext()) for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def by_id(svg: ET.Element, prefix: str) -> list[ET.Element]:
+    return [e for e in svg.iter() if (e.get("id") or "").startswith(prefix)]
+
+
+def test_forest_plot_has_a_row_per_measured_case_coloured_by_verdict(cpu, cpu_html):
+    assert cpu_html.index('id="forest"') < cpu_html.index("<table class=\"sortable\">")  # at the top of Summary
+    forest = svg_of(cpu_html, 'id="forest"')
+    ok = [c for c in cpu["cases"] if c["status"] == "ok"]
+    rows = by_id(forest, "forest-")
+    assert len(rows) == len(ok) == 8
+    for i, (row, case) in enumerate(zip(rows, ok)):  # one marker group per case, in page order, named by verdict
+        assert row.get("id").startswith(f"forest-{i}-{case['comparison']['verdict'].replace(' ', '-')}")
+    labels = svg_text(forest)
+    for case in ok:
+        assert any(t.startswith(case["id"]) for t in labels), case["id"]
+        lo, hi = case["comparison"]["ci95"]
+        assert f"{case['comparison']['speedup']:.2f}× [{lo:.2f}, {hi:.2f}]" in labels
+    for case in cpu["cases"]:
+        if case["status"] != "ok":  # failed cases have no speedup: not in the plot
+            assert not any(t.startswith(case["id"]) for t in labels)
+    assert "no-difference band 0.91–1.10" in labels  # the equivalence band, from comparison.equivalence
+    assert {"faster", "slower", "inconclusive", "no significant difference"} <= set(labels)  # the legend
+
+
+def test_forest_plot_marks_the_busy_case(cpu, cpu_html):
+    forest = svg_of(cpu_html, 'id="forest"')
+    ok = [c for c in cpu["cases"] if c["status"] == "ok"]
+    busy = [i for i, c in enumerate(ok) if c["measurement"]["foreign_load"]["busy"]]
+    assert len(busy) == 1 and ok[busy[0]]["id"] == "decode-nano(batch=16)/kv_cache"
+    marked = by_id(forest, "forest-")
+    assert [i for i, e in enumerate(marked) if e.get("id").endswith("-busy")] == busy
+    dot = next(marked[busy[0]].iter("{http://www.w3.org/2000/svg}use"))
+    assert "fill: #ffffff" in dot.get("style")  # hollow
+    assert "fill: #ffffff" not in next(marked[0].iter("{http://www.w3.org/2000/svg}use")).get("style")
+    assert "decode-nano(batch=16)/kv_cache  · busy" in svg_text(forest)
+    assert "machine busy: verdict withheld" in svg_text(forest)
+
+
+def test_inconclusive_cases_show_their_reason(cpu, cpu_html):
+    by_case = {c["id"]: c for c in cpu["cases"]}
+    wide = by_case["train-nano/fused_adamw"]["comparison"]
+    busy = by_case["decode-nano(batch=16)/kv_cache"]["comparison"]
+    assert wide["verdict"] == busy["verdict"] == "inconclusive"
+    assert wide["reason"].startswith("interval [") and busy["reason"].startswith("machine busy: foreign CPU")
+    summary = cpu_html[cpu_html.index('id="summary"'):cpu_html.index('id="environment"')]
+    cases = cpu_html[cpu_html.index('id="cases"'):cpu_html.index('id="failed"')]
+    for cmp in (wide, busy):
+        reason = str(html_escape(cmp["reason"]))
+        assert f'title="{reason}"><span class="inconclusive">inconclusive</span>' in summary  # whole, as a tooltip
+        assert f'<span class="muted">{html_escape(short_reason(cmp["reason"]))}</span>' in summary
+        assert f'<span class="reason">{reason}</span>' in cases  # whole, in the case's detail
+    assert summary.count('class="inconclusive">inconclusive</span>') == 2
+    assert ".inconclusive { color:" in cpu_html  # its own colour
+
+
+def test_case_detail_shows_the_pairs_and_the_foreign_load(cpu, cpu_html):
+    ok = [c for c in cpu["cases"] if c["status"] == "ok"]
+    i = next(j for j, c in enumerate(cpu["cases"]) if c["id"] == "decode-nano(batch=16)/kv_cache")
+    case = cpu["cases"][i]
+    load = case["measurement"]["foreign_load"]
+    section = cpu_html[cpu_html.index(f'id="case-{i}"'):]
+    section = section[:section.index("</section>")]
+    assert f"{100 * load['foreign_cpu']:.1f}%" in section and "load average (1 min)" in section
+    assert "Advice: the case&#39;s 2 threads shared cores" in section  # foreign_load.advice
+    assert "stopped by</th><td>minimums" in section
+    orders = case["measurement"]["order"]
+    assert f"({orders.count('BO')}× BO, {orders.count('OB')}× OB)" in section
+    pairs = svg_of(section, '<div class="charts">')
+    labels = svg_text(pairs)
+    assert "pair (time order)" in labels and "foreign CPU ≥ 10%" in labels
+    ring = by_id(pairs, f"pairs{i}-busy")
+    hot = sum(x >= load["threshold"] for x in load["per_pair"])
+    assert 0 < hot < len(load["per_pair"]) and len(list(ring[0].iter("{http://www.w3.org/2000/svg}use"))) == hot
+    # a quiet case: its pair chart rings nothing, and every case's chart is there
+    assert 'id="pairs0-busy"' not in cpu_html
+    assert cpu_html.count("pair (time order)") == len(ok)
+    summary = cpu_html[cpu_html.index('id="summary"'):cpu_html.index('id="environment"')]
+    assert f"{100 * load['foreign_cpu']:.1f}% busy</td>" in summary  # the summary's foreign CPU column
+    measured = cpu_html[cpu_html.index('id="measured"'):]
+    assert measured.count("paired blocks, random order") == len(ok)
+
+
+def test_definitions_state_the_paired_design(cpu_html):
+    assert "<dt>Foreign CPU</dt>" in cpu_html
+    assert "exp(median of log per-pair ratios)" in cpu_html and "cluster bootstrap" in cpu_html
+
+
+def test_old_results_render_with_per_round_figures():
+    """A reference run from before the paired design: rounds, per_round ratios, three verdicts, no foreign load."""
+    old = json.loads((REPORTS / "reference" / "cpu-2core-quick" / "results.json").read_text())
+    assert all("per_round" in c["comparison"] and "equivalence" not in c["comparison"] for c in old["cases"])
+    html = render_report(old)
+    forest = svg_of(html, 'id="forest"')
+    assert len(by_id(forest, "forest-")) == len(old["cases"])
+    assert not any(e.get("id").endswith("-busy") for e in by_id(forest, "forest-"))
+    assert "no-difference band 0.91–1.10" in svg_text(forest)  # from min_effect
+    assert html.count("round (time order)") == len(old["cases"])  # a per-round chart in each case
+    assert "pair (time order)" not in html
+    first = svg_of(html, 'id="case-0"')
+    ratios = old["cases"][0]["comparison"]["per_round"]
+    assert len(list(first.iter("{http://www.w3.org/2000/svg}use"))) >= len(ratios)
+    assert html.count("not recorded (a file from before the paired design)") == len(old["cases"])
+    assert "3 rounds</td>" in html and "interleaved B O" in html
+    summary = html[html.index('id="summary"'):html.index('id="environment"')]
+    assert summary.count('data-v="-1">n/a</td>') == len(old["cases"])  # foreign CPU: not measured then
+    assert 'class="inconclusive"' not in html
+
+
+def test_comparison_page_shows_inconclusive_with_its_reason(tmp_path):
+    """The CPU fixture's busy case makes its comparison with the GPU run inconclusive: coloured, with a reason."""
+    result = compare.compare([DATA / "results-cpu.json", DATA / "results-gpu.json"])
+    row = next(r for r in result["rows"] if r["case"] == "decode-nano(batch=16)/kv_cache" and r["side"] == "optimized")
+    assert row["versus"][1]["verdict"] == "inconclusive"
+    html = compare.render_compare(result)
+    assert '<span class="inconclusive">' in html
+    assert str(html_escape(row["versus"][1]["reason"])) in html
+
+
 def test_sections_failed_cases_warnings_and_how_measured(cpu, cpu_html):
     for section in ("Summary", "Environment", "Failed cases", "Warnings", "How measured", "Definitions", "Cost"):
         assert f">{section}</h2>" in cpu_html
@@ -64,8 +207,9 @@ def test_sections_failed_cases_warnings_and_how_measured(cpu, cpu_html):
 
 def test_charts_are_inline_svg_and_the_page_loads_nothing(cpu, cpu_html):
     ok = [c for c in cpu["cases"] if c["status"] == "ok"]
-    # a latency and a memory chart per ok case, plus one throughput-vs-batch curve (kv_cache at batch 1, 4, 16)
-    assert cpu_html.count("<svg") == 2 * len(ok) + 1
+    # a per-pair, a latency and a memory chart per ok case, the summary's forest plot, and one throughput-vs-batch
+    # curve (kv_cache at batch 1, 4, 16)
+    assert cpu_html.count("<svg") == 3 * len(ok) + 1 + 1
     assert "Throughput vs batch" in cpu_html
     assert "default-src 'none'" in cpu_html
     assert not re.search(r"<(link|img|iframe)\b|\bsrc=|@import|url\(\s*['\"]?http", cpu_html)

@@ -29,7 +29,8 @@ def test_faulty_plugins_are_recorded_and_the_suite_goes_on(tmp_path):
     healthy = status["toy/noop"]
     assert healthy["status"] == "ok" and healthy["checks"][0]["passed"]
     assert healthy["metrics"]["latency"]["median"] > 0 and healthy["baseline"]["latency"]["rounds"] >= 6
-    assert healthy["comparison"]["verdict"] in ("no significant difference", "faster", "slower")
+    assert healthy["comparison"]["verdict"] in ("no significant difference", "faster", "slower", "inconclusive")
+    assert (healthy["comparison"]["verdict"] == "inconclusive") == bool(healthy["comparison"]["reason"])
     broken = status["toy/wrong_scale"]
     assert broken["status"] == "ok" and not broken["checks"][0]["passed"]
     assert any("invariant failed" in w for w in broken["warnings"])
@@ -89,3 +90,24 @@ def test_inline_runs_in_process_and_refuses_multi_process_cases(tmp_path):
     loaded = load_suite(ddp_suite, load_registry())
     record = run_case(loaded.cases[0], loaded, {"device": "cpu"}, 1, tmp_path, [], inline=True)
     assert record["status"] == "failed" and "without --inline" in record["error"]
+
+
+def test_repeat_runs_fresh_processes_and_combines_their_pairs(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
+    suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [noop]\n")
+    out = tmp_path / "run"
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", out, "--repeat", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "process 3/3" in proc.stderr
+    (case,) = json.loads((out / "results.json").read_text())["cases"]
+    repeats = case["repeats"]
+    assert len(repeats) == 3 and len({r["log"] for r in repeats}) == 1  # one log name, rewritten per process
+    assert case["comparison"]["pairs"] == sum(r["pairs"] for r in repeats) == case["measurement"]["pairs"]
+    speeds = [r["speedup"] for r in repeats]
+    assert min(speeds) <= case["comparison"]["speedup"] <= max(speeds)
+    for side in ("baseline", "metrics"):
+        latency = case[side]["latency"]
+        assert sum(latency["blocks"]) == len(latency["data"]) and len(latency["blocks"]) == case["measurement"]["pairs"]
+    bad = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "bad", "--repeat", "0")
+    assert bad.returncode == 2 and "--repeat must be at least 1" in bad.stderr

@@ -12,7 +12,7 @@ GOOD = """\
 name: s
 device: cpu
 measure:
-  rounds: 2
+  min_pairs: 6
 workloads:
   toy:
     type: toy
@@ -38,7 +38,7 @@ def error_for(tmp_path, registry, text) -> InputError:
 def test_good_suite_loads(tmp_path, registry):
     suite = load_suite(write(tmp_path, GOOD), registry)
     assert [c.id for c in suite.cases] == ["toy/noop"]
-    assert suite.measure.rounds == 2 and suite.device == "cpu"
+    assert suite.measure.min_pairs == 6 and suite.device == "cpu"
 
 
 def test_malformed_yaml_names_the_line(tmp_path, registry):
@@ -47,14 +47,28 @@ def test_malformed_yaml_names_the_line(tmp_path, registry):
 
 
 def test_unknown_key_suggests_the_nearest(tmp_path, registry):
-    err = error_for(tmp_path, registry, GOOD.replace("  rounds: 2", "  roundz: 2"))
-    assert err.line == 4 and err.field == "measure.roundz" and "did you mean 'rounds'" in err.message
+    err = error_for(tmp_path, registry, GOOD.replace("  min_pairs: 6", "  min_pair: 6"))
+    assert err.line == 4 and err.field == "measure.min_pair" and "did you mean 'min_pairs'" in err.message
+
+
+def test_the_old_rounds_setting_says_what_replaced_it(tmp_path, registry):
+    err = error_for(tmp_path, registry, GOOD.replace("  min_pairs: 6", "  rounds: 3"))
+    assert err.line == 4 and err.field == "measure.rounds" and "min_pairs" in err.message
+    err = error_for(tmp_path, registry, GOOD.replace("  min_pairs: 6", "  busy_threshold: 0"))
+    assert err.field == "measure.busy_threshold" and "(0, 1]" in err.message
+
+
+def test_baseline_none_times_the_plugins_alone(tmp_path, registry):
+    suite = load_suite(write(tmp_path, GOOD.replace("    plugins: [noop]", "    plugins: [noop]\n    baseline: none")),
+                       registry)
+    (case,) = suite.cases
+    assert case.alone and case.baseline == [] and case.id == "toy/noop alone"
 
 
 def test_wrong_type_and_range(tmp_path, registry):
     err = error_for(tmp_path, registry, GOOD.replace("    size: 8", "    size: big"))
     assert err.line == 8 and err.field == "workloads.toy.size" and "must be int" in err.message
-    err = error_for(tmp_path, registry, GOOD.replace("  rounds: 2", "  rounds: 0"))
+    err = error_for(tmp_path, registry, GOOD.replace("  min_pairs: 6", "  min_pairs: 0"))
     assert err.line == 4 and "at least 1" in err.message
 
 

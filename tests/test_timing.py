@@ -9,12 +9,12 @@ import torch
 from harness import memory, timing
 from harness.timing import Clock, MeasureSettings, measure
 
-FAST = MeasureSettings(min_samples=5, min_time_s=0.05, max_time_s=1.0, rounds=2, warmup_min_iters=3,
+FAST = MeasureSettings(min_samples=5, min_time_s=0.05, max_time_s=1.0, warmup_min_iters=3,
                        warmup_min_s=0.01, warmup_max_s=0.5)
 
 
 def test_sleep_reads_its_duration():
-    result = measure(lambda: time.sleep(0.05), "cpu", MeasureSettings(min_samples=5, min_time_s=0.1, rounds=1,
+    result = measure(lambda: time.sleep(0.05), "cpu", MeasureSettings(min_samples=5, min_time_s=0.1,
                                                                        warmup_min_s=0.01, warmup_max_s=0.2))
     assert result["median"] == pytest.approx(0.05, rel=0.05)
     assert result["timer"] == "wall_sync"
@@ -50,11 +50,72 @@ def test_device_events_needs_cuda():
 
 
 def test_samples_respect_count_and_time_bounds():
-    settings = MeasureSettings(min_samples=7, min_time_s=0.05, max_time_s=0.3, rounds=1, warmup_min_s=0.01)
+    settings = MeasureSettings(min_samples=7, min_time_s=0.05, max_time_s=0.3, warmup_min_s=0.01)
     samples = timing.sample(lambda: time.sleep(0.001), Clock("cpu"), settings.resolved(False))
     assert len(samples) >= 7 and sum(samples) >= 0.05
     slow = timing.sample(lambda: time.sleep(0.1), Clock("cpu"), MeasureSettings(min_samples=50, max_time_s=0.3))
     assert 2 <= len(slow) <= 4  # capped by max_time_s
+
+
+def _fake_sides(costs: dict[str, float]):
+    """run_block over a fake clock: each sample of a side takes its fixed cost; records the order of blocks."""
+    seen = []
+
+    def run_block(side, n):
+        seen.append(side)
+        return [costs[side]] * n
+
+    return run_block, seen
+
+
+def test_pairs_run_both_sides_in_a_seeded_random_order():
+    run_block, seen = _fake_sides({"baseline": 0.01, "metrics": 0.01})
+    settings = MeasureSettings(min_pairs=20, min_samples=1, min_time_s=0.01).resolved(False)
+    result = timing.paired_blocks(run_block, {"baseline": 2, "metrics": 3}, {"baseline": 1, "metrics": 1}, settings)
+    assert len(result.orders) == 20 and result.stopped_by == "minimums"
+    assert {tuple(o) for o in result.orders} == {("baseline", "metrics"), ("metrics", "baseline")}
+    assert all(sorted(seen[2 * i:2 * i + 2]) == ["baseline", "metrics"] for i in range(20))  # each pair: one each
+    assert [len(b) for b in result.blocks["baseline"]] == [2] * 20
+    assert [len(b) for b in result.blocks["metrics"]] == [3] * 20
+    again = timing.paired_blocks(_fake_sides({"baseline": 0.01, "metrics": 0.01})[0], {"baseline": 2, "metrics": 3},
+                                 {"baseline": 1, "metrics": 1}, settings)
+    assert again.orders == result.orders  # same seed, same order: every rank of a torchrun case agrees
+
+
+def test_pairs_stop_at_the_time_budget():
+    run_block, _ = _fake_sides({"baseline": 1.0, "metrics": 1.0})
+    settings = MeasureSettings(min_pairs=50, min_samples=1, max_time_s=5.0).resolved(False)
+    result = timing.paired_blocks(run_block, {"baseline": 1, "metrics": 1}, {"baseline": 1, "metrics": 1}, settings)
+    assert result.stopped_by == "budget" and len(result.orders) == 5
+
+
+def test_until_conclusive_adds_pairs_only_while_undecided():
+    settings = MeasureSettings(min_pairs=10, min_samples=1, min_time_s=0.01, max_time_s=100.0,
+                               until_conclusive=True).resolved(False)
+    checks = []
+
+    def decided_after(n):
+        def decided(blocks):
+            checks.append(len(blocks["baseline"]))
+            return len(blocks["baseline"]) >= n
+        return decided
+
+    run_block, _ = _fake_sides({"baseline": 0.01, "metrics": 0.01})
+    clear = timing.paired_blocks(run_block, {"baseline": 1, "metrics": 1}, {"baseline": 1, "metrics": 1}, settings,
+                                 decided=decided_after(0))
+    assert len(clear.orders) == 10 and clear.stopped_by == "conclusive"
+    checks.clear()
+    slow = timing.paired_blocks(run_block, {"baseline": 1, "metrics": 1}, {"baseline": 1, "metrics": 1}, settings,
+                                decided=decided_after(30))
+    assert slow.stopped_by == "conclusive" and len(slow.orders) == checks[-1] >= 30
+    assert checks[:4] == [10, 15, 22, 33]  # the interval is tested at x1.5 steps, not after every pair
+
+
+def test_block_size_targets_block_s_within_the_sample_cap():
+    settings = MeasureSettings(min_pairs=10, max_samples=1000, block_s=0.2).resolved(False)
+    assert timing.block_size(0.05, settings) == 4
+    assert timing.block_size(1.0, settings) == 1  # a step longer than a block: one sample per block
+    assert timing.block_size(1e-5, settings) == 50  # capped: min_pairs pairs fit in max_samples
 
 
 def test_cpu_peak_of_a_200_mib_step():

@@ -1,7 +1,10 @@
 """Write the synthetic results files the report/compare/export tests read (results-cpu.json, results-gpu.json).
 
 They follow docs/results.md exactly but their samples are drawn from a seeded RNG: they test rendering and
-comparison, they are not measurements. Re-run with `.venv/bin/python tests/data/make_fixtures.py`.
+comparison, they are not measurements. Each case is timed as the worker times it, in pairs of blocks (PAIRS pairs,
+BLOCK samples per block, a random order per pair) with a drift per pair that both sides of the pair share, and
+compared by harness.stats.compare; the CPU file holds a busy case (foreign load over the threshold: inconclusive)
+and a noisy one whose interval is too wide (inconclusive). Re-run with `.venv/bin/python tests/data/make_fixtures.py`.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from harness.stats import compare, summarize, warnings_for
 
 HERE = Path(__file__).parent
 GIB = 2**30
+PAIRS, BLOCK, THRESHOLD = 12, 3, 0.1
+ADVICE = ("the case's 2 threads shared cores with other work (about 1.4 of 2 cores were free): OpenMP barriers stall "
+          "when one thread loses its core; measure when the machine is quiet, or set `threads: 1` in the suite")
 
 
-def side(rng, noise, median, n, tokens_per_step, samples_per_step, peak, breakdown, extra, info, energy=None):
-    """One SIDE: `n` samples around `median` split in 3 rounds, plus throughput, memory and extras."""
-    data = [median * rng.lognormvariate(0, noise) for _ in range(n)]
-    lat = summarize(data)
+def side(blocks, tokens_per_step, samples_per_step, peak, breakdown, extra, info, energy=None):
+    """One SIDE from its timed blocks (seconds), plus throughput, memory and extras."""
+    data = [x for b in blocks for x in b]
+    lat = summarize(data, blocks=[len(b) for b in blocks])
     out = {
         "latency": lat,
         "throughput": {"tokens_per_s": tokens_per_step / lat["median"],
                        "samples_per_s": samples_per_step / lat["median"]},
-        "compile_s": median * 1.5,
+        "compile_s": lat["median"] * 1.5,
         "memory": {"peak_bytes": peak, "source": info.pop("_mem_source", "cpu_vmhwm"), "breakdown": breakdown},
         "energy": energy,
         "extra": extra,
@@ -33,14 +39,32 @@ def side(rng, noise, median, n, tokens_per_step, samples_per_step, peak, breakdo
     return out
 
 
-def rounds(data, k=3):
-    size = len(data) // k
-    return [data[i * size:(i + 1) * size] for i in range(k)]
+def timed_pairs(rng, b_med, o_med, noise, drift=0.04):
+    """PAIRS pairs of BLOCK samples per side: a drift factor per pair (the machine's state, shared by both sides
+    of a pair) times independent noise per sample. Returns (baseline blocks, optimized blocks, orders)."""
+    base, opt, orders = [], [], []
+    for _ in range(PAIRS):
+        f = rng.lognormvariate(0, drift)
+        base.append([b_med * f * rng.lognormvariate(0, noise) for _ in range(BLOCK)])
+        opt.append([o_med * f * rng.lognormvariate(0, noise) for _ in range(BLOCK)])
+        orders.append(rng.choice(("BO", "OB")))
+    return base, opt, orders
+
+
+def foreign_load(rng, busy):
+    """measurement.foreign_load: a quiet machine, or (busy) one where other work took about a third of it."""
+    per_pair = [rng.uniform(0.2, 0.42) if busy and i % 4 else rng.uniform(0.0, 0.04) for i in range(PAIRS)]
+    foreign = sum(per_pair) / PAIRS
+    return {"foreign_cpu": foreign, "steal": 0.004, "per_pair": per_pair, "loadavg_1m": 1.9 if busy else 0.7,
+            "gpu_other_processes": None, "cores": 2, "threshold": THRESHOLD, "busy": busy,
+            "reason": f"machine busy: foreign CPU {foreign:.0%} of 2 cores" if busy else None,
+            "advice": ADVICE if busy else None}
 
 
 def case(rng, cid, wl, spec, kind, plugins, b_med, o_med, b_peak, o_peak, tokens, samples, checks, cuda=False,
-         b_extra=None, o_extra=None, n=30, energy=None, noise=0.03):
-    """An ok CASE with both sides, the comparison computed by harness.stats, and noise warnings."""
+         b_extra=None, o_extra=None, energy=None, noise=0.03, busy=False):
+    """An ok CASE with both sides timed in pairs of blocks, the comparison computed by harness.stats, and noise
+    warnings. busy: other work loaded the machine (the verdict is withheld)."""
     src = "cuda_max_memory_allocated" if cuda else "cpu_vmhwm"
 
     def breakdown(peak, act_share):
@@ -56,19 +80,24 @@ def case(rng, cid, wl, spec, kind, plugins, b_med, o_med, b_peak, o_peak, tokens
         src_e = "nvml_energy_counter"
         en_b = {"joules_per_step": energy * b_med, "window_s": 2.1, "avg_power_w": energy, "source": src_e}
         en_o = {"joules_per_step": energy * o_med, "window_s": 2.1, "avg_power_w": energy, "source": src_e}
-    base = side(rng, noise, b_med, n, tokens, samples, b_peak, breakdown(b_peak, 0.3), dict(b_extra or {}),
+    b_blocks, o_blocks, orders = timed_pairs(rng, b_med, o_med, noise)
+    load = foreign_load(rng, busy)
+    base = side(b_blocks, tokens, samples, b_peak, breakdown(b_peak, 0.3), dict(b_extra or {}),
                 {"dtype": "float32", "_mem_source": src}, en_b)
-    opt = side(rng, noise, o_med, n, tokens, samples, o_peak, breakdown(o_peak, 0.2), dict(o_extra or {}),
+    opt = side(o_blocks, tokens, samples, o_peak, breakdown(o_peak, 0.2), dict(o_extra or {}),
                {"dtype": "bfloat16" if "mixed" in cid else "float32", "_mem_source": src}, en_o)
-    comp = compare(rounds(base["latency"]["data"]), rounds(opt["latency"]["data"]))
-    comp.pop("min_effect")
+    comp = compare(b_blocks, o_blocks, busy=load["reason"])
     comp["memory_ratio"] = o_peak / b_peak
     warnings = warnings_for("baseline", base["latency"]["data"]) + warnings_for("optimized", opt["latency"]["data"])
+    if busy:
+        warnings.append(f"{load['reason']}: no faster/slower verdict; {ADVICE}")
     return {
         "id": cid, "workload": {"name": wl, "type": "train" if kind == "training" else "decode", "spec": spec},
         "kind": kind, "plugins": plugins, "baseline_plugins": [], "status": "ok", "error": None,
-        "duration_s": round(3 * n * (b_med + o_med) + 2.0, 2),
-        "measurement": {"timer": "wall_sync", "l2_flush": False, "rounds": 3, "order": "interleaved B O",
+        "duration_s": round(PAIRS * BLOCK * (b_med + o_med) + 2.0, 2),
+        "measurement": {"timer": "wall_sync", "l2_flush": False, "design": "paired blocks, random order",
+                        "pairs": PAIRS, "order": orders, "block_samples": {"baseline": BLOCK, "metrics": BLOCK},
+                        "stopped_by": "minimums", "foreign_load": load,
                         "num_threads": None if cuda else 2, "processes": 1,
                         # the worker records warm-up per side; the schema's example shows one number: cover both
                         "warmup_s": {"baseline": 0.41, "metrics": 0.52} if cuda else 0.4},
@@ -100,7 +129,7 @@ def decode_cases(rng, cuda, batches, scale):
         out.append(case(rng, f"decode-nano(batch={b})/kv_cache", "decode-nano", spec, "inference",
                         [{"name": "kv_cache", "params": {}}], b_med, o_med, 60_000_000, 64_000_000, 64 * b, b,
                         [tokens_check()], cuda=cuda, b_extra=b_ex, o_extra=o_ex,
-                        energy=310.0 if cuda else None))
+                        energy=310.0 if cuda else None, busy=not cuda and b == 16))
     return out
 
 
@@ -169,13 +198,18 @@ def results(cuda: bool) -> dict:
                           o_extra={"ttft_s": 0.0010, "tpot_s": 0.0035 / 64, "mbu": 0.012, "regime": "launch-bound"},
                           energy=250.0))
     cases += decode_cases(rng, cuda, (1, 4, 16), 0.05 if cuda else 1.0)
+    if not cuda:  # a change too small to matter, measured well: no significant difference
+        cases.append(case(rng, "train-nano/optimizer_impl(impl=foreach)", "train-nano", train_spec, "training",
+                          [{"name": "optimizer_impl", "params": {"impl": "foreach"}}], 0.090, 0.0897, 300_000_000,
+                          300_000_000, tok, 8, [loss_check(5.121, 5.121)], noise=0.01))
     name = "gpu" if cuda else "cpu"
     return {
         "schema_version": 1, "run_id": f"fixture-{name}", "harness_version": "0.1.0",
         "started": "2026-11-23T10:45:12+00:00", "finished": "2026-11-23T10:47:40+00:00", "status": "complete",
         "suite": {"name": "quick", "path": "suites/quick.yaml",
                   "description": "Synthetic fixture for the report tests (seeded random samples, not a measurement).",
-                  "measure": {"rounds": 3, "min_samples": 10}, "comments": {}},
+                  "measure": {"min_pairs": PAIRS, "min_samples": 10, "busy_threshold": THRESHOLD,
+                              "min_effect": 0.05}, "comments": {}},
         "environment": environment(cuda),
         "cases": cases,
     }

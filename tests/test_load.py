@@ -1,0 +1,63 @@
+"""Foreign load (harness.load): CPU time outside the case's process tree is seen, the case's own is not."""
+
+import subprocess
+import sys
+import time
+
+from harness import load
+
+SPIN = "import time\nend = time.perf_counter() + {s}\nwhile time.perf_counter() < end: pass\n"
+
+
+def _spin_here(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _idle_foreign(meter) -> float:
+    """Foreign load of this machine while this process sleeps: what other work is going on anyway."""
+    a = meter.snapshot()
+    time.sleep(0.5)
+    return meter.window(a, meter.snapshot())["foreign_cpu"]
+
+
+def test_an_orphaned_busy_process_is_foreign_and_our_own_work_is_not():
+    meter = load.LoadMeter()
+    idle = _idle_foreign(meter)
+    a = meter.snapshot()
+    _spin_here(0.6)  # this process: the case's own CPU time
+    b = meter.snapshot()
+    # a busy loop whose parent exits at once: reparented to init, outside this process tree (bounded: 1.2 s)
+    subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{SPIN.format(s=1.2)}" >/dev/null 2>&1 &'], check=True)
+    time.sleep(0.2)
+    c = meter.snapshot()
+    time.sleep(0.8)
+    d = meter.snapshot()
+    own, foreign = meter.window(a, b), meter.window(c, d)
+    assert own["foreign_cpu"] < idle + 0.15
+    assert foreign["foreign_cpu"] > idle + 0.5 / meter.cores  # about one more busy core out of `cores`
+
+
+def test_children_of_the_case_count_as_its_own():
+    idle = _idle_foreign(load.LoadMeter())
+    child = subprocess.Popen([sys.executable, "-c", SPIN.format(s=1.0)])
+    meter = load.LoadMeter()  # the tree is read when the meter is made: the child is in it
+    a = meter.snapshot()
+    time.sleep(0.8)
+    b = meter.snapshot()
+    child.wait()
+    assert meter.window(a, b)["foreign_cpu"] < idle + 0.15
+
+
+def test_summary_withholds_the_verdict_and_says_which_threads_to_use():
+    windows = [{"foreign_cpu": 0.5, "steal": 0.0}, {"foreign_cpu": 0.4, "steal": 0.0}]
+    busy = load.summarize(windows, [1.0, 1.0], cores=2, threads=2, gpu_others=None)
+    assert busy["busy"] and busy["foreign_cpu"] == 0.45 and "foreign CPU 45% of 2 cores" in busy["reason"]
+    assert "threads: 1" in busy["advice"] and "OpenMP" in busy["advice"]
+    quiet = load.summarize([{"foreign_cpu": 0.02, "steal": 0.0}], [1.0], cores=2, threads=2, gpu_others=None)
+    assert not quiet["busy"] and quiet["reason"] is None and quiet["advice"] is None
+    gpu = load.summarize([{"foreign_cpu": 0.0, "steal": 0.0}], [1.0], cores=2, threads=2, gpu_others=1)
+    assert gpu["busy"] and "other process(es) computing on the GPU" in gpu["reason"]
+    stolen = load.summarize([{"foreign_cpu": 0.02, "steal": 0.15}], [1.0], cores=4, threads=2, gpu_others=None)
+    assert stolen["busy"] and "steal 15%" in stolen["reason"]
