@@ -21,6 +21,7 @@ from harness.suite import CaseSpec, Suite
 from harness.worker import write_json
 
 SCHEMA_VERSION = 1
+EXIT_GRACE_S = 30.0  # seconds a worker may take to exit after writing its result
 
 
 def now() -> str:
@@ -91,11 +92,14 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
 
         worker.main([str(job_path), str(result_path)])
     else:
-        status = _launch(worker_command(case, job_path, result_path), log_path, timeout)
+        status = _launch(worker_command(case, job_path, result_path), log_path, timeout, result_path)
     record["duration_s"] = time.perf_counter() - start
     record["log"] = str(log_path) if not inline else None
     if result_path.exists():
         record.update(json.loads(result_path.read_text()))
+        if status == "hung at exit":
+            record.setdefault("warnings", []).append(
+                f"the case's processes had not exited {EXIT_GRACE_S:g} s after writing the result; killed, result kept")
     elif status == "timeout":
         record.update(status="timeout", error=f"no result after the {timeout:g} s timeout; process killed")
     elif status and status.startswith("signal"):
@@ -106,17 +110,29 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     return record
 
 
-def _launch(command: list[str], log_path: Path, timeout: float) -> str:
-    """Start the worker in its own process group; kill the group on timeout or Ctrl-C. Returns "exit N",
-    "signal NAME" or "timeout"."""
+def _launch(command: list[str], log_path: Path, timeout: float, result_path: Path) -> str:
+    """Start the worker in its own process group; kill the group on timeout or Ctrl-C, or when it has not exited
+    EXIT_GRACE_S after writing its result (a gloo process group that hangs in shutdown). Returns "exit N",
+    "signal NAME", "timeout" or "hung at exit"."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+        deadline, written = time.monotonic() + timeout, None
         try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return "timeout"
+            while True:
+                try:
+                    code = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    now = time.monotonic()
+                    if written is None and result_path.exists():
+                        written = now
+                    if written is not None and now - written > EXIT_GRACE_S:
+                        _kill_group(proc)
+                        return "hung at exit"
+                    if now > deadline:
+                        _kill_group(proc)
+                        return "timeout"
         except KeyboardInterrupt:
             _kill_group(proc)
             raise

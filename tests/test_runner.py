@@ -111,3 +111,20 @@ def test_repeat_runs_fresh_processes_and_combines_their_pairs(tmp_path):
         assert sum(latency["blocks"]) == len(latency["data"]) and len(latency["blocks"]) == case["measurement"]["pairs"]
     bad = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "bad", "--repeat", "0")
     assert bad.returncode == 2 and "--repeat must be at least 1" in bad.stderr
+
+
+def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_kept(tmp_path, monkeypatch):
+    from harness import runner
+    from harness.plugins import load_registry
+    from harness.suite import load_suite
+
+    monkeypatch.setattr(runner, "EXIT_GRACE_S", 1.0)
+    suite = tmp_path / "suite.yaml"
+    text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
+    suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [hangs_at_exit]\n")
+    loaded = load_suite(suite, load_registry([str(FAULTY_PLUGINS)]))
+    start = time.monotonic()
+    record = runner.run_case(loaded.cases[0], loaded, {"device": "cpu"}, 1, tmp_path, [str(FAULTY_PLUGINS)])
+    assert time.monotonic() - start < 40  # not the 60 s case timeout
+    assert record["status"] == "ok" and record["checks"][0]["passed"]
+    assert any("had not exited" in w for w in record["warnings"])
