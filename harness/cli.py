@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("-o", "--out", type=Path, help="write an HTML comparison here")
     p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
-                   help='regression gate, e.g. "median:10%%": exit 1 if the last run is 10%% slower')
+                   help='regression gate, e.g. "median:10%%": exit 1 if a later run is significantly 10%% slower; '
+                        'any --fail-if (or "--fail-if status" alone) also fails when a case that was ok is not ok, '
+                        'fails a check it passed, or is missing')
+    p.add_argument("--allow-missing", action="store_true", help="with --fail-if: a case missing from a later run "
+                                                                 "is not a failure")
     p.add_argument("--price-per-hour", type=float)
     p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
     p.set_defaults(func=cmd_compare)
@@ -288,7 +292,7 @@ def cmd_compare(args) -> int:
     from harness import compare
 
     return compare.main(args.results, out=args.out, fail_if=args.fail_if, price_per_hour=args.price_per_hour,
-                        prices=load_prices(args))
+                        prices=load_prices(args), allow_missing=args.allow_missing)
 
 
 def load_prices(args):

@@ -8,7 +8,8 @@ too wide or a run was busy). Cases present in only some runs are listed, not dro
 follows pytest-benchmark's `--benchmark-compare-fail` (a later run's statistic more than 10%, or without %, more
 than that many seconds, above the first run's) with one definition of significance: a breach fails the gate when
 the change is "slower" or "inconclusive"; a breach that the verdict calls "no significant difference" is noise
-and is printed as a note.
+and is printed as a note. Any `--fail-if` (or `--fail-if status` alone) also fails the gate when a case that was
+ok in the first run is not ok, fails a check it passed, or (unless `--allow-missing`) is missing in a later run.
 """
 
 from __future__ import annotations
@@ -105,7 +106,41 @@ def compare(paths: list[Path], price_per_hour: float | None = None,
         "env_rows": env_rows,
         "rows": rows,
         "partial": [cid for cid in ids if any(cid not in m for m in by_id)],
+        "health": [{"case": cid, "runs": [_health(m.get(cid)) for m in by_id]} for cid in ids],
     }
+
+
+def _health(case: dict[str, Any] | None) -> dict[str, Any]:
+    """A case's status and the names of its failed checks in one run ("absent" when the run lacks it)."""
+    if case is None:
+        return {"status": "absent", "failed_checks": [], "checks": 0}
+    checks = case.get("checks") or []
+    return {"status": case.get("status"), "failed_checks": [c.get("name") for c in checks if not c.get("passed")],
+            "checks": len(checks), "error": (case.get("error") or "").splitlines()[0][:160] if case.get("error")
+            else None}
+
+
+def health_failures(result: dict[str, Any], allow_missing: bool = False) -> list[str]:
+    """What makes a later run broken whatever its timings: a case ok in the first run that is not ok (or, unless
+    `allow_missing`, absent) in a later run, or a check that passed in the first run and fails in a later one."""
+    failures = []
+    for item in result["health"]:
+        first = item["runs"][0]
+        if first["status"] != "ok":
+            continue
+        for i, later in enumerate(item["runs"][1:], start=1):
+            where = f"{item['case']} run #{i} vs #0"
+            if later["status"] == "absent":
+                if not allow_missing:
+                    failures.append(f"{where}: the case is missing (ok in run #0; --allow-missing to accept)")
+            elif later["status"] != "ok":
+                failures.append(f"{where}: status {later['status']} (ok in run #0)"
+                                + (f": {later['error']}" if later.get("error") else ""))
+            else:
+                broke = [n for n in later["failed_checks"] if n not in first["failed_checks"]]
+                if broke:
+                    failures.append(f"{where}: invariant check now fails: {', '.join(broke)}")
+    return failures
 
 
 def _verdict_word(v: dict[str, Any] | None) -> str:
@@ -127,7 +162,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [head]
     for row in result["rows"]:
         cells = [row["case"], row["side"] or "-"]
-        cells += [fmt_time(e["median"]) if e["status"] == "ok" else e["status"] for e in row["entries"]]
+        health = next(h["runs"] for h in result["health"] if h["case"] == row["case"])
+        cells += [(fmt_time(e["median"]) + (" checks FAILED" if h["failed_checks"] else "")) if e["status"] == "ok"
+                  else e["status"] for e, h in zip(row["entries"], health)]
         for v in row["versus"][1:]:
             cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", _verdict_word(v)]
         lines.append(cells)
@@ -156,6 +193,8 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
     change is "no significant difference" by the shared rule: those go to `notes`."""
     checks = []
     for expr in fail_if:
+        if expr == "status":  # the health gate alone (health_failures), no timing threshold
+            continue
         try:
             checks.append((expr, parse_compare_fail(expr)))
         except argparse.ArgumentTypeError:
@@ -185,11 +224,16 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
 
 
 def main(paths: list[str | Path], out: str | Path | None = None, fail_if: list[str] | tuple[str, ...] = (),
-         price_per_hour: float | None = None, prices: dict[str, float] | None = None) -> int:
-    """Print the comparison table, write the HTML page to `out`, and return 1 if a --fail-if check is breached."""
+         price_per_hour: float | None = None, prices: dict[str, float] | None = None,
+         allow_missing: bool = False) -> int:
+    """Print the comparison table, write the HTML page to `out`, and return 1 if the gate fails: a --fail-if check
+    is breached, or (whenever --fail-if is given) a case or check that was ok in the first run is broken or
+    missing in a later one (`health_failures`)."""
     result = compare([Path(p) for p in paths], price_per_hour, prices)
     notes: list[str] = []
     failures = check_fail_if(result, fail_if, notes)
+    if fail_if:
+        failures = health_failures(result, allow_missing) + failures
     print(format_table(result), end="")
     if out is not None:
         write_atomic(Path(out), render_compare(result))

@@ -35,6 +35,7 @@ from harness.report import (
     verdict_text,
     write_atomic,
 )
+from harness.worker import finite
 
 FORMATS = ("pytest-benchmark", "csv", "markdown")
 
@@ -232,7 +233,7 @@ def main(path: str | Path, fmt: str, out: str | Path | None = None) -> int:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
     results = load_run(path)
     if fmt == "pytest-benchmark":
-        text = json.dumps(to_pytest_benchmark(results), indent=2) + "\n"
+        text = json.dumps(finite(to_pytest_benchmark(results))[0], indent=2, allow_nan=False) + "\n"
     elif fmt == "csv":
         text = to_csv(results)
     else:

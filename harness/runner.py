@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,28 +118,39 @@ def _launch(command: list[str], log_path: Path, timeout: float, result_path: Pat
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-        deadline, written = time.monotonic() + timeout, None
+        done, hung = threading.Event(), threading.Event()
+        watcher = threading.Thread(target=_watch_exit, args=(proc, result_path, done, hung), daemon=True)
+        watcher.start()
         try:
-            while True:
-                try:
-                    code = proc.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    now = time.monotonic()
-                    if written is None and result_path.exists():
-                        written = now
-                    if written is not None and now - written > EXIT_GRACE_S:
-                        _kill_group(proc)
-                        return "hung at exit"
-                    if now > deadline:
-                        _kill_group(proc)
-                        return "timeout"
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return "timeout"
         except KeyboardInterrupt:
             _kill_group(proc)
             raise
+        finally:
+            done.set()
+    if hung.is_set():
+        return "hung at exit"
     if code < 0:
         return f"signal {signal.Signals(-code).name}"
     return f"exit {code}"
+
+
+def _watch_exit(proc: subprocess.Popen, result_path: Path, done: threading.Event, hung: threading.Event) -> None:
+    """Kill the worker's process group if it is still running EXIT_GRACE_S after its result file appeared."""
+    written = None
+    while not done.wait(0.5):
+        if written is None and result_path.exists():
+            written = time.monotonic()
+        if written is not None and time.monotonic() - written > EXIT_GRACE_S:
+            hung.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

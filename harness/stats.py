@@ -30,6 +30,7 @@ OUTLIER_Z = 14.826  # |x - median| / MAD above this is an outlier (hyperfine's m
 BOOTSTRAP_RESAMPLES = 2000
 MIN_EFFECT = 0.05  # smallest speedup called "faster"/"slower"
 MIN_PAIRS = 5  # fewer pairs give no verdict: a bootstrap of so few ratios cannot show their spread
+# (harness.timing.MIN_VERDICT_PAIRS is the same number: the time budget never stops a case before it)
 CPU_MEMORY_RESOLUTION = 8 * 2**20  # bytes: CPU RSS peaks move by ~1-2 MiB from runtime allocations alone
 VERDICTS = ("faster", "slower", "no significant difference", "inconclusive")
 
@@ -62,10 +63,13 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples, dtype=float), 100 * q))
 
 
-def warnings_for(name: str, samples: list[float]) -> list[str]:
-    """Noise and warm-up warnings for one side's samples in time order (S1, S2). Only the very first sample is
-    judged for warm-up: later blocks start right after the other side ran, so a slow block start is a
-    side-switch effect (cold caches) that a longer warm-up would not remove."""
+def warnings_for(name: str, samples: list[float], blocks: list[int] | None = None) -> list[str]:
+    """Noise and warm-up warnings for one side's samples in time order (S1, S2).
+
+    With `blocks` (samples per block) the first sample of every block follows the other side's block, so a slow
+    block start is a side-switch cost (caches evicted), which a longer warm-up would not remove: it is named as
+    such when block starts are 10% slower than the rest. "Warm-up was too short" is said only when the very first
+    block's start is an outlier among the block starts. Without blocks, the first sample against the rest."""
     warnings = []
     median = statistics.median(samples)
     iqr = percentile(samples, 0.75) - percentile(samples, 0.25)
@@ -74,8 +78,21 @@ def warnings_for(name: str, samples: list[float]) -> list[str]:
         warnings.append(f"{name}: significant environmental influence: IQR/median = {ratio:.2f} >= {VERY_NOISY_IQR}")
     elif ratio >= NOISY_IQR:
         warnings.append(f"{name}: noisy: IQR/median = {ratio:.2f} >= {NOISY_IQR}")
-    if outlier_flags(samples)[:1] == [True]:
-        warnings.append(f"{name}: the first sample is an outlier: warm-up was too short")
+    cut = split_blocks({"data": samples, "blocks": blocks}) if blocks else []
+    if len(cut) < 3:
+        if outlier_flags(samples)[:1] == [True] and samples[0] > median:
+            warnings.append(f"{name}: the first sample is an outlier: warm-up was too short")
+        return warnings
+    starts = [b[0] for b in cut]
+    if outlier_flags(starts)[:1] == [True] and starts[0] > statistics.median(starts):
+        warnings.append(f"{name}: the first timed sample is an outlier among the block starts: warm-up was too "
+                        "short (raise warmup_min_s)")
+    rest = [x for b in cut for x in b[1:]]
+    if len(rest) >= 3 and statistics.median(starts) > 1.1 * statistics.median(rest):
+        slower = statistics.median(starts) / statistics.median(rest) - 1
+        warnings.append(f"{name}: the first sample of each block is {slower:.0%} slower than the rest: a side-switch "
+                        "cost (the other side's block evicted caches), not a warm-up problem; both sides pay it, "
+                        "and a larger block_s dilutes it")
     return warnings
 
 

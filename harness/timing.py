@@ -15,6 +15,7 @@ from typing import Any
 from pytest_benchmark.timers import compute_timer_precision
 
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
+MIN_VERDICT_PAIRS = 5  # harness.stats.MIN_PAIRS: fewer pairs give no verdict
 
 
 @dataclass
@@ -193,9 +194,9 @@ def paired_blocks(run_block: Callable[[str, int], list[float]], block_samples: d
     run_block(side, n): time n samples of `side` and return them (seconds per call). In each pair every side
     runs one block, in an order drawn from a seeded generator (the same on every rank). After each pair,
     `on_pair(i)` runs outside any timed block. Stop when the budget is spent (`max_time_s` or `max_samples` on a
-    side), or when `min_pairs`, `min_samples` and `min_time_s` are met and, with `until_conclusive`,
-    `decided(blocks)` is true at a check point (pairs = min_pairs x 1.5^k, so the interval is not re-tested after
-    every pair). `agree(stop)` makes every rank take rank 0's decision."""
+    side, never before the 5 pairs a verdict needs), or when `min_pairs`, `min_samples` and `min_time_s` are met
+    and, with `until_conclusive`, `decided(blocks)` is true at a check point (pairs = min_pairs x 1.5^k, so the
+    interval is not re-tested after every pair). `agree(stop)` makes every rank take rank 0's decision."""
     rng = random.Random(seed)
     names = list(block_samples)
     blocks: dict[str, list[list[float]]] = {name: [] for name in names}
@@ -221,8 +222,10 @@ def _stop_reason(blocks, iterations, settings: MeasureSettings, pairs: int, next
     times = {n: sum(s for b in bs for s in b) * iterations[n] for n, bs in blocks.items()}
     if not any(counts.values()):  # a rank that times no side: rank 0 decides
         return None
-    if pairs >= 2 and (max(times.values()) >= settings.max_time_s
-                       or max(counts.values()) >= max(settings.max_samples, settings.min_samples)):
+    # the budget never stops a case before it has the pairs a verdict needs (min_pairs when it is smaller)
+    if pairs >= min(MIN_VERDICT_PAIRS, settings.min_pairs) and (
+            max(times.values()) >= settings.max_time_s
+            or max(counts.values()) >= max(settings.max_samples, settings.min_samples)):
         return "budget"
     minimums = (pairs >= settings.min_pairs and min(counts.values()) >= settings.min_samples
                 and min(times.values()) >= settings.min_time_s)

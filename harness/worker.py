@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import statistics
 import sys
@@ -62,12 +63,31 @@ def is_oom(exc: BaseException) -> bool:
             or "out of memory" in text or "can't allocate memory" in text)
 
 
+def finite(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`data` with every non-finite float (NaN, +-inf) replaced by None, and the paths of those replaced: strict
+    JSON parsers (a browser's JSON.parse, node) reject the bare NaN that Python's json writes by default."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where or "value"]
+    if isinstance(data, dict):
+        pairs = [(k, finite(v, f"{where}.{k}" if where else str(k))) for k, v in data.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(data, (list, tuple)):
+        items = [finite(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return data, []
+
+
 def write_json(path: str, data: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then rename."""
+    """Write standard JSON atomically (a temporary file in the same folder, then rename); non-finite numbers are
+    written as null (`finite`), and a dict with a "warnings" list gets a warning naming them."""
+    data, bad = finite(data)
+    if bad and isinstance(data, dict) and isinstance(data.get("warnings"), list):
+        data["warnings"].append(f"not finite, written as null: {', '.join(bad[:8])}"
+                                + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
+        json.dump(data, f, indent=1, default=str, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -288,7 +308,8 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
     for side, run in runs.items():
         samples = [s for b in timing.blocks[side] for s in b]
         latency = stats.summarize(samples, warm[side].iterations, [len(b) for b in timing.blocks[side]])
-        warnings += stats.warnings_for(side if side == "baseline" else "optimized", samples)
+        warnings += stats.warnings_for(side if side == "baseline" else "optimized", samples,
+                                       [len(b) for b in timing.blocks[side]])
         median = latency["median"]
         mem = side_memory(run, peaks[side])
         energy = None

@@ -165,3 +165,55 @@ def test_real_run_against_itself_compares_throughput_in_its_own_unit(tmp_path):
     assert v["throughput_ratio"] == pytest.approx(0.5) and v["time_ratio"] == pytest.approx(2.0)
     assert v["verdict"] == "slower"
     assert cmp.check_fail_if(result, ["median:10%"])  # the gate catches the doubled time
+
+
+def _edited(tmp_path: Path, name: str, edit) -> Path:
+    """The CPU fixture with `edit(cases_by_id)` applied, written to tmp_path/name."""
+    r = json.loads(CPU.read_text())
+    edit({c["id"]: c for c in r["cases"]}, r)
+    path = tmp_path / name
+    path.write_text(json.dumps(r))
+    return path
+
+
+def test_the_gate_fails_a_broken_candidate_whatever_its_timings(tmp_path, capsys):
+    """Issue 11 (1): oom, a failed check or a missing case fails --fail-if with a line naming the case and why."""
+    case_id = "train-nano/activation_checkpointing"
+
+    def oom(cases, r):
+        cases[case_id].update(status="oom", error="OutOfMemoryError: CUDA out of memory")
+        for key in ("baseline", "metrics", "comparison"):
+            cases[case_id].pop(key)
+
+    def broken_check(cases, r):
+        cases[case_id]["checks"][0]["passed"] = False
+
+    def missing(cases, r):
+        r["cases"] = [c for c in r["cases"] if c["id"] != case_id]
+
+    for name, edit, why in (("oom.json", oom, "status oom (ok in run #0): OutOfMemoryError"),
+                            ("check.json", broken_check, "invariant check now fails: "),
+                            ("missing.json", missing, "the case is missing")):
+        cand = _edited(tmp_path, name, edit)
+        assert cmp.main([CPU, cand], fail_if=["median:10%"]) == 1, name
+        out = capsys.readouterr().out
+        assert f"FAIL: {case_id} run #1 vs #0: {why}" in out, out
+        assert cmp.main([CPU, cand], fail_if=["status"]) == 1  # the health gate alone
+        capsys.readouterr()
+    cand = _edited(tmp_path, "missing2.json", missing)
+    assert cmp.main([CPU, cand], fail_if=["median:10%"], allow_missing=True) == 0
+    assert cmp.main([CPU, _edited(tmp_path, "check2.json", broken_check)]) == 0  # no gate asked for
+    table = capsys.readouterr().out
+    assert "checks FAILED" in table
+    html = cmp.render_compare(cmp.compare([CPU, _edited(tmp_path, "check3.json", broken_check)]))
+    assert "Status and invariant checks per run" in html and "(failed: " in html
+
+
+def test_a_case_already_broken_in_the_first_run_is_not_a_new_failure(tmp_path):
+    case_id = "train-nano/activation_checkpointing"
+
+    def broken_check(cases, r):
+        cases[case_id]["checks"][0]["passed"] = False
+
+    base = _edited(tmp_path, "base.json", broken_check)
+    assert cmp.main([base, _edited(tmp_path, "cand.json", broken_check)], fail_if=["status"]) == 0

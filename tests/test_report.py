@@ -165,7 +165,7 @@ def test_definitions_state_the_paired_design(cpu_html):
 
 def test_old_results_render_with_per_round_figures():
     """A reference run from before the paired design: rounds, per_round ratios, three verdicts, no foreign load."""
-    old = json.loads((REPORTS / "reference" / "cpu-2core-quick" / "results.json").read_text())
+    old = json.loads((REPORTS / "reference" / "xeon-2core-quick" / "results.json").read_text())
     assert all("per_round" in c["comparison"] and "equivalence" not in c["comparison"] for c in old["cases"])
     html = render_report(old)
     forest = svg_of(html, 'id="forest"')

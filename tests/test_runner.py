@@ -128,3 +128,19 @@ def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_k
     assert time.monotonic() - start < 40  # not the 60 s case timeout
     assert record["status"] == "ok" and record["checks"][0]["passed"]
     assert any("had not exited" in w for w in record["warnings"])
+
+
+def test_results_files_are_strict_json_and_say_which_value_was_not_finite(tmp_path):
+    """Issue 11 (4): a diverging run's NaN is written as null with a warning, never as a bare NaN."""
+    from harness.worker import write_json
+
+    path = tmp_path / "result.json"
+    write_json(str(path), {"status": "ok", "warnings": [], "metrics": {"extra": {"loss": float("nan")},
+                                                                      "data": [1.0, float("inf")]}})
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    doc = json.loads(path.read_text(), parse_constant=refuse)
+    assert doc["metrics"]["extra"]["loss"] is None and doc["metrics"]["data"] == [1.0, None]
+    assert doc["warnings"] == ["not finite, written as null: metrics.extra.loss, metrics.data[1]"]

@@ -30,6 +30,18 @@ def test_first_sample_outlier_says_warmup_too_short():
     assert not any("warm-up" in w for w in stats.warnings_for("baseline", [1, 1.01, 0.99, 1, 1.02, 1, 0.98]))
 
 
+def test_a_slow_start_of_every_block_is_a_side_switch_not_a_short_warm_up():
+    """Issue 11 (6): the slow sample is the first after the other side ran, in every block; advise only what helps."""
+    switch = [1.3, 1.0, 1.0, 1.01] * 6  # every block starts 30% slower
+    warnings = stats.warnings_for("baseline", switch, [4] * 6)
+    assert any("side-switch cost" in w and "30% slower" in w for w in warnings)
+    assert not any("warm-up was too short" in w for w in warnings)
+    cold = [3.0, 1.0, 1.0, 1.0] + [1.01, 1.0, 0.99, 1.0] * 5  # only the very first block starts slow
+    warnings = stats.warnings_for("baseline", cold, [4] * 6)
+    assert any("warm-up was too short" in w for w in warnings) and not any("side-switch" in w for w in warnings)
+    assert stats.warnings_for("baseline", [1.0, 1.01, 0.99, 1.0] * 6, [4] * 6) == []
+
+
 def test_noise_warnings_follow_iqr_thresholds():
     quiet = [1.0, 1.01, 0.99, 1.0, 1.02]
     noisy = [1.0, 1.15, 0.9, 1.05, 0.95, 1.1, 1.0]
