@@ -174,9 +174,9 @@ def to_csv(results: dict[str, Any]) -> str:
             row.update(verdict=cmp.get("verdict"), speedup=cmp.get("speedup"), ci95_low=ci[0], ci95_high=ci[1],
                        memory_ratio=cmp.get("memory_ratio"))
             units = throughput_units(c)
-            if units and measured(c):
-                row.update(throughput_unit=units[0], baseline_throughput=c["baseline"]["throughput"].get(units[0]),
-                           optimized_throughput=c["metrics"]["throughput"].get(units[0]))
+            if units:
+                row.update(throughput_unit=units[0], optimized_throughput=c["metrics"]["throughput"].get(units[0]),
+                           baseline_throughput=(c.get("baseline") or {}).get("throughput", {}).get(units[0]))
             for side, key in SIDES:
                 if not isinstance(c.get(key), dict):
                     continue

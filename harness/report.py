@@ -323,7 +323,13 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
         status = "ok (no measurements recorded)"
     elif ok and passed < len(checks):
         status = "ok, invariant FAILED"
+    alone_peak = None
+    if timed_alone(case):
+        mem = case["metrics"].get("memory") or {}
+        unresolved = mem.get("source") == "cpu_vmhwm" and (mem.get("peak_bytes") or 0) < stats.CPU_MEMORY_RESOLUTION
+        alone_peak = "n/a (under measurement resolution)" if unresolved else fmt_bytes(mem.get("peak_bytes"))
     view = {"case": case, "anchor": f"case-{index}", "ok": ok, "status": status, "alone": timed_alone(case),
+            "alone_peak": alone_peak,
             "clean": ok and passed == len(checks),
             "checks_passed": passed, "checks_total": len(checks), "units": throughput_units(case) if ok else [],
             "saved": memory_saved(case) if ok else None,

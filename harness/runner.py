@@ -221,9 +221,9 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
             t0 = time.perf_counter()
             records = []
             for k in range(repeat):
-                if repeat > 1:
-                    progress(f"    process {k + 1}/{repeat}: " + (one_line(records[-1]) if records else "started"))
                 records.append(run_case(case, suite, env, threads, workdir, plugins_dirs, inline))
+                if repeat > 1:
+                    progress(f"    process {k + 1}/{repeat}: {one_line(records[-1])}")
                 if records[-1]["status"] != "ok":
                     break
             record = combine_repeats(records, suite.measure.min_effect) if repeat > 1 else records[0]
@@ -300,10 +300,14 @@ def one_line(record: dict[str, Any]) -> str:
     c = record["comparison"]
     checks = record.get("checks", [])
     passed = sum(ch["passed"] for ch in checks)
-    word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")
-    figure = f"speedup {fmt_speedup(c)}" + (f" over {c['pairs']} pairs" if c.get("pairs") else "")
     load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
     load_text = f", foreign CPU {load:.0%}" if load is not None else ""
+    if record.get("alone"):
+        lat = record["metrics"]["latency"]
+        return (f"timed alone: median {lat['median'] * 1e3:.3g} ms, p90 {lat['p90'] * 1e3:.3g} ms over "
+                f"{lat['rounds']} samples{load_text}")
+    word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")
+    figure = f"speedup {fmt_speedup(c)}" + (f" over {c['pairs']} pairs" if c.get("pairs") else "")
     return f"{word}: {figure}{load_text}, checks {passed}/{len(checks)} passed"
 
 

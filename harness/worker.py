@@ -339,8 +339,9 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
     if not cuda and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
         comparison["memory_ratio"] = None
-        warnings.append("memory: both sides' peaks are under 8 MiB, below what RSS measurement resolves; "
-                        "no memory ratio")
+        warnings.append(("memory: both sides' peaks are" if "baseline" in runs else "memory: the peak is")
+                        + " under 8 MiB, below what RSS measurement resolves" + ("; no memory ratio"
+                                                                                   if "baseline" in runs else ""))
     out["comparison"] = comparison
     capped = [s for s in clocks_log if s and s.get("capped")]
     if capped:

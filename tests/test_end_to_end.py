@@ -66,6 +66,7 @@ def test_suite_runs_end_to_end(tmp_path):
     assert "e2e &lt;b&gt;escaped&lt;/b&gt;" in html and "<b>escaped</b>" not in html
     assert "train/ddp" in html and "kv_cache" in html
     assert "ok (timed alone)" in html and 'id="alone"' in html
+    assert "timed alone: median " in proc.stderr
     markdown = harness_cli("export", out / "results.json", "--format", "markdown")
     assert markdown.returncode == 0 and "| gen/kv_cache(kind=static) alone | timed alone | median " in markdown.stdout
     assert "train/activation_checkpointing" in proc.stdout  # the summary table
