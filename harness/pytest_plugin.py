@@ -14,7 +14,6 @@ Enabled by the `pytest11` entry point, or `-p harness.pytest_plugin`.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -98,13 +97,13 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
 def _paired(runs: dict[str, Any], device: Any, measure: Any) -> dict[str, Any]:
     """Both sides warmed up and timed in paired blocks, compared by harness.stats (as a `harness run` case)."""
     from harness import stats
-    from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_up
+    from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
 
     clock = Clock(device)
     settings = (measure or MeasureSettings()).resolved(clock.cuda)
     steps = {"baseline": runs["baseline"].timed_step, "metrics": runs["optimized"].timed_step}
     warm = {side: warm_up(fn, clock, settings) for side, fn in steps.items()}
-    sizes = {s: block_size(statistics.median(w.samples[-5:]) * w.iterations, settings) for s, w in warm.items()}
+    sizes = {s: block_size(warm_sample_s(w), settings) for s, w in warm.items()}
     iterations = {s: w.iterations for s, w in warm.items()}
     timing = paired_blocks(lambda s, n: [clock.time(steps[s], iterations[s]) for _ in range(n)], sizes, iterations,
                            settings)

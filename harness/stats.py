@@ -29,8 +29,7 @@ VERY_NOISY_IQR = 0.25
 OUTLIER_Z = 14.826  # |x - median| / MAD above this is an outlier (hyperfine's modified z-score)
 BOOTSTRAP_RESAMPLES = 2000
 MIN_EFFECT = 0.05  # smallest speedup called "faster"/"slower"
-MIN_PAIRS = 5  # fewer pairs give no verdict: a bootstrap of so few ratios cannot show their spread
-# (harness.timing.MIN_VERDICT_PAIRS is the same number: the time budget never stops a case before it)
+MIN_PAIRS = 5  # fewer pairs give no verdict (and harness.timing's budget never stops a case before them)
 CPU_MEMORY_RESOLUTION = 8 * 2**20  # bytes: CPU RSS peaks move by ~1-2 MiB from runtime allocations alone
 VERDICTS = ("faster", "slower", "no significant difference", "inconclusive")
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from pytest_benchmark.timers import compute_timer_precision
 
+from harness.stats import MIN_PAIRS
+
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
-MIN_VERDICT_PAIRS = 5  # harness.stats.MIN_PAIRS: fewer pairs give no verdict
 
 
 @dataclass
@@ -169,10 +170,15 @@ def _quiet(samples: list[float]) -> bool:
 
 
 def block_size(sample_s: float, settings: MeasureSettings) -> int:
-    """Samples per block so that a block lasts about `block_s`; at least 1, at most what keeps `min_pairs` pairs
-    within `max_samples`."""
+    """Samples per block so that a block lasts about `block_s`, for samples of `sample_s` seconds (see
+    `warm_sample_s`); at least 1, at most what keeps `min_pairs` pairs within `max_samples`."""
     cap = max(1, settings.max_samples // (2 * settings.min_pairs))
     return max(1, min(cap, round(settings.block_s / max(sample_s, 1e-12))))
+
+
+def warm_sample_s(warm: WarmupResult) -> float:
+    """Seconds one sample (a block of `warm.iterations` calls) takes, from the end of the warm-up."""
+    return statistics.median(warm.samples[-5:]) * warm.iterations
 
 
 @dataclass
@@ -223,7 +229,7 @@ def _stop_reason(blocks, iterations, settings: MeasureSettings, pairs: int, next
     if not any(counts.values()):  # a rank that times no side: rank 0 decides
         return None
     # the budget never stops a case before it has the pairs a verdict needs (min_pairs when it is smaller)
-    if pairs >= min(MIN_VERDICT_PAIRS, settings.min_pairs) and (
+    if pairs >= min(MIN_PAIRS, settings.min_pairs) and (
             max(times.values()) >= settings.max_time_s
             or max(counts.values()) >= max(settings.max_samples, settings.min_samples)):
         return "budget"

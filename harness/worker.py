@@ -22,7 +22,7 @@ from typing import Any
 from harness import load, memory, stats
 from harness.optimization import build_params
 from harness.plugins import load_registry
-from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_up
+from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
 from harness.workload import RunContext
 
 
@@ -220,8 +220,7 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
     meter = load.LoadMeter(runner_pid) if dist.rank == 0 else None
     snapshots = [meter.snapshot()] if meter else []
     clocks_log = [gpu_state(device, cuda)] if dist.rank == 0 else []
-    block_samples = {side: block_size(statistics.median(warm[side].samples[-5:]) * warm[side].iterations, settings)
-                     if side in warm else 1 for side in runs}
+    block_samples = {side: block_size(warm_sample_s(warm[side]), settings) if side in warm else 1 for side in runs}
     iterations = {side: warm[side].iterations if side in warm else 1 for side in runs}
 
     def run_block(side: str, n: int) -> list[float]:
