@@ -21,7 +21,9 @@ from pytest_benchmark.stats import Stats
 from harness.cost import device_name
 from harness.errors import InputError
 from harness.report import (
+    HEADLINE,
     SIDES,
+    fmt_headline,
     fmt_num,
     fmt_saved,
     fmt_time,
@@ -155,11 +157,15 @@ def load_run(path: str | Path) -> dict[str, Any]:
 CSV_FIELDS = ("id", "kind", "status", "verdict", "speedup", "ci95_low", "ci95_high", "baseline_median_s",
               "optimized_median_s", "throughput_unit", "baseline_throughput", "optimized_throughput",
               "baseline_tokens_per_s", "optimized_tokens_per_s", "baseline_peak_bytes",
-              "optimized_peak_bytes", "memory_ratio", "checks_passed", "checks_total", "warnings", "error")
+              "optimized_peak_bytes", "memory_ratio",
+              *(f"{side}_{key}" for key, _ in HEADLINE for side in ("baseline", "optimized")),
+              "checks_passed", "checks_total", "warnings", "error")
 
 
 def to_csv(results: dict[str, Any]) -> str:
-    """One row per case, failed ones included with empty measurements."""
+    """One row per case, failed ones included with empty measurements; the headline figures (TTFT, TPOT,
+    serving percentiles, goodput, MFU, MBU; `harness.report.HEADLINE`) in seconds or fractions, empty where the
+    case has none."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -183,6 +189,8 @@ def to_csv(results: dict[str, Any]) -> str:
                 row[f"{side}_median_s"] = c[key]["latency"]["median"]
                 row[f"{side}_tokens_per_s"] = (c[key].get("throughput") or {}).get("tokens_per_s")
                 row[f"{side}_peak_bytes"] = (c[key].get("memory") or {}).get("peak_bytes")
+                extra = c[key].get("extra") or {}
+                row.update({f"{side}_{k}": extra.get(k) for k, _ in HEADLINE if extra.get(k) is not None})
         w.writerow(row)
     return buf.getvalue()
 
@@ -198,14 +206,14 @@ def to_markdown(results: dict[str, Any]) -> str:
              f"run `{_md(results.get('run_id'))}`, torch {_md(env.get('torch'))}, commit "
              f"`{_md((env.get('git') or {}).get('commit'))}`. Speedup = baseline time / optimized time (>1 = faster), "
              "95% bootstrap interval.", "",
-             "| case | verdict | speedup [95% CI] | throughput baseline → optimized | memory | checks |",
-             "|---|---|---|---|---|---|"]
+             "| case | verdict | speedup [95% CI] | throughput baseline → optimized | latency, MFU | memory | checks |",
+             "|---|---|---|---|---|---|---|"]
     failed = []
     for c in results["cases"]:
         if timed_alone(c):
             rates = "<br>".join(f"{fmt_num(x)} {unit_label(u)}" for u, x in c["metrics"]["throughput"].items())
             lines.append(f"| {_md(c['id'])} | timed alone | median {fmt_time(c['metrics']['latency']['median'])} | "
-                         f"{rates or 'n/a'} | n/a | — |")
+                         f"{rates or 'n/a'} | {_md(fmt_headline(c, '<br>')) or '—'} | n/a | — |")
             continue
         if not measured(c) or not isinstance(c.get("comparison"), dict) or c["comparison"].get("speedup") is None:
             failed.append(c)
@@ -217,7 +225,8 @@ def to_markdown(results: dict[str, Any]) -> str:
                             for u in throughput_units(c)) or "n/a"
         passed = sum(1 for x in checks if x.get("passed"))
         lines.append(f"| {_md(c['id'])} | {verdict_text(cmp)} | {cmp['speedup']:.2f}×{ci} | {rates} | "
-                     f"{fmt_saved(memory_saved(c))} | {passed}/{len(checks)}{'' if passed == len(checks) else ' ❌'} |")
+                     f"{_md(fmt_headline(c, '<br>')) or '—'} | {fmt_saved(memory_saved(c))} | "
+                     f"{passed}/{len(checks)}{'' if passed == len(checks) else ' ❌'} |")
     if failed:
         lines += ["", "Not measured:", ""]
         lines += [f"- {_md(c['id'])}: **{_md(c.get('status'))}** {_md(c.get('error') or '')}" for c in failed]

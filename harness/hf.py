@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import InputError
+from harness.memory import tensor_bytes
+from harness.model import matmul_params
 
 INSTALL_HINT = "pip install 'harness[hf]'"
 
@@ -73,7 +75,7 @@ class HFCache:
                                                                   getattr(layer, "values", None))]
         else:
             tensors = list(getattr(self.inner, "key_cache", [])) + list(getattr(self.inner, "value_cache", []))
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        return tensor_bytes(t for t in tensors if isinstance(t, torch.Tensor))
 
 
 class HFCausalLM(nn.Module):
@@ -132,11 +134,9 @@ class HFCausalLM(nn.Module):
         raise InputError(f"unknown cache kind '{kind}'; use 'dynamic' or 'static'")
 
     def num_params(self, matmul_only: bool = False) -> int:
-        """All parameters, or (matmul_only) without the input embedding lookup."""
-        n = sum(p.numel() for p in self.parameters())
-        if matmul_only:
-            n -= self.hf.get_input_embeddings().weight.numel()
-        return n
+        """All parameters, or (matmul_only) those outside embedding lookups: an output head tied to the input
+        embedding is a matmul and counts, once (`harness.model.matmul_params`)."""
+        return matmul_params(self) if matmul_only else sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> int:
         """6N + 12 L H Q T, as `GPT.flops_per_token` (H = query heads)."""

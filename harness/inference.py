@@ -13,7 +13,10 @@ Metric definitions (stated once; the report shows them):
     e2e when the batch runs together, e2e / batch when sequences run one after another).
   weight bytes: parameters and buffers outside `nn.Embedding` modules (gpt-fast); quantized weights count their
     packed int8 bytes plus scales.
-  MBU (CUDA, peak bandwidth known) = (weight bytes + KV bytes read per decode step) / TPOT / peak bandwidth;
+  KV bytes moved per decode step (`kv_step_bytes`), per sequence decoded together: a static cache is read whole
+    (attention over all max_len positions, later ones masked); a dynamic cache is read and rewritten by
+    `torch.cat` (L positions read, L + 1 written) and then read by attention (L + 1), at the mean length L.
+  MBU (CUDA, peak bandwidth known) = (weight bytes + KV bytes moved per decode step) / TPOT / peak bandwidth;
     regime: launch-bound below 10 %, bandwidth-bound at 50 % or more, mixed in between (rule U3, docs/measurement.md).
 """
 
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from harness.hookspecs import hookimpl
+from harness.memory import tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs, StaticCache, kv_cache_bytes
 from harness.optimization import Check, ParamError
 from harness.workload import Run, RunContext, Workload
@@ -149,28 +153,32 @@ def static_cache(model: nn.Module, batch: int, max_len: int, dtype: torch.dtype,
     return model.new_cache("static", batch, max_len)
 
 
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and buffers outside nn.Embedding; packed quantized weights count too (gpt-fast)."""
+def weights_of(module: nn.Module) -> list[torch.Tensor]:
+    """A module's own weights: its parameters and persistent buffers (what its state_dict holds; a quantized
+    Linear keeps int8 weights and scales as buffers). Non-persistent buffers (causal masks, rotary tables) are
+    not weights."""
+    skip = getattr(module, "_non_persistent_buffers_set", set())
+    return list(module.parameters(recurse=False)) + [b for name, b in module.named_buffers(recurse=False)
+                                                     if name not in skip]
+
+
+def weight_bytes(model: nn.Module, seen: set | None = None) -> int:
+    """Bytes of the weights a decode step reads: `weights_of` every module outside nn.Embedding lookups, each
+    tensor once (a tied output head counts here, once); torch.ao's packed dynamic-quantized weights count
+    their int8 bytes plus scales (gpt-fast's convention). `seen`: see harness.memory.tensor_bytes."""
+    seen = set() if seen is None else seen
     total = 0
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             continue
-        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        tensors = weights_of(module)
         if callable(getattr(module, "weight", None)):  # torch.ao dynamic-quantized Linear: packed params
             w = module.weight()
             total += w.numel() * w.element_size() + _qparams_bytes(w)
             bias = module.bias() if callable(getattr(module, "bias", None)) else None
             tensors += [bias] if bias is not None else []
-        total += sum(_tensor_bytes(t) for t in tensors)
+        total += tensor_bytes(tensors, seen)
     return total
-
-
-def _tensor_bytes(t: torch.Tensor) -> int:
-    """Storage bytes; a tensor subclass (torchao's quantized weights) counts its inner packed tensors, since it
-    reports the original float dtype and shape."""
-    if hasattr(t, "__tensor_flatten__"):
-        return sum(_tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
-    return t.numel() * t.element_size()
 
 
 def _qparams_bytes(w: torch.Tensor) -> int:
@@ -179,9 +187,16 @@ def _qparams_bytes(w: torch.Tensor) -> int:
     return 16
 
 
-def embedding_bytes(model: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for m in model.modules() if isinstance(m, nn.Embedding)
-               for p in m.parameters(recurse=False))
+def embedding_bytes(model: nn.Module, seen: set | None = None) -> int:
+    """Bytes of the nn.Embedding lookups' weights not already in `seen` (a tied head was counted as a weight)."""
+    return tensor_bytes((p for m in model.modules() if isinstance(m, nn.Embedding)
+                         for p in m.parameters(recurse=False)), seen)
+
+
+def buffer_bytes(model: nn.Module, seen: set | None = None) -> int:
+    """Bytes of non-persistent buffers (causal masks, rotary tables): memory, but not weights."""
+    return tensor_bytes((b for m in model.modules() for name, b in m.named_buffers(recurse=False)
+                         if name in getattr(m, "_non_persistent_buffers_set", set())), seen)
 
 
 def sync(device: torch.device) -> None:
@@ -327,7 +342,12 @@ class GenerateRun(Run):
                 "seq": length, "batch": batch}
 
     def memory(self) -> dict[str, int]:
-        out = {"weights": weight_bytes(self.model) + embedding_bytes(self.model)}
+        """Weights (each tensor once, embeddings included), non-persistent buffers when any, the KV cache."""
+        seen: set = set()
+        out = {"weights": weight_bytes(self.model, seen) + embedding_bytes(self.model, seen)}
+        buffers = buffer_bytes(self.model, seen)
+        if buffers:
+            out["buffers"] = buffers
         kv = self.kv_bytes()
         if kv:
             out["kv_cache"] = kv["measured"]
@@ -348,10 +368,11 @@ class GenerateRun(Run):
         if kv:
             out.update(kv_bytes_measured=kv["measured"], kv_bytes_formula=kv["formula"])
         if out["tpot_s"] and out["tpot_s"] > 0:
-            # bytes read per decode step: all weights, plus on average half of the final cache (dynamic or static)
-            kv_read = kv_cache_bytes(self.model.args, B, self.spec.prompt_len + n // 2,
+            rows = 1 if self.layout == "sequential" else B  # sequences in one decode step
+            kv_moved = kv_step_bytes(self.model.args, rows, self.cache_kind, self.prompts.size(1), n,
                                      self.dtype.itemsize) if kv else 0
-            out["achieved_bandwidth_bytes_s"] = (wb + kv_read) / out["tpot_s"]
+            out["kv_bytes_per_decode_step"] = kv_moved
+            out["achieved_bandwidth_bytes_s"] = (wb + kv_moved) / out["tpot_s"]
             peak = (self.ctx.env or {}).get("peak") or {}
             bw = peak.get("bandwidth_bytes_s") if self.device.type == "cuda" else None
             out["mbu"] = out["achieved_bandwidth_bytes_s"] / bw if bw else None
@@ -443,6 +464,22 @@ def compare_tokens(name: str, expected: torch.Tensor, got: torch.Tensor, ties: t
 def tokens_check(name: str, baseline: dict[str, Any], optimized: dict[str, Any]) -> Check:
     """`compare_tokens` of two sides' outputs, allowing divergence at the baseline's near-ties."""
     return compare_tokens(name, baseline["tokens"], optimized["tokens"], baseline.get("ties"))
+
+
+def kv_step_bytes(args: ModelArgs, batch: int, cache_kind: str, prompt_len: int, new_tokens: int,
+                  element_bytes: int) -> float:
+    """Bytes of KV cache one decode step moves, averaged over the new_tokens - 1 decode steps (U3).
+
+    static: attention reads all max_len = prompt_len + new_tokens positions every step (masked, not skipped).
+    dynamic: at cache length L, torch.cat reads L positions and writes L + 1, attention reads the L + 1:
+    3 L + 2 positions, at the mean L = prompt_len + (new_tokens - 2) / 2. none: no cache, 0."""
+    if cache_kind == "static":
+        positions = prompt_len + new_tokens
+    elif cache_kind == "dynamic":
+        positions = 3 * (prompt_len + (new_tokens - 2) / 2) + 2
+    else:
+        return 0.0
+    return float(kv_cache_bytes(args, batch, 1, element_bytes) * positions)
 
 
 def regime(mbu: float | None) -> str | None:

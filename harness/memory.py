@@ -10,6 +10,31 @@ from typing import Any
 _LIBC = None
 
 
+def tensor_bytes(tensors, seen: set | None = None) -> int:
+    """Bytes of `tensors`, each piece of memory counted once: a tensor that shares its storage and place with one
+    already counted (a tied input embedding and output head, a parameter listed by two modules) adds nothing.
+    A DTensor counts its local shard; a wrapper subclass (torchao's quantized weights, which report the float
+    dtype and shape) counts its inner packed tensors. `seen` carries what was counted across calls. None skipped.
+    """
+    seen = set() if seen is None else seen
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if hasattr(t, "__tensor_flatten__"):
+            total += tensor_bytes((getattr(t, name) for name in t.__tensor_flatten__()[0]), seen)
+            continue
+        if t.is_quantized:  # torch.ao quantized tensors have no plain storage pointer
+            total += t.numel() * t.element_size()
+            continue
+        key = (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if t.numel() and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
 def _trim_heap() -> None:
     """Give freed heap pages back to the OS, so a step's RSS growth shows in VmHWM (glibc only)."""
     global _LIBC

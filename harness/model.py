@@ -195,15 +195,19 @@ class GPT(nn.Module):
 
     def num_params(self, matmul_only: bool = False) -> int:
         """All parameters, or (matmul_only) those in matmuls: embedding lookups excluded (torchtitan's N)."""
-        n = sum(p.numel() for p in self.parameters())
-        if matmul_only:
-            n -= self.wte.weight.numel() + self.wpe.weight.numel()
-        return n
+        return matmul_params(self) if matmul_only else sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token, 6N + 12 L H Q T (PaLM appendix B; N = matmul parameters, T = seq_len)."""
         a = self.args
         return 6 * self.num_params(matmul_only=True) + 12 * a.n_layer * a.n_head * a.head_dim * seq_len
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters outside nn.Embedding lookups, each counted once (torchtitan's N for 6N): a head tied to the
+    input embedding is a Linear's weight, so it counts; positional and token lookups do not."""
+    unique = {id(p): p for m in model.modules() if not isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    return sum(p.numel() for p in unique.values())
 
 
 def kv_cache_bytes(args: ModelArgs, batch: int, seq_len: int, bytes_per_element: int) -> int:

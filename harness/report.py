@@ -91,6 +91,28 @@ def fmt_extra(key: str, x: Any) -> str:
     return fmt_num(x)
 
 
+HEADLINE = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"),
+            ("tpot_p50_s", "TPOT p50"), ("goodput_requests_per_s", "goodput req/s"), ("mfu", "MFU"), ("mbu", "MBU"))
+
+
+def headline(case: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """The derived figures a case leads with beside its throughput, as (key, label, baseline, optimized): TTFT and
+    TPOT for a generation, TTFT / TPOT percentiles and goodput for a served trace, MFU / MBU where known. The
+    report's summary, the CSV and the Markdown exports all show these."""
+    extras = {key: (case.get(key) or {}).get("extra") or {} for _, key in SIDES}
+    return [(key, label, extras["baseline"].get(key), extras["metrics"].get(key)) for key, label in HEADLINE
+            if any(isinstance(e.get(key), (int, float)) for e in extras.values())]
+
+
+def fmt_headline(case: dict[str, Any], sep: str = "; ") -> str:
+    """'TTFT 1.20 ms → 0.90 ms; TPOT ...' (one value for a case timed alone); '' when the case has none."""
+    parts = []
+    for key, label, base, opt in headline(case):
+        pair = fmt_extra(key, opt) if timed_alone(case) else f"{fmt_extra(key, base)} → {fmt_extra(key, opt)}"
+        parts.append(f"{label} {pair}")
+    return sep.join(parts)
+
+
 def verdict_text(comparison: dict[str, Any]) -> str:
     """'1.62× faster', '1.32× slower' (time ratio, so it reads naturally), 'no significant difference' or
     'inconclusive' (its reason, comparison["reason"], is shown beside it); any other verdict as recorded."""
@@ -329,7 +351,7 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
         unresolved = mem.get("source") == "cpu_vmhwm" and (mem.get("peak_bytes") or 0) < stats.CPU_MEMORY_RESOLUTION
         alone_peak = "n/a (under measurement resolution)" if unresolved else fmt_bytes(mem.get("peak_bytes"))
     view = {"case": case, "anchor": f"case-{index}", "ok": ok, "status": status, "alone": timed_alone(case),
-            "alone_peak": alone_peak,
+            "alone_peak": alone_peak, "headline": fmt_headline(case, "\n") if ok or timed_alone(case) else "",
             "clean": ok and passed == len(checks),
             "checks_passed": passed, "checks_total": len(checks), "units": throughput_units(case) if ok else [],
             "saved": memory_saved(case) if ok else None,

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from harness.hookspecs import hookimpl
+from harness.memory import tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import Check, ParamError
 from harness.workload import Run, RunContext, Workload
@@ -76,17 +77,6 @@ def load_train_model(name: str, device: torch.device) -> GPT:
 
         return load_reference(name.removeprefix("reference:"), device).train()
     return GPT(ModelArgs.from_name(name)).to(device)
-
-
-def tensor_bytes(tensors) -> int:
-    """Bytes of the local storage of tensors (a DTensor counts its local shard only)."""
-    total = 0
-    for t in tensors:
-        if t is None:
-            continue
-        t = t.to_local() if hasattr(t, "to_local") else t
-        total += t.numel() * t.element_size()
-    return total
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -346,15 +336,22 @@ class TrainRun(Run):
         return self.steps_done - taken
 
     def memory(self) -> dict[str, int]:
-        """Bytes on this rank of weights, gradients and optimizer states, counted from the tensors.
+        """Bytes on this rank of weights, gradients and optimizer states, counted from the tensors, each tensor
+        once (harness.memory.tensor_bytes: a tied embedding and head are one matrix); buffers (causal masks,
+        rotary tables), when the model has any, apart from the weights.
 
         Gradients exist only inside a step (zero_grad sets them to None), so they are the bytes counted after
         the first backward of `outputs()`; 0 if it has not run.
         """
         optimizer = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: local shard
         states = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-        return {"weights": tensor_bytes(self.raw_model.parameters()), "gradients": self.grad_bytes,
-                "optimizer_states": tensor_bytes(states)}
+        seen: set = set()
+        out = {"weights": tensor_bytes(self.raw_model.parameters(), seen), "gradients": self.grad_bytes,
+               "optimizer_states": tensor_bytes(states)}
+        buffers = tensor_bytes(self.raw_model.buffers(), seen)
+        if buffers:
+            out["buffers"] = buffers
+        return out
 
     def memory_estimate(self) -> dict[str, Any]:
         """Per-rank bytes at rest by the ZeRO formulas of EFFECTS.md, for fp32 AdamW (16 bytes/param).

@@ -195,8 +195,12 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             with_threads(run, dist, threads, rank_threads)
             warm[side] = warm_up(run.timed_step, clock_dist if run.distributed else clock_local, settings)
         dist.barrier()
+    for run in runs.values():
+        run.timed = True
     timing, load_record, clocks_log = time_pairs(runs, warm, settings, dist, threads, rank_threads, device, cuda,
                                                  clock_dist, clock_local, job.get("seed", 0), job.get("runner_pid"))
+    for run in runs.values():
+        run.timed = False
     blocks = timing.blocks
     extras = {}
     for side, run in runs.items():  # on every rank that runs the side: extra_metrics may use collectives

@@ -28,6 +28,10 @@ class Run:
       distributed: under torchrun, True if every rank runs `step()`; False if only rank 0 does (a
         single-process baseline), the other ranks waiting.
       info: free-form facts to report (dtype in use, policy chosen, cache kind, ...).
+      timed: True only while the worker (or the pytest plugin) runs the timed blocks. Per-call records that
+        feed `extra_metrics` (served requests, draft acceptance counts) are kept only then, so every metric
+        beside the latency statistics describes the timed calls, not the correctness pass, the memory probe
+        or the warm-up (docs/results.md).
     """
 
     def __init__(self, ctx: RunContext):
@@ -36,6 +40,7 @@ class Run:
         self.contexts: list[Any] = []
         self.distributed = False
         self.info: dict[str, Any] = {}
+        self.timed = False
 
     def step(self) -> None:
         """One timed unit of work (no synchronization: the timer does that)."""

@@ -4,13 +4,14 @@ plugin with `scheduler: static`: a batch is admitted only when every slot is fre
 request finishes. Both serve the same seeded trace (Poisson arrivals, varied prompt and output lengths) in real
 wall-clock time from the start of `step()`; an idle server waits for the next arrival.
 
-Per request: TTFT = first token time - arrival; TPOT = (finish - first token) / (output tokens - 1);
-e2e = finish - arrival. Goodput = requests per second that met both SLOs (TTFT and TPOT bounds).
+Per request: TTFT = first token time - arrival; TPOT = (finish - first token) / (output tokens - 1), none for a
+one-token request; e2e = finish - arrival. Goodput = requests per second that met both SLOs (TTFT and TPOT
+bounds; a one-token request has no TPOT to bound). Percentiles and means are over the requests of the timed
+serves only (`run.timed`), never the correctness pass, memory probe or warm-up; one with no sample is null.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, ParamError, hookimpl
+from harness import Check, Optimization, ParamError, hookimpl, stats
 from harness.inference import decode_one_token, generate_cached, held_out
 from harness.model import GPT
 
@@ -120,8 +121,9 @@ class TraceServer:
 
         def finish(i: int, state: dict[str, Any]) -> None:
             req, t = state["req"], time.perf_counter() - t0
-            self.records.append({"ttft": state["first"] - req.arrival, "e2e": t - req.arrival,
-                                 "tpot": (t - state["first"]) / (req.out_len - 1) if req.out_len > 1 else 0.0})
+            if self.run.timed:
+                self.records.append({"ttft": state["first"] - req.arrival, "e2e": t - req.arrival,
+                                     "tpot": (t - state["first"]) / (req.out_len - 1) if req.out_len > 1 else None})
             done.append((req.id, state["out"]))
             slots[i] = None
             tokens[i], pos[i] = 0, 0  # an idle slot decodes a dummy token at position 0, ignored
@@ -148,7 +150,7 @@ class TraceServer:
                     time.sleep(max(0.0, queue[0].arrival - (time.perf_counter() - t0)))
                 continue
             nxt = model(tokens, cache=self.cache, input_pos=pos)[:, -1].argmax(-1)  # [S]
-            self.decode_steps += 1
+            self.decode_steps += self.run.timed
             for i, state in enumerate(slots):
                 if state is None:
                     continue
@@ -165,7 +167,6 @@ class TraceServer:
         alone = {r.id: generate_cached(self.run.model, r.prompt.to(self.run.device)[None], r.out_len, greedy,
                                        self.run.model.new_cache("dynamic", 1, 0), decode_one_token)[0].tolist()
                  for r in self.trace}
-        self.records, self.decode_steps = [], 0  # metrics come from the timed serves only
         return {"served": served, "alone": alone, "trace_ids": [r.id for r in self.trace]}
 
     def metrics(self, median_s: float) -> dict[str, Any]:
@@ -175,11 +176,12 @@ class TraceServer:
         if not self.records:
             return out
         for key in ("ttft", "tpot", "e2e"):
-            values = sorted(r[key] for r in self.records)
+            values = [r[key] for r in self.records if r[key] is not None]
             for q in (50, 90, 99):
-                out[f"{key}_p{q}_s"] = values[min(len(values) - 1, int(q / 100 * len(values)))]
-            out[f"{key}_mean_s"] = statistics.fmean(values)
-        good = sum(r["ttft"] <= self.p.slo_ttft_s and r["tpot"] <= self.p.slo_tpot_s for r in self.records)
+                out[f"{key}_p{q}_s"] = stats.percentile(values, q / 100) if values else None
+            out[f"{key}_mean_s"] = sum(values) / len(values) if values else None
+        good = sum(r["ttft"] <= self.p.slo_ttft_s and (r["tpot"] is None or r["tpot"] <= self.p.slo_tpot_s)
+                   for r in self.records)
         serves = len(self.records) / len(self.trace)
         out.update(slo_attainment=good / len(self.records), goodput_requests_per_s=good / serves / median_s,
                    decode_steps_per_serve=self.decode_steps / serves,

@@ -115,21 +115,28 @@ class SpeculativeDecoding(Optimization):
         self.greedy = run.spec.sampling == "greedy"
 
         def generate(run: Any, prompts: torch.Tensor, n: int) -> torch.Tensor:
+            # one sequence: the run's "sequential" layout hands the rows of a batch over one at a time
+            if prompts.size(0) != 1:
+                raise ValueError("speculative_decoding decodes one sequence at a time: do not combine it with "
+                                 "batching mode: batched")
             stats = {"drafted": 0, "accepted": 0, "target_forwards": 0}
             max_len = prompts.size(1) + n + gamma + 1
             if max_len not in caches:
                 caches[max_len] = tuple(static_cache(m, 1, max_len, run.dtype, run.device) for m in (run.model, draft))
             gen = torch.Generator(device=run.device).manual_seed(run.ctx.seed)
-            clocks = [[] for _ in prompts] if run.token_times is not None else [None] * prompts.size(0)
-            rows = [speculative_generate(run.model, draft, p[None], n, gamma, run.spec, gen, stats, caches[max_len],
-                                         clock) for p, clock in zip(prompts, clocks)]
-            if run.token_times is not None:
-                run.token_times.extend(clocks)
-            if n == run.new_tokens:  # keep the statistics of full generates, not of the TTFT probes
-                self.stats = {**stats, "tokens": n * prompts.size(0)}
-            return torch.tensor(rows, device=prompts.device)
+            clock = [] if run.token_times is not None else None
+            row = speculative_generate(run.model, draft, prompts, n, gamma, run.spec, gen, stats, caches[max_len],
+                                       clock)
+            if clock is not None:
+                run.token_times.append(clock)
+            if run.timed:  # the statistics describe the timed generates only (Run.timed)
+                for key in stats:
+                    self.stats[key] += stats[key]
+                self.stats["tokens"] += n
+            return torch.tensor([row], device=prompts.device)
 
         run.generate_fn = generate
+        run.layout = "sequential"  # rows are decoded one after another: TPOT and tokens/s per sequence say so
         run.cache_kind = "static"
         run.metric_fns.append(lambda median_s: self.metrics(run))
         run.info.update(draft=self.params.draft, gamma=gamma, draft_params=sum(p.numel() for p in draft.parameters()))

@@ -136,3 +136,24 @@ def test_real_files_export_in_every_format():
     bf16 = json.loads((REAL / "bf16-weights-cpu.json").read_text())
     md = export.to_markdown(bf16)
     assert "tokens/s" in md and "sequences/s" in md and "0.40×" in md
+
+
+def test_exports_carry_the_headline_of_each_kind_of_case():
+    """TTFT and TPOT of a generation, served-trace percentiles and goodput: in the CSV columns and the Markdown."""
+    results = json.loads((Path(__file__).parent.parent / "reports/reference/epyc-2core-inference/results.json")
+                         .read_text())
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(export.to_csv(results)))}
+    for case in results["cases"]:
+        if case["status"] != "ok":
+            continue
+        for side, key in (("baseline", "baseline"), ("optimized", "metrics")):
+            extra = case[key]["extra"]
+            for name in ("ttft_s", "tpot_s", "ttft_p99_s", "goodput_requests_per_s"):
+                if extra.get(name) is not None:
+                    assert float(rows[case["id"]][f"{side}_{name}"]) == pytest.approx(extra[name])
+    generation = next(c for c in results["cases"] if c["status"] == "ok" and "ttft_s" in c["metrics"]["extra"])
+    served = next(c for c in results["cases"] if c["status"] == "ok" and "ttft_p99_s" in c["metrics"]["extra"])
+    markdown = {line.split(" | ")[0][2:]: line for line in export.to_markdown(results).splitlines()
+                if line.startswith("| ")}
+    assert "TTFT " in markdown[generation["id"]] and "TPOT " in markdown[generation["id"]]
+    assert "TTFT p99 " in markdown[served["id"]] and "goodput req/s " in markdown[served["id"]]

@@ -150,7 +150,10 @@ def speculative_checks(target_dir, draft_dir):
     base = GenerateWorkload().build(spec, [KVCache(KVCacheParams("static"))], ctx)
     opt = SpeculativeDecoding(SpeculativeParams(draft=f"hf:{draft_dir}", gamma=3))
     run = GenerateWorkload().build(spec, [opt], ctx)
-    return opt.check(base.outputs(), run.outputs()), opt
+    checks = opt.check(base.outputs(), run.outputs())
+    run.timed = True  # acceptance statistics count timed generates only
+    run.step()
+    return checks, opt
 
 
 def test_speculative_decoding_with_hf_models_rolls_back_rejected_positions(hf_dir, hf_draft_dir, monkeypatch):
@@ -195,3 +198,28 @@ def test_text_prompts_use_the_models_own_tokenizer(tmp_path):
     for row in run.prompts:
         assert tokenizer.decode(row) in text  # a window of the held-out text, in the model's vocabulary
     assert run.outputs()["perplexity"] > 0
+
+
+def test_tied_head_and_mask_buffers_are_counted_once(tmp_path):
+    """GPT-2 ties its output head to the input embedding: one matrix in every byte and parameter count."""
+    from harness.inference import GenerateSpec, GenerateWorkload, weight_bytes
+    from harness.workload import RunContext
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    model = load_model(f"hf:{tmp_path}", "cpu")
+    hf = model.hf
+    assert hf.lm_head.weight is hf.transformer.wte.weight
+    unique = sum(p.numel() for p in hf.parameters()) * 4  # parameters() yields a tied tensor once
+    ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
+    run = GenerateWorkload().build(GenerateSpec(model=f"hf:{tmp_path}", prompt_len=8, new_tokens=4), [], ctx)
+    memory = run.memory()
+    assert memory["weights"] == unique
+    buffers = sum(b.numel() * b.element_size() for b in hf.buffers())
+    assert memory.get("buffers", 0) == buffers  # masks and the like, apart from the weights
+    # bytes a decode step reads: everything but the position lookup; the tied head is read as the head
+    assert weight_bytes(run.model) == unique - hf.transformer.wpe.weight.numel() * 4
+    # 6N counts the head's matmul once; lookups (token and position) are not matmuls
+    matmul = sum(p.numel() for p in hf.parameters()) - hf.transformer.wpe.weight.numel()
+    assert model.num_params(matmul_only=True) == matmul

@@ -143,3 +143,24 @@ def test_ties_list_the_greedy_token_first_and_only_close_logits():
     assert ties.shape == (2, 6, 4) and torch.equal(ties[..., 0], out["tokens"])
     assert bool(((ties[..., 1:] == -1) | (ties[..., 1:] != ties[..., :1])).all())
     assert build(batch=1, prompt_len=8, new_tokens=4, sampling="sample").outputs()["ties"] is None
+
+
+def test_kv_bytes_moved_per_decode_step_follow_the_cache_kind():
+    """static: the whole max_len cache is read every step; dynamic: torch.cat reads L, writes L + 1, attention
+    reads L + 1, at the mean length; one sequence's worth when rows run one at a time."""
+    from harness.inference import kv_step_bytes
+
+    args = ModelArgs.from_name("nano")
+    per_position = kv_cache_bytes(args, 4, 1, 4)
+    assert kv_step_bytes(args, 4, "static", 16, 10, 4) == 26 * per_position
+    assert kv_step_bytes(args, 4, "dynamic", 16, 10, 4) == (3 * (16 + 4) + 2) * per_position
+    assert kv_step_bytes(args, 4, "none", 16, 10, 4) == 0
+    build = lambda kind: GenerateWorkload().build(  # noqa: E731
+        GenerateSpec(model="nano", batch=2, prompt_len=8, new_tokens=6, prompts="synthetic"), [], CTX)
+    run = build("static")
+    run.cache_kind = "static"
+    run.outputs()
+    m = run.extra_metrics(0.05)
+    assert m["kv_bytes_per_decode_step"] == kv_step_bytes(run.model.args, 2, "static", 8, 6, 4)
+    assert m["achieved_bandwidth_bytes_s"] == pytest.approx((m["weight_bytes"] + m["kv_bytes_per_decode_step"])
+                                                            / m["tpot_s"])

@@ -87,6 +87,8 @@ def test_speculative_greedy_equals_target(draft, gamma):
     opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft=draft, gamma=gamma))
     checks, run = pair(opt, [KVCache()], batch=1, new_tokens=20)
     assert passed(checks) == {"tokens_identical_to_target_greedy": True}
+    run.timed = True
+    run.step()
     m = opt.metrics(run)
     if draft == "nano":  # the draft is the target itself: every proposal is accepted
         assert m["acceptance_rate"] == 1.0 and m["expected_tokens_per_step"] == gamma + 1
@@ -110,8 +112,38 @@ def test_speculative_verifier_that_accepts_everything_is_caught(monkeypatch):
 
 def test_speculative_rejection_sampling_with_identical_draft_accepts_all():
     opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft="nano", gamma=3))
-    checks, _ = pair(opt, sampling="sample", top_k=8, batch=1)
-    assert checks == [] and opt.stats["accepted"] == opt.stats["drafted"] > 0
+    checks, run = pair(opt, sampling="sample", top_k=8, batch=1)
+    assert checks == [] and opt.stats["drafted"] == 0  # the correctness pass is not a timed call (Run.timed)
+    run.timed = True
+    run.step()
+    assert opt.stats["accepted"] == opt.stats["drafted"] > 0
+
+
+def test_speculative_statistics_count_the_timed_generates_only():
+    opt = sd.SpeculativeDecoding(sd.SpeculativeParams(draft="nano", gamma=3))
+    _, run = pair(opt, [KVCache()], batch=2, new_tokens=13)
+    run.step()  # a warm-up call
+    run.timed = True
+    run.step()
+    run.step()
+    run.timed = False
+    run.extra_metrics(0.1)  # TTFT probes and the ITL generate are not timed either
+    # 2 timed generates x 2 rows x (prefill + 3 rounds of gamma + 1 tokens)
+    assert opt.stats == {"drafted": 36, "accepted": 36, "target_forwards": 16, "tokens": 52}
+
+
+def test_speculative_batch_is_a_sequential_layout():
+    """Rows decoded one after another: per-sequence time is e2e / batch, so TPOT does not double at batch 2."""
+    one = pair(sd.SpeculativeDecoding(sd.SpeculativeParams(draft="micro", gamma=2)), [KVCache()], batch=1)[1]
+    checks, two = pair(sd.SpeculativeDecoding(sd.SpeculativeParams(draft="micro", gamma=2)), [KVCache()], batch=2)
+    assert two.layout == "sequential" and all(passed(checks).values())
+    m1, m2 = one.extra_metrics(0.10), two.extra_metrics(0.20)  # batch 2 takes twice as long, as sequential rows do
+    assert m2["tokens_per_s_per_seq"] == pytest.approx(m1["tokens_per_s_per_seq"])
+    assert m2["tokens_per_s_total"] == pytest.approx(m1["tokens_per_s_total"])
+    assert m2["tpot_s"] == pytest.approx((0.10 - m2["ttft_s"]) / 11)
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        two.layout = "batched"
+        two.generate(two.prompts, 2)
 
 
 def test_speculative_gamma_validation():
@@ -209,10 +241,37 @@ def serve_pair(**params):
 def test_continuous_batching_serves_every_request_as_alone():
     checks, run = serve_pair()
     assert all(passed(checks).values()), checks
+    run.timed = True
     run.step()
     m = run.extra_metrics(0.5)
     assert m["requests"] == 6 and m["ttft_p50_s"] >= 0 and 0 <= m["slo_attainment"] <= 1
     assert run.units == {"tokens": sum(r.out_len for r in run.server.trace), "requests": 6}
+
+
+def test_continuous_batching_statistics_cover_the_timed_serves_only():
+    _, run = serve_pair()
+    assert run.extra_metrics(0.5).get("ttft_p50_s") is None  # outputs() served the trace, untimed
+    run.step()  # warm-up and memory-probe serves are untimed too
+    run.step()
+    assert run.server.records == [] and run.server.decode_steps == 0
+    run.timed = True
+    run.step()
+    assert len(run.server.records) == 6
+
+
+def test_continuous_batching_one_token_requests_have_no_tpot():
+    _, run = serve_pair(output_min=1, output_max=1)
+    run.timed = True
+    run.step()
+    m = run.extra_metrics(0.5)
+    assert all(m[f"tpot_{q}_s"] is None for q in ("p50", "p90", "p99", "mean"))
+    assert m["ttft_p50_s"] > 0 and m["slo_attainment"] == 1.0  # no TPOT to miss; TTFT well within 0.25 s
+    mixed = serve_pair(output_min=1, output_max=2)[1]
+    mixed.timed = True
+    mixed.step()
+    tpots = [r["tpot"] for r in mixed.server.records if r["tpot"] is not None]
+    assert 0 < len(tpots) < 6 and min(tpots) > 0
+    assert mixed.extra_metrics(0.5)["tpot_mean_s"] == pytest.approx(sum(tpots) / len(tpots))
 
 
 def test_continuous_batching_wrong_mask_is_caught(monkeypatch):
