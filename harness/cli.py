@@ -177,7 +177,7 @@ def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path
 
 def print_summary(results: dict) -> None:
     """The end-of-run table: one line per case."""
-    from harness.runner import fmt_speedup
+    from harness.runner import fmt_speedup, run_command
 
     rows = [("case", "status", "speedup [95% CI]", "verdict", "foreign CPU", "memory", "checks")]
     for c in results["cases"]:
@@ -199,11 +199,20 @@ def print_summary(results: dict) -> None:
         for c in withheld:
             print(f"  {c['id']}: {c['comparison'].get('reason')}")
         busy = [c for c in withheld if ((c.get("measurement") or {}).get("foreign_load") or {}).get("busy")]
+        wide = [c for c in withheld if c not in busy]
         if busy:
-            print("  busy: other processes used the CPU while these cases were timed; re-run them when the machine "
-                  "is quiet (--only PLUGIN), or with fewer threads than free cores")
-        if len(busy) < len(withheld):
-            print("  too wide: add pairs with --until-conclusive, or fresh processes with --repeat 3")
+            print("  busy: other processes used the CPU while these cases were timed; when the machine is quiet, "
+                  f"run:\n    {run_command(results, *only_flags(busy))}")
+        if wide:
+            flags = only_flags(wide)
+            print("  too wide: add pairs, or fresh processes:\n"
+                  f"    {run_command(results, *flags, '--until-conclusive')}\n"
+                  f"    {run_command(results, *flags, '--repeat', '3')}")
+
+
+def only_flags(cases: list[dict]) -> list[str]:
+    """--only PLUGIN for every plugin of `cases` (run only the cases that use them)."""
+    return [f"--only {name}" for name in sorted({p["name"] for c in cases for p in c.get("plugins") or []})]
 
 
 def warn_load_errors(registry) -> None:
@@ -243,7 +252,8 @@ def cmd_plugins(args) -> int:
         if row["description"]:
             print(f"    {row['description']}")
         for p in row["params"]:
-            print(f"    {p['name']}: {p['type']} = {p['default']!r}" + (f"  # {p['help']}" if p["help"] else ""))
+            default = "(required)" if p["required"] else f"= {p['default']!r}"
+            print(f"    {p['name']}: {p['type']} {default}" + (f"  # {p['help']}" if p["help"] else ""))
     for name, error in registry.errors.items():
         print(f"{name}  FAILED TO LOAD: {error}")
     return 0

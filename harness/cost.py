@@ -3,7 +3,8 @@
 Formulas (EFFECTS.md, "Cost framing"): $/1M tokens = price per device-hour / (3600 * tokens/s) * 1e6; a step costs
 price / 3600 * step time; inference spending passes the training bill after training cost / cost per query
 queries. Prices are inputs, not measurements: EXAMPLE_PRICES are example on-demand list prices that a user
-overrides with `--price` or a YAML file; an unknown device without a price gets "n/a", never a guess.
+overrides with `--price-per-hour` or a `--prices` YAML file; an unknown device without a price gets "n/a",
+never a guess.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ EXAMPLE_PRICES: dict[str, float] = {
     "A10": 0.75,
     "T4": 0.35,
 }
-EXAMPLE_SOURCE = "example on-demand price (harness.cost.EXAMPLE_PRICES; override with --price or a prices YAML)"
+EXAMPLE_SOURCE = ("example on-demand price (harness.cost.EXAMPLE_PRICES; override with --price-per-hour USD or "
+                  "--prices FILE.yaml)")
 JOULES_PER_KWH = 3.6e6
 
 

@@ -78,10 +78,17 @@ class Optimization:
 
 
 def describe_params(params_cls: type) -> list[dict[str, Any]]:
-    """Each parameter's name, type, default and help text, for `harness plugins`."""
+    """Each parameter's name, type, default, whether it is required, and help text, for `harness plugins`. A
+    `default_factory` is called for its real default (a list, say); a parameter with no default is required
+    and its default is None."""
     hints = typing.get_type_hints(params_cls)
-    return [{"name": f.name, "type": type_name(hints[f.name]), "default": f.default,
-             "help": f.metadata.get("help", "")} for f in dataclasses.fields(params_cls)]
+    out = []
+    for f in dataclasses.fields(params_cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append({"name": f.name, "type": type_name(hints[f.name]), "default": default, "required": required,
+                    "help": f.metadata.get("help", "")})
+    return out
 
 
 def type_name(tp: Any) -> str:

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,12 +30,22 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def new_results(suite: Suite, env: dict[str, Any], run_id: str) -> dict[str, Any]:
+def new_results(suite: Suite, env: dict[str, Any], run_id: str,
+                plugins_dirs: list[str] | None = None) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "harness_version": __version__,
             "started": now(), "finished": None, "status": "running",
             "suite": {"name": suite.name, "path": suite.path, "description": suite.description,
-                      "device": suite.device, "measure": dataclasses.asdict(suite.measure)},
+                      "device": suite.device, "measure": dataclasses.asdict(suite.measure),
+                      "plugins_dirs": [str(d) for d in plugins_dirs or []]},
             "environment": env, "cases": []}
+
+
+def run_command(results: dict[str, Any], *flags: str) -> str:
+    """The `harness run` command line that runs this results file's suite again with `flags` (and the
+    --plugins-dir folders it was run with): what the harness prints as advice, ready to paste."""
+    suite = results.get("suite") or {}
+    dirs = [f"--plugins-dir {shlex.quote(d)}" for d in suite.get("plugins_dirs") or []]
+    return " ".join(["harness", *dirs, "run", shlex.quote(str(suite.get("path") or suite.get("name"))), *flags])
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -206,7 +217,7 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
         results = load_results(results_path)
         results["status"] = "running"
     else:
-        results = new_results(suite, env, out_dir.name)
+        results = new_results(suite, env, out_dir.name, plugins_dirs)
     done = {c["id"] for c in results["cases"] if c.get("status") not in ("interrupted",)}
     results["cases"] = [c for c in results["cases"] if c["id"] in done]
     cases = [c for c in suite.cases if not only or any(p.name in only for p in c.plugins)]
@@ -236,7 +247,8 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
     except KeyboardInterrupt:
         results["status"] = "interrupted"
         write_json(str(results_path), results)
-        progress(f"interrupted: {len(results['cases'])} cases kept in {results_path}; finish with --resume")
+        progress(f"interrupted: {len(results['cases'])} cases kept in {results_path}; finish with: "
+                 + run_command(results, "--out", shlex.quote(str(out_dir)), "--resume"))
         raise
     results["status"], results["finished"] = "complete", now()
     results["wall_s"] = time.perf_counter() - started

@@ -85,13 +85,13 @@ def warnings_for(name: str, samples: list[float], blocks: list[int] | None = Non
     starts = [b[0] for b in cut]
     if outlier_flags(starts)[:1] == [True] and starts[0] > statistics.median(starts):
         warnings.append(f"{name}: the first timed sample is an outlier among the block starts: warm-up was too "
-                        "short (raise warmup_min_s)")
+                        "short (raise it in the suite: `measure: {warmup_min_s: 1.0}`)")
     rest = [x for b in cut for x in b[1:]]
     if len(rest) >= 3 and statistics.median(starts) > 1.1 * statistics.median(rest):
         slower = statistics.median(starts) / statistics.median(rest) - 1
         warnings.append(f"{name}: the first sample of each block is {slower:.0%} slower than the rest: a side-switch "
                         "cost (the other side's block evicted caches), not a warm-up problem; both sides pay it, "
-                        "and a larger block_s dilutes it")
+                        "and a larger block dilutes it (`measure: {block_s: 0.5}` in the suite)")
     return warnings
 
 

@@ -75,3 +75,22 @@ def test_plugins_piped_into_a_reader_that_leaves_early_ends_quietly():
     proc = subprocess.run(f"{sys.executable} -m harness plugins | head -1", shell=True, capture_output=True,
                           text=True)
     assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_defaults_from_a_factory_and_required_parameters_are_shown_as_such():
+    import dataclasses
+
+    from harness.optimization import describe_params
+
+    @dataclasses.dataclass
+    class Params:
+        size: int
+        targets: list = dataclasses.field(default_factory=lambda: ["qkv"])
+
+    assert describe_params(Params) == [
+        {"name": "size", "type": "int", "default": None, "required": True, "help": ""},
+        {"name": "targets", "type": "list", "default": ["qkv"], "required": False, "help": ""}]
+    text = harness_cli("plugins").stdout
+    assert "targets: list = ['qkv', 'proj', 'fc']" in text and "MISSING" not in text and " object at 0x" not in text
+    lora = next(r for r in json.loads(harness_cli("plugins", "--json").stdout)["plugins"] if r["name"] == "lora")
+    assert next(p for p in lora["params"] if p["name"] == "targets")["default"] == ["qkv", "proj", "fc"]

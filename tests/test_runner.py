@@ -2,6 +2,7 @@
 interrupted run keeps what was measured and resumes without redoing finished cases."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,11 +58,13 @@ def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     assert proc.returncode == 130, err
     kept = json.loads(results_path.read_text())
     assert kept["status"] == "interrupted" and [c["id"] for c in kept["cases"]] == ["toy/noop"]
-    assert "--resume" in err
+    command = err.split("finish with: ")[1].splitlines()[0]  # the printed advice, run as printed
+    assert shlex.split(command) == ["harness", "--plugins-dir", str(FAULTY_PLUGINS), "run", str(suite), "--out",
+                                    str(out), "--resume"]
     first_median = kept["cases"][0]["metrics"]["latency"]["median"]
 
     suite.write_text(suite.read_text().replace("plugins: [hangs]", "plugins: [hangs]\n    timeout_s: 3"))
-    resumed = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", out, "--resume")
+    resumed = harness_cli(*shlex.split(command)[1:])
     assert resumed.returncode == 1, resumed.stderr
     assert "1 of 3 cases already done" in resumed.stderr
     final = json.loads(results_path.read_text())
