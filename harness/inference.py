@@ -64,10 +64,16 @@ class GenerateSpec:
             raise ParamError("temperature", f"must be > 0 (got {self.temperature}); use sampling: greedy")
         if self.top_k is not None and self.top_k < 1:
             raise ParamError("top_k", f"must be >= 1 or null (got {self.top_k})")
-        args = PRESETS.get(self.model)
-        if args is not None and self.prompt_len + self.new_tokens > args.block_size:
+        from harness.reference import model_facts
+
+        facts = model_facts(self.model)  # ParamError("model") for an unknown name or a folder without config.json
+        if facts.block_size and self.prompt_len + self.new_tokens > facts.block_size:
             raise ParamError("new_tokens", f"prompt_len + new_tokens = {self.prompt_len + self.new_tokens} "
-                                           f"exceeds the '{self.model}' context of {args.block_size}")
+                                           f"exceeds the '{self.model}' context of {facts.block_size} positions")
+        if self.prompts == "text" and not facts.tokenizer and facts.vocab_size < 256:
+            raise ParamError("prompts", f"text prompts are byte ids 0..255, but '{self.model}' has a "
+                                        f"{facts.vocab_size}-token vocabulary and no tokenizer files; use prompts: "
+                                        "synthetic, or a model folder with its tokenizer")
 
 
 def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:

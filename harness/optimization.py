@@ -62,6 +62,13 @@ class Optimization:
         """None if it can run on this environment (see `harness.env`), else the reason why not."""
         return None
 
+    def validate(self, spec: Any, plugins: list[Optimization]) -> None:
+        """Check what follows from the suite alone, before any case runs: this optimization's parameters against
+        the workload's `spec` (`harness.reference.model_facts(spec.model)` reads a model's context and vocabulary
+        without loading it) and against `plugins`, every optimization of the same side in the order applied
+        (this one included). Raise ParamError(field, message): `harness validate` and `harness run` report it
+        as file:line: field: message and exit 2. The worker's own checks in `apply` stay as a second line."""
+
     def apply(self, run: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__}.apply")
 

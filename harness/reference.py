@@ -28,6 +28,7 @@ from torch import nn
 from harness import data
 from harness.errors import InputError
 from harness.model import GPT, PRESETS, ModelArgs
+from harness.optimization import ParamError
 
 FORMAT_VERSION = 1
 Progress = Callable[[str], None]
@@ -248,6 +249,48 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a `model:` field names, read without loading weights: context length (positions), vocabulary size,
+    and whether the model brings its own tokenizer (else text prompts are byte ids 0..255)."""
+
+    block_size: int
+    vocab_size: int
+    tokenizer: bool = False
+
+
+def model_facts(spec: str) -> ModelFacts:
+    """`ModelFacts` of a preset, a reference or a local hf: folder (its config.json, read as plain JSON);
+    ParamError("model") when the name or folder cannot be resolved. Used to validate a suite before any case
+    runs."""
+    if spec.startswith("hf:"):
+        from harness.hf import TOKENIZER_FILES
+
+        where = Path(spec[3:]).expanduser()
+        config = where / "config.json"
+        if not config.is_file():
+            raise ParamError("model", f"'{spec}': no config.json in {where} (hf: takes a local folder written by "
+                                      "save_pretrained; nothing is downloaded)")
+        try:
+            cfg = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            raise ParamError("model", f"'{spec}': {config} is not readable JSON ({exc})") from None
+        cfg = {**(cfg.get("text_config") or {}), **cfg}
+        block = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("n_ctx") or 0
+        return ModelFacts(int(block), int(cfg.get("vocab_size") or 0),
+                          any((where / name).is_file() for name in TOKENIZER_FILES))
+    if spec.startswith("reference:"):
+        name = spec.removeprefix("reference:")
+        if name not in REFERENCES:
+            raise ParamError("model", f"unknown reference '{name}'; known: {', '.join(REFERENCES)}")
+        args = REFERENCES[name].model_args()
+        return ModelFacts(args.block_size, args.vocab_size)
+    if spec in PRESETS:
+        return ModelFacts(PRESETS[spec].block_size, PRESETS[spec].vocab_size)
+    raise ParamError("model", f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}), "
+                              f"reference:NAME ({', '.join(REFERENCES)}) or hf:PATH")
 
 
 def load_model(spec: str, device="cpu", dtype=None, seed: int = 0) -> nn.Module:

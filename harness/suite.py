@@ -169,10 +169,14 @@ def _measure(doc: _Doc, values: dict) -> MeasureSettings:
         settings = build_params(MeasureSettings, values)
     except ParamError as exc:
         raise doc.error(("measure", exc.field) if exc.field else ("measure",), str(exc)) from None
-    for key in ("min_samples", "warmup_min_iters", "min_pairs", "max_samples"):
+    for key in ("warmup_min_iters", "min_pairs"):
         value = getattr(settings, key)
         if value is not None and value < 1:
             raise doc.error(("measure", key), f"must be at least 1 (got {value})")
+    for key in ("min_samples", "max_samples"):  # a spread, quartiles and percentiles need two samples per side
+        value = getattr(settings, key)
+        if value is not None and value < 2:
+            raise doc.error(("measure", key), f"must be at least 2 samples per side (got {value})")
     for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s"):
         value = getattr(settings, key)
         if value is not None and value <= 0:
@@ -280,7 +284,9 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
 
 def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) -> CaseSpec:
     labels, processes = [], 1
+    spec = build_params(registry.workloads[wtype].Spec, wspec)
     for key, group in (("plugins", uses), ("baseline", baseline)):
+        built = []
         for j, use in enumerate(group):
             cls = registry.optimizations[use.name]
             ppath = path + (key, j, use.name)
@@ -293,9 +299,15 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                 raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
             use.params = dataclasses.asdict(params)
             opt = cls(params)
+            built.append((ppath, opt))
             processes = max(processes, opt.processes())
             if key == "plugins":
                 labels.append(opt.label())
+        for ppath, opt in built:
+            try:
+                opt.validate(spec, [o for _, o in built])
+            except ParamError as exc:
+                raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")

@@ -59,8 +59,8 @@ class Clock:
     """Times `iterations` calls of a function between synchronizations (T1).
 
     timer "wall_sync": synchronize + perf_counter around the block (what a user waits for).
-    timer "device_events": CUDA events with the GPU kept busy before the start event and the L2 flushed, as
-    triton's do_bench (T2-T4); only for kernel-level microbenchmarks.
+    timer "device_events": CUDA events around each call, the L2 flushed before each (which also keeps the GPU
+    busy before the start event), as triton's do_bench (T2-T4); only for kernel-level microbenchmarks.
     `reduce` maps a local time to the value all ranks agree on (all_reduce MAX under torchrun, T11).
     """
 
@@ -101,15 +101,19 @@ class Clock:
         return self.reduce((time.perf_counter() - start) / iterations)
 
     def _time_events(self, fn, iterations: int) -> float:
+        """Mean of `iterations` calls, each between its own pair of events after its own L2 flush (triton's
+        do_bench): every call starts cold, and the flush keeps the GPU busy before start.record() (T3, T4)."""
         cuda = self.torch.cuda
-        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
-        self.flush_buffer.zero_()  # evicts L2 and keeps the GPU busy before start.record() (T3, T4)
-        start.record()
+        events = []
         for _ in range(iterations):
+            start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+            self.flush_buffer.zero_()
+            start.record()
             fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / iterations
+            end.record()
+            events.append((start, end))
+        events[-1][1].synchronize()
+        return sum(start.elapsed_time(end) for start, end in events) / 1e3 / iterations
 
 
 @dataclass

@@ -53,7 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         result = {"status": "oom" if is_oom(exc) else "failed", "error": f"{type(exc).__name__}: {exc}"}
     if rank == 0:
         write_json(result_path, result)
+    close_process_groups()  # after the result is safe: a teardown that hangs is the runner's exit watcher's
     return 0 if result["status"] == "ok" else 3
+
+
+def close_process_groups() -> None:
+    """Destroy every process group this process initialized (torchrun's, or the one-rank group a plugin makes
+    at world size 1), on success and on failure: torch warns at exit about a live NCCL group and documents
+    possible hangs."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -48,6 +48,11 @@ class Batching(Optimization):
     description = "static batching; each sequence's tokens must equal generating it alone"
     Params = BatchingParams
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        if self.params.prompt_min is not None and self.params.prompt_min > spec.prompt_len:
+            raise ParamError("prompt_min", f"must be <= the workload's prompt_len {spec.prompt_len} "
+                                           f"(got {self.params.prompt_min})")
+
     def apply(self, run: Any) -> None:
         if self.params.batch_size is not None and self.params.batch_size != run.batch:
             run.prompts = run.held_out(self.params.batch_size, run.spec.prompt_len, run.ctx.seed)

@@ -200,6 +200,21 @@ class ContinuousBatching(Optimization):
     description = "iteration-level scheduling of a Poisson request trace vs static batches of the same trace"
     Params = ContinuousBatchingParams
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        from harness.reference import model_facts
+
+        if spec.sampling != "greedy":
+            raise ParamError("scheduler", "continuous_batching serves greedy requests: set the workload's "
+                                          "sampling: greedy")
+        if spec.model.startswith("hf:"):
+            raise ParamError("scheduler", "continuous_batching needs a harness model (a preset or reference:NAME): "
+                                          "its attention takes the slot cache")
+        context = model_facts(spec.model).block_size
+        if self.params.prompt_max + self.params.output_max > context:
+            total = self.params.prompt_max + self.params.output_max
+            raise ParamError("output_max", f"prompt_max + output_max = {total}"
+                                           f" exceeds the '{spec.model}' context of {context} positions")
+
     def apply(self, run: Any) -> None:
         if run.spec.sampling != "greedy":
             raise ValueError("continuous_batching serves greedy requests only (sampling: greedy)")

@@ -78,6 +78,13 @@ class Distillation(Optimization):
     description = "smaller student trained on the teacher's logits; speed, size and quality vs the teacher"
     Params = DistillationParams
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        context = PRESETS[self.params.student].block_size
+        if spec.prompt_len + spec.new_tokens > context or self.params.seq_len > context:
+            raise ParamError("student", f"the '{self.params.student}' context ({context}) is shorter than the "
+                                        f"workload's prompt_len + new_tokens ({spec.prompt_len + spec.new_tokens}) "
+                                        f"or seq_len ({self.params.seq_len})")
+
     def apply(self, run: Any) -> None:
         teacher, p = run.model, self.params
         args = ModelArgs.from_name(p.student, vocab_size=teacher.args.vocab_size)

@@ -62,6 +62,15 @@ class GradientAccumulation(Optimization):
     description = "k micro-batches (loss / k each), one optimizer step; parameters equal the one-big-batch run."
     Params = AccumulationParams
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        k, ranks = self.params.micro_batches, max(o.processes() for o in plugins)
+        if spec.batch % (k * ranks):
+            raise ParamError("micro_batches", f"the batch of {spec.batch} does not split into {ranks} rank(s) x {k} "
+                                              "equal micro-batches; make batch a multiple of their product")
+        if any(o.name == "zero" and o.params.stage != "zero1" for o in plugins):
+            raise ParamError("micro_batches", "gradient_accumulation does not combine with FSDP here (it would "
+                                              "reduce-scatter every micro-batch); use it alone, with ddp or zero1")
+
     def apply(self, run: Any) -> None:
         k = self.params.micro_batches
         if run.spec.batch % k:

@@ -93,6 +93,12 @@ class LoRA(Optimization):
     description = "Low-rank adapters (frozen base); starts equal to the base model, base weights never change."
     Params = LoRAParams
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        wrappers = [o.name for o in plugins[:plugins.index(self)] if o.name in ("ddp", "zero", "torch_compile")]
+        if wrappers:
+            raise ParamError("rank", f"lora must be applied to the plain model: list it before {', '.join(wrappers)} "
+                                     "in the case's plugins")
+
     def apply(self, run: Any) -> None:
         if run.model is not run.raw_model:
             raise ValueError(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, hookimpl
+from harness import Check, Optimization, ParamError, hookimpl
 from harness.training import loss_check, tensors_check
 
 # The implementations evaluate the same formula with other op orders (fused on CPU computes the step in one
@@ -65,6 +65,10 @@ class OptimizerImpl(Optimization):
 
     def supports(self, env: dict[str, Any]) -> str | None:
         return impl_works(self.params.impl, str(env.get("device", "cpu")).split(":")[0])
+
+    def validate(self, spec: Any, plugins: list) -> None:
+        if any(o.name == "zero" for o in plugins[:plugins.index(self)]):
+            raise ParamError("impl", "optimizer_impl rebuilds a plain AdamW: list it before zero in the case's plugins")
 
     def apply(self, run: Any) -> None:
         if type(run.optimizer) is not torch.optim.AdamW:

@@ -128,6 +128,10 @@ class Quantization(Optimization):
             return "backend: torchao asked for but torchao is not installed"
         return None
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        if self.params.method == "int8_dynamic" and spec.dtype != "fp32":
+            raise ParamError("method", f"int8_dynamic quantizes an fp32 model (the workload has dtype: {spec.dtype})")
+
     def apply(self, run: Any) -> None:
         before = weight_bytes(run.model)
         method = self.params.method

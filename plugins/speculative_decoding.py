@@ -105,6 +105,22 @@ class SpeculativeDecoding(Optimization):
     Params = SpeculativeParams
     greedy = True  # set from the run's sampling in apply()
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        from harness.reference import model_facts
+
+        target, draft = model_facts(spec.model), model_facts(self.params.draft)
+        if draft.vocab_size != target.vocab_size:
+            raise ParamError("draft", f"the draft's vocabulary ({draft.vocab_size} tokens) differs from the target "
+                                      f"'{spec.model}' ({target.vocab_size})")
+        need = spec.prompt_len + spec.new_tokens + self.params.gamma + 1  # the static caches' length
+        for name, facts in ((spec.model, target), (self.params.draft, draft)):
+            if facts.block_size and need > facts.block_size:
+                raise ParamError("gamma", f"prompt_len + new_tokens + gamma + 1 = {need} positions exceed the "
+                                          f"'{name}' context of {facts.block_size}")
+        if any(o.name == "batching" and o.params.mode == "batched" for o in plugins):
+            raise ParamError("draft", "speculative_decoding decodes one sequence at a time: do not combine it with "
+                                      "batching mode: batched")
+
     def apply(self, run: Any) -> None:
         draft = load_model(self.params.draft, run.device, run.dtype, run.ctx.seed)
         if draft.args.vocab_size != run.model.args.vocab_size:

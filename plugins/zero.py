@@ -62,6 +62,11 @@ class Zero(Optimization):
             reason = fsdp_available()
         return reason
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        if self.params.stage != "zero1" and any(o.name == "ddp" for o in plugins):
+            raise ParamError("stage", f"zero stage {self.params.stage} shards with FSDP, which replaces DDP: do not "
+                                      "apply ddp to the same side (use ddp as the baseline only)")
+
     def apply(self, run: Any) -> None:
         stage = self.params.stage
         if stage == "zero1":

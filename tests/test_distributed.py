@@ -57,3 +57,21 @@ def test_zero_params_equal_ddp_and_memory_matches_formula(results, stage):
     else:
         assert grads["measured_per_rank"] == pytest.approx(grads["baseline_per_rank"] / 2, rel=0.02)
         assert weights["measured_per_rank"] == pytest.approx(weights["baseline_per_rank"] / 2, rel=0.02)
+
+
+def test_worker_destroys_the_process_group_a_plugin_made_even_when_the_case_fails(tmp_path, monkeypatch):
+    """A one-rank group (ddp at world_size 1) is destroyed after the result is written, failed case or not."""
+    import torch.distributed as dist
+
+    from harness import worker
+
+    def failing_case(job):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        raise RuntimeError("the case failed after making its group")
+
+    monkeypatch.setattr(worker, "run_case", failing_case)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"measure": {}, "env": {"device": "cpu"}}))
+    assert worker.main([str(job), str(tmp_path / "result.json")]) == 3
+    assert not dist.is_initialized()
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"

@@ -152,3 +152,35 @@ def test_cpu_peak_ignores_a_one_time_growth():
     if peak["peak"] is None:
         pytest.skip("/proc/self/clear_refs is not writable here")
     assert len(calls) == 2 and 24 <= (peak["peak"] - before) / 2**20 <= 60  # the step's 32 MiB, not 128
+
+
+def test_device_events_flush_the_l2_before_every_call(monkeypatch):
+    """One flush and one event pair per call (triton's do_bench), not one per block: every call starts cold."""
+    import torch
+
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.t = None
+
+        def record(self):
+            self.t = len(log)
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, end):  # milliseconds, as CUDA events report
+            return float(end.t - self.t)
+
+    class Buffer:
+        def zero_(self):
+            log.append("flush")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    clock = Clock.__new__(Clock)
+    clock.torch, clock.flush_buffer, clock.timer, clock.reduce = torch, Buffer(), "device_events", lambda t: t
+    seconds = clock.time(lambda: log.append("call"), iterations=3)
+    assert log == ["flush", "record", "call", "record"] * 3 + ["sync"]
+    assert seconds == 2 / 1e3  # each call's pair is 2 log entries apart: 2 "ms" per call
