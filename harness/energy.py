@@ -111,3 +111,36 @@ def throttle_reasons(pynvml, handle) -> int:
         return pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
     except (AttributeError, pynvml.NVMLError):
         return pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+
+
+def violation_seconds(device_index: int) -> dict[str, float] | None:
+    """Seconds the GPU's clocks have been held down by its power limit and by its thermal limit, as NVML's
+    accumulated violation counters say (nvmlDeviceGetViolationStatus, violationTime in ns, since the driver
+    started counting). Differences across a block say how much of it ran throttled, which a clock read at a
+    block boundary, right after a synchronize, misses (T9). None without NVML or where the GPU has no counters."""
+    handle = nvml_handle(device_index)
+    if handle is None:
+        return None
+    import pynvml
+
+    try:
+        return {name: pynvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime / 1e9
+                for name, policy in (("power", pynvml.NVML_PERF_POLICY_POWER),
+                                     ("thermal", pynvml.NVML_PERF_POLICY_THERMAL))}
+    except (AttributeError, pynvml.NVMLError):
+        return None
+
+
+def throttle_record(counters: list[dict[str, float] | None], pair_seconds: list[float]) -> dict[str, Any] | None:
+    """The case's throttling from `violation_seconds` read before the first pair and after each pair, and each
+    pair's wall time: seconds throttled by power and by thermal limits, and the share of the timed wall time that
+    was throttled (per pair: power + thermal, at most the pair's time). None when the counters were not read."""
+    if len(counters) < 2 or any(c is None for c in counters):
+        return None
+    power = [b["power"] - a["power"] for a, b in zip(counters, counters[1:])]
+    thermal = [b["thermal"] - a["thermal"] for a, b in zip(counters, counters[1:])]
+    throttled = [min(t, p + h) for t, p, h in zip(pair_seconds, power, thermal)]
+    wall = sum(pair_seconds) or 1.0
+    return {"power_s": sum(power), "thermal_s": sum(thermal), "fraction": sum(throttled) / wall,
+            "per_pair": [x / t if t else 0.0 for x, t in zip(throttled, pair_seconds)],
+            "source": "nvml_violation_counters"}

@@ -232,9 +232,13 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
                cuda: bool, clock_dist: Clock, clock_local: Clock, seed: int, runner_pid: int | None):
     """Time the sides in pairs of blocks (harness.timing.paired_blocks), reading the foreign load and, on CUDA,
     the clocks between pairs on rank 0. Returns the PairedTiming, the foreign-load record and the GPU states."""
+    from harness.energy import throttle_record, violation_seconds
+
     meter = load.LoadMeter(runner_pid) if dist.rank == 0 else None
     snapshots = [meter.snapshot()] if meter else []
     clocks_log = [gpu_state(device, cuda)] if dist.rank == 0 else []
+    read_violations = (lambda: violation_seconds(device.index or 0)) if cuda and dist.rank == 0 else None
+    violations = [read_violations()] if read_violations else []
     block_samples = {side: block_size(warm_sample_s(warm[side]), settings) if side in warm else 1 for side in runs}
     iterations = {side: warm[side].iterations if side in warm else 1 for side in runs}
 
@@ -248,6 +252,8 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
         return samples
 
     def on_pair(i: int) -> None:
+        if read_violations:
+            violations.append(read_violations())
         if meter:
             snapshots.append(meter.snapshot())
             if cuda and (i + 1) % 5 == 0:
@@ -269,6 +275,7 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
         weights = [b.t - a.t for a, b in zip(snapshots, snapshots[1:])]
         gpu_others = load.gpu_processes(device.index or 0, meter.own_pids) if cuda else None
         record = load.summarize(windows, weights, meter.cores, threads, gpu_others, settings.busy_threshold)
+        record["gpu_throttle"] = throttle_record(violations, weights) if read_violations else None
         log(f"{len(timing.orders)} pairs ({timing.stopped_by}); foreign CPU {record['foreign_cpu']:.0%}")
     return timing, record, clocks_log
 
@@ -357,10 +364,14 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
                         + " under 8 MiB, below what RSS measurement resolves" + ("; no memory ratio"
                                                                                    if "baseline" in runs else ""))
     out["comparison"] = comparison
+    throttle = (load_record or {}).get("gpu_throttle")
     capped = [s for s in clocks_log if s and s.get("capped")]
-    if capped:
+    if throttle and throttle["fraction"] >= 0.01:
+        warnings.append(f"GPU clocks were held down by the power or thermal limit for {throttle['fraction']:.0%} "
+                        "of the timed pairs (NVML violation counters): timings are throttled")
+    elif not throttle and capped:
         warnings.append(f"GPU clocks were capped (power/thermal) at {len(capped)} of {len(clocks_log)} "
-                        "round boundaries: timings may be throttled")
+                        "pair boundaries: timings may be throttled")
     if busy:
         warnings.append(f"{busy}: no faster/slower verdict" + (f"; {load_record['advice']}"
                                                                 if load_record["advice"] else ""))

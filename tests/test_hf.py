@@ -213,7 +213,8 @@ def test_tied_head_and_mask_buffers_are_counted_once(tmp_path):
     assert hf.lm_head.weight is hf.transformer.wte.weight
     unique = sum(p.numel() for p in hf.parameters()) * 4  # parameters() yields a tied tensor once
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
-    run = GenerateWorkload().build(GenerateSpec(model=f"hf:{tmp_path}", prompt_len=8, new_tokens=4, prompts="synthetic"), [], ctx)
+    spec = GenerateSpec(model=f"hf:{tmp_path}", prompt_len=8, new_tokens=4, prompts="synthetic")
+    run = GenerateWorkload().build(spec, [], ctx)
     memory = run.memory()
     assert memory["weights"] == unique
     buffers = sum(b.numel() * b.element_size() for b in hf.buffers())

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from harness import load
 
 SPIN = "import time\nend = time.perf_counter() + {s}\nwhile time.perf_counter() < end: pass\n"
@@ -61,3 +63,16 @@ def test_summary_withholds_the_verdict_and_says_which_threads_to_use():
     assert gpu["busy"] and "other process(es) computing on the GPU" in gpu["reason"]
     stolen = load.summarize([{"foreign_cpu": 0.02, "steal": 0.15}], [1.0], cores=4, threads=2, gpu_others=None)
     assert stolen["busy"] and "steal 15%" in stolen["reason"]
+
+
+def test_throttling_from_nvml_violation_counters_across_pairs():
+    """Counter differences across each pair, capped at the pair's wall time; no counters, no record."""
+    from harness.energy import throttle_record
+
+    counters = [{"power": 10.0, "thermal": 5.0}, {"power": 10.0, "thermal": 5.0}, {"power": 10.3, "thermal": 5.1},
+                {"power": 11.5, "thermal": 5.6}]
+    record = throttle_record(counters, [1.0, 1.0, 1.0])
+    assert record["power_s"] == pytest.approx(1.5) and record["thermal_s"] == pytest.approx(0.6)
+    assert record["per_pair"] == pytest.approx([0.0, 0.4, 1.0])  # the last pair: 1.7 s counted within 1 s
+    assert record["fraction"] == pytest.approx(1.4 / 3)
+    assert throttle_record([None, None], [1.0]) is None and throttle_record([counters[0]], []) is None
