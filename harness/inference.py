@@ -311,7 +311,10 @@ class GenerateRun(Run):
     def outputs(self) -> dict[str, Any]:
         if self.server is not None:
             return {**self.server.outputs(), **self.quality(), "weight_bytes": weight_bytes(self.model)}
-        tokens = self.generate(self.prompts, self.new_tokens, self.pad).cpu()
+        tokens, seconds = self.synced(lambda: self.generate(self.prompts, self.new_tokens, self.pad))
+        if self.first_call_s is None:  # the run's first work: compile, capture, lazy init
+            self.first_call_s = seconds
+        tokens = tokens.cpu()
         return {"tokens": tokens, "prompts": self.prompts.cpu(), "pad": None if self.pad is None else self.pad.cpu(),
                 "ties": self.ties(tokens), **self.quality(),
                 "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}

@@ -9,6 +9,7 @@ parameter names every check uses), `optimizer` (rebuilt with `make_optimizer`), 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -259,16 +260,18 @@ class TrainRun(Run):
         """K steps from the fresh state: losses per step, first-step gradients, final parameters (CPU fp32)."""
         losses, grads = [], {}
         for i, (x, y) in enumerate(self.batches):
-            if i == 0:
+            if i == 0:  # the run's first work: its time, compile and lazy init included, is first_call_s
                 with self.count_saved_tensors() as saved:
-                    loss = self.train_step(x, y, keep_grads=True)
+                    loss, forward_backward_s = self.synced(functools.partial(self.train_step, x, y, keep_grads=True))
                 if saved is not None:
                     self.info["activation_bytes"] = sum(saved.values())
                 scale = self.scaler.get_scale() if self.scaler is not None else 1.0
                 grads = {n: full_tensor(p.grad) / scale for n, p in self.raw_model.named_parameters()
                          if p.grad is not None}
                 self.grad_bytes = tensor_bytes(p.grad for p in self.raw_model.parameters())
-                self.optimizer_step()
+                _, update_s = self.synced(self.optimizer_step)
+                if self.first_call_s is None:
+                    self.first_call_s = forward_backward_s + update_s
             else:
                 loss = self.train_step(x, y)
             losses.append(self.global_loss(loss))

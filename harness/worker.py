@@ -186,7 +186,9 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         with_threads(run, dist, threads, rank_threads)
         outputs[side] = run.outputs()
         clock = clock_dist if run.distributed else clock_local
-        first_call[side] = clock.time(run.timed_step)  # compile / capture / lazy init: never a sample
+        # compile / capture / lazy init happen at the run's first work, in outputs(): never a sample
+        first_call[side] = (clock.reduce(run.first_call_s) if run.first_call_s is not None
+                            else clock.time(run.timed_step))
         peak = memory.peak_of(run.timed_step, device)
         if before is not None and peak["peak"] is not None:
             peak["side_peak"] = peak["peak"] - before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +30,9 @@ class Run:
       distributed: under torchrun, True if every rank runs `step()`; False if only rank 0 does (a
         single-process baseline), the other ranks waiting.
       info: free-form facts to report (dtype in use, policy chosen, cache kind, ...).
+      first_call_s: the synchronized wall time of the run's first unit of work, wherever it happens (the first
+        step of `outputs()`): compile, CUDA-graph capture and lazy initialisation land there, so it is the
+        one-time cost the report shows as `compile_s`. None until the run records it (with `synced`).
       timed: True only while the worker (or the pytest plugin) runs the timed blocks. Per-call records that
         feed `extra_metrics` (served requests, draft acceptance counts) are kept only then, so every metric
         beside the latency statistics describes the timed calls, not the correctness pass, the memory probe
@@ -41,6 +46,22 @@ class Run:
         self.distributed = False
         self.info: dict[str, Any] = {}
         self.timed = False
+        self.first_call_s: float | None = None
+
+    def synced(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        """(fn(), its wall time in seconds with the device synchronized before and after): how a workload times
+        the parts of its first unit of work for `first_call_s`."""
+        device = self.ctx.device
+        cuda = getattr(device, "type", str(device)) == "cuda"
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - start
 
     def step(self) -> None:
         """One timed unit of work (no synchronization: the timer does that)."""

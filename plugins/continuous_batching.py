@@ -162,7 +162,9 @@ class TraceServer:
 
     @torch.inference_mode()
     def outputs(self) -> dict[str, Any]:
-        served = self.serve()
+        served, seconds = self.run.synced(self.serve)
+        if self.run.first_call_s is None:  # the run's first work: compile, capture, lazy init
+            self.run.first_call_s = seconds
         greedy = lambda logits: logits.argmax(-1)  # noqa: E731
         alone = {r.id: generate_cached(self.run.model, r.prompt.to(self.run.device)[None], r.out_len, greedy,
                                        self.run.model.new_cache("dynamic", 1, 0), decode_one_token)[0].tolist()

@@ -164,3 +164,13 @@ def test_kv_bytes_moved_per_decode_step_follow_the_cache_kind():
     assert m["kv_bytes_per_decode_step"] == kv_step_bytes(run.model.args, 2, "static", 8, 6, 4)
     assert m["achieved_bandwidth_bytes_s"] == pytest.approx((m["weight_bytes"] + m["kv_bytes_per_decode_step"])
                                                             / m["tpot_s"])
+
+
+def test_first_generate_is_the_first_call():
+    run = build(batch=1, prompt_len=8, new_tokens=4)
+    assert run.first_call_s is None
+    run.outputs()
+    first = run.first_call_s
+    assert first > 0
+    run.outputs()  # later work does not move it
+    assert run.first_call_s == first

@@ -1,5 +1,7 @@
 """Training plugins in one process: each invariant holds on `nano`, and a broken variant fails the check."""
 
+import time
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -161,9 +163,23 @@ def test_torch_compile_supports_says_why_not():
 
 
 @pytest.mark.slow
-def test_torch_compile_loss_close_to_eager(baseline):
+def test_torch_compile_loss_close_to_eager_and_compile_time_is_the_first_call(baseline):
+    """The compile happens in the first step of outputs(): first_call_s holds it (Dynamo's own compile-time
+    record says how much), and a step after it is warm."""
+    import torch._dynamo.utils as dynamo_utils
+
     opt = TorchCompile()
     if (reason := opt.supports(ENV)) is not None:
         pytest.skip(reason)
-    result = checks(opt, baseline, outputs([opt]))
+    torch._dynamo.reset()
+    dynamo_utils.clear_compilation_metrics()
+    spec = TrainSpec(model="nano", batch=2, seq_len=32, steps=3)
+    run = TrainWorkload().build(spec, [opt], RunContext(device=torch.device("cpu"), env=ENV, seed=0))
+    result = checks(opt, baseline, run.outputs())
     assert result["loss_close_to_eager"].passed, result
+    compiled = sum(m.entire_frame_compile_time_s or 0 for m in dynamo_utils.get_compilation_metrics())
+    start = time.perf_counter()
+    run.timed_step()
+    warm_step = time.perf_counter() - start
+    assert compiled > 0 and run.first_call_s >= compiled  # the frame compile is inside the first call
+    assert run.first_call_s > 10 * warm_step
