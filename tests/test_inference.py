@@ -132,6 +132,7 @@ def test_compare_tokens_allows_divergence_only_at_a_near_tie():
     ties[0, 1, 1] = 9  # 9 was a near-tie of 6 on the baseline
     check = compare_tokens("x", expected, got, ties)
     assert check.passed and check.values["sequences_diverging_at_near_ties"] == 1
+    assert check.values["positions_excused"] == 3 and check.values["near_tie_positions"] == 1
     got[1, 0] = 3  # a second row diverging at a non-tie fails the whole check
     assert not compare_tokens("x", expected, got, ties).passed
 
@@ -174,3 +175,27 @@ def test_first_generate_is_the_first_call():
     assert first > 0
     run.outputs()  # later work does not move it
     assert run.first_call_s == first
+
+
+def test_near_tie_band_is_the_measured_noise_not_a_fixed_share_of_the_logits():
+    """A runner-up 3e-3 below the greedy token is a tie when computing the logits in a batch of two moves them by
+    1e-3 (band 4 x noise), and not when it does not move them (band 2 eps x max|logit| = 2.4e-6)."""
+    from torch import nn
+
+    from harness.inference import near_ties
+
+    class Logits(nn.Module):
+        def __init__(self, noise: float):
+            super().__init__()
+            self.noise = noise
+
+        def forward(self, idx):
+            B, T = idx.shape
+            out = torch.zeros(B, T, 8)
+            out[..., 0], out[..., 1] = 10.0, 10.0 - 3e-3
+            out[0, :, 0] += self.noise * (B == 2)  # the batch-of-two kernel rounds differently
+            return out
+
+    prompt, tokens = torch.tensor([3, 4]), torch.zeros(3, dtype=torch.long)
+    assert near_ties(Logits(1e-3), prompt, tokens, torch.float32)[:, :2].tolist() == [[0, 1]] * 3
+    assert near_ties(Logits(0.0), prompt, tokens, torch.float32)[:, :2].tolist() == [[0, -1]] * 3

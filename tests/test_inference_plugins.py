@@ -274,6 +274,17 @@ def test_continuous_batching_one_token_requests_have_no_tpot():
     assert mixed.extra_metrics(0.5)["tpot_mean_s"] == pytest.approx(sum(tpots) / len(tpots))
 
 
+def test_continuous_batching_excuses_divergence_only_at_a_near_tie():
+    ties = torch.full((3, 4), -1)
+    ties[:, 0] = torch.tensor([1, 2, 3])
+    ties[1, 1] = 5  # 5 was within the band of 2 at the second position
+    reference = {"trace_ids": [0, 1], "alone": {0: [1, 2, 3], 1: [1, 2, 3]}, "ties": {0: ties, 1: ties}}
+    check = cb.equal_alone("x", [(0, [1, 2, 3]), (1, [1, 5, 6])], reference)
+    assert check.passed and check.values["diverging_at_near_ties"] == [1]
+    check = cb.equal_alone("x", [(0, [1, 7, 3]), (1, [1, 2, 3])], reference)
+    assert not check.passed and check.values["differing"] == [0]
+
+
 def test_continuous_batching_wrong_mask_is_caught(monkeypatch):
     monkeypatch.setattr(cb.SlotCache, "visible", lambda self, pos: (self.positions[None] < pos[:, None])[:, None, None])
     checks, _ = serve_pair()
