@@ -194,6 +194,10 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             peak["side_peak"] = peak["peak"] - before
         peaks[side] = peak
         dist.barrier()
+    if cuda and "baseline" in sides:
+        noise = baseline_repeat_noise(workload, spec, sides["baseline"], ctx, dist, outputs.get("baseline"))
+        if noise is not None and dist.rank == 0:
+            outputs["baseline"]["noise"] = noise
     checks = []
     if dist.rank == 0 and "baseline" in sides:
         for opt in differing(sides["metrics"], sides["baseline"]):
@@ -280,6 +284,27 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
         record["gpu_throttle"] = throttle_record(violations, weights) if read_violations else None
         log(f"{len(timing.orders)} pairs ({timing.stopped_by}); foreign CPU {record['foreign_cpu']:.0%}")
     return timing, record, clocks_log
+
+
+def baseline_repeat_noise(workload, spec, baseline_opts, ctx, dist: Distributed, first: dict | None):
+    """On CUDA: a second correctness pass of a fresh baseline (same seed), and how far it lands from the first
+    (harness.training.repeat_noise: atomics in attention backward and reductions are not deterministic). The
+    checks then allow a multiple of that noise, and say so in their tolerance. None for workloads without
+    tensors to compare (generation compares tokens with the near-tie rule) or on ranks that do not own it."""
+    from harness.training import TrainRun, repeat_noise
+
+    if workload.kind != "training":
+        return None
+    run = workload.build(spec, baseline_opts, ctx)
+    noise = None
+    if isinstance(run, TrainRun) and owns(run, dist):
+        log("repeating the baseline's correctness pass (CUDA kernels are not deterministic)")
+        second = run.outputs()
+        noise = repeat_noise(first, second) if first is not None else None
+    dist.barrier()
+    del run
+    gc.collect()
+    return noise
 
 
 def warm_runtime(workload, spec, baseline_opts, ctx, dist: Distributed) -> None:

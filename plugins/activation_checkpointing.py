@@ -9,7 +9,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import precision_mismatch, tensors_check
+from harness.training import noise_of, precision_mismatch, tensors_check
 
 # Recompute runs the same kernels on the same inputs, so gradients match to fp32 round-off (bitwise on CPU in
 # our runs); the tolerance allows for non-deterministic reductions on GPUs.
@@ -64,9 +64,10 @@ class ActivationCheckpointing(Optimization):
             return [mismatch]
         if optimized.get("device") == "cuda" and optimized.get("precision") in ("bfloat16", "float16"):
             grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], HALF_GRAD_RTOL,
-                                  GRAD_ATOL, HALF_GRAD_ATOL_OF_MAX)
+                                  GRAD_ATOL, HALF_GRAD_ATOL_OF_MAX, noise=noise_of(baseline, "grads"))
         else:
-            grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL)
+            grads = tensors_check("grads_equal_plain", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL,
+                                  noise=noise_of(baseline, "grads"))
         checks = [grads]
         b, o = baseline.get("activation_bytes"), optimized.get("activation_bytes")
         if b and o:

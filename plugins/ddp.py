@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, tensors_check
+from harness.training import loss_check, noise_of, tensors_check
 
 # The ranks' gradient average is summed in a different order than the single-process mean, so parameters
 # differ by fp32 round-off, which AdamW's normalisation can amplify near zero gradients. Measured on nano
@@ -86,7 +86,7 @@ class DDP(Optimization):
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         return [tensors_check("params_equal_single_process", baseline["params"], optimized["params"],
-                              PARAM_RTOL, PARAM_ATOL),
+                              PARAM_RTOL, PARAM_ATOL, noise=noise_of(baseline, "params")),
                 loss_check("loss_equal_single_process", baseline, optimized, LOSS_ATOL)]
 
 

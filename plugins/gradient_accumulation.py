@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, precision_mismatch, tensors_check
+from harness.training import loss_check, noise_of, precision_mismatch, tensors_check
 
 # Summing k micro-batch gradients adds the same terms in another order than one big reduction: in fp32 the
 # first-step gradients differ by round-off (measured max |diff| 3e-8 on nano, 7e-9 on `cpu`; gradients up to
@@ -134,16 +134,17 @@ class GradientAccumulation(Optimization):
         if baseline.get("precision") == "fp32":
             checks = [
                 tensors_check(
-                    "params_equal_one_big_batch", baseline["params"], optimized["params"], PARAM_RTOL, PARAM_ATOL
-                ),
-                tensors_check("first_step_grads_equal", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL),
+                    "params_equal_one_big_batch", baseline["params"], optimized["params"], PARAM_RTOL, PARAM_ATOL,
+                    noise=noise_of(baseline, "params")),
+                tensors_check("first_step_grads_equal", baseline["grads"], optimized["grads"], GRAD_RTOL, GRAD_ATOL,
+                              noise=noise_of(baseline, "grads")),
                 loss_check("loss_equal_one_big_batch", baseline, optimized, LOSS_ATOL),
             ]
         else:  # bf16 / fp16 autocast on both sides (tf32 too: its matmul inputs are rounded the same way)
             checks = [
                 tensors_check(
-                    "first_step_grads_equal", baseline["grads"], optimized["grads"], LOW_GRAD_RTOL, LOW_GRAD_ATOL
-                ),
+                    "first_step_grads_equal", baseline["grads"], optimized["grads"], LOW_GRAD_RTOL, LOW_GRAD_ATOL,
+                    noise=noise_of(baseline, "grads")),
                 loss_check("loss_equal_one_big_batch", baseline, optimized, LOW_LOSS_ATOL),
             ]
         b, o = baseline.get("activation_bytes"), optimized.get("activation_bytes")

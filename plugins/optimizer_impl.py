@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, tensors_check
+from harness.training import loss_check, noise_of, tensors_check
 
 # The implementations evaluate the same formula with other op orders (fused on CPU computes the step in one
 # loop per element, foreach / for-loop as separate tensor ops), so parameters agree to fp32 round-off per
@@ -84,8 +84,8 @@ class OptimizerImpl(Optimization):
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         return [
             tensors_check(
-                "params_equal_baseline_impl", baseline["params"], optimized["params"], PARAM_RTOL, PARAM_ATOL
-            ),
+                "params_equal_baseline_impl", baseline["params"], optimized["params"], PARAM_RTOL, PARAM_ATOL,
+                noise=noise_of(baseline, "params")),
             loss_check("loss_equal_baseline_impl", baseline, optimized, LOSS_ATOL),
         ]
 

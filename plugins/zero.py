@@ -11,7 +11,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import tensors_check
+from harness.training import noise_of, tensors_check
 
 # ZeroRedundancyOptimizer gives whole parameters to ranks (greedy by size), so a rank's share of the Adam
 # states is 8 Psi / N only up to the largest tensor; FSDP2 shards every tensor on dim 0 (exact up to padding).
@@ -99,7 +99,7 @@ class Zero(Optimization):
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         checks = [tensors_check("params_equal_ddp", baseline["params"], optimized["params"],
-                                PARAM_RTOL, PARAM_ATOL)]
+                                PARAM_RTOL, PARAM_ATOL, noise=noise_of(baseline, "params"))]
         measured, formula = optimized["memory"], optimized["memory_estimate"]
         rtol = STATE_RTOL[self.params.stage]
         for key in ("optimizer_states", "gradients", "weights"):

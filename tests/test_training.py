@@ -125,3 +125,30 @@ def test_training_suites_load_and_cover_every_training_plugin(name):
             # checkpointing's gradients can only be compared at the same precision on both sides
             has_mp = any(use.name == "mixed_precision" for use in case.plugins)
             assert has_mp == any(use.name == "mixed_precision" for use in case.baseline)
+
+
+def test_tolerances_widen_to_the_baselines_own_repeat_noise():
+    """On CUDA the worker repeats the baseline's correctness pass; checks then allow 4 x its difference, and a
+    deviation beyond that still fails. On the CPU the repeat is identical (noise 0)."""
+    import torch
+
+    from harness.training import TrainSpec, TrainWorkload, loss_check, repeat_noise, tensors_check
+    from harness.worker import Distributed, baseline_repeat_noise
+    from harness.workload import RunContext
+
+    ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
+    spec = TrainSpec(model="nano", batch=2, seq_len=16, steps=2)
+    workload = TrainWorkload()
+    first = workload.build(spec, [], ctx).outputs()
+    noise = baseline_repeat_noise(workload, spec, [], ctx, Distributed("cpu"), first)
+    assert set(noise) == {"params", "grads", "loss"} and max(noise["params"].values()) == 0.0 == noise["loss"]
+
+    base = {"w": torch.zeros(3)}
+    moved = {"w": torch.tensor([0.0, 3e-4, 0.0])}
+    assert not tensors_check("p", base, moved, 0.0, 1e-5).passed
+    widened = tensors_check("p", base, moved, 0.0, 1e-5, noise={"w": 1e-4})
+    assert widened.passed and "repeat difference" in widened.tolerance and widened.values["repeat_noise_max"] == 1e-4
+    assert not tensors_check("p", base, {"w": torch.tensor([0.0, 5e-4, 0.0])}, 0.0, 1e-5, noise={"w": 1e-4}).passed
+    outs = {"loss": 2.0, "losses": [2.0], "noise": repeat_noise({"loss": 2.0}, {"loss": 2.001})}
+    assert loss_check("l", outs, {"loss": 2.003, "losses": [2.003]}, 1e-4).passed  # within 4 x 1e-3
+    assert not loss_check("l", outs, {"loss": 2.005, "losses": [2.005]}, 1e-4).passed
