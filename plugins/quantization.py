@@ -3,7 +3,9 @@ int4 weight-only and fp8 (CUDA, torchao). Fewer bytes per token; speed is whatev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,9 +59,19 @@ def int8pack_mm_runs(device: str) -> bool:
     return True
 
 
+FUSED_MAX_ROWS = 16  # CUDA: _weight_int8pack_mm for decode-sized inputs only (see Int8WeightOnlyLinear)
+
+
 class Int8WeightOnlyLinear(nn.Module):
     """Linear with int8 weights and one scale per output channel (symmetric); activations stay in their dtype.
-    Uses torch._weight_int8pack_mm where it exists, else dequantizes the weight in forward."""
+
+    Kernel paths, counted in `calls`: "int8pack_mm" is torch._weight_int8pack_mm (int8 weights read by the
+    kernel itself): on the CPU always, on CUDA for inputs of at most FUSED_MAX_ROWS rows (decode), since that
+    kernel is a matrix-vector design that is slow for prefill and batched decode. "cast_linear" is gpt-fast's
+    form, F.linear(x, weight cast to x's dtype) x scales: cuBLAS for large inputs, or where the fused kernel
+    does not exist."""
+
+    calls: dict[str, int] = {"int8pack_mm": 0, "cast_linear": 0}
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -71,11 +83,15 @@ class Int8WeightOnlyLinear(nn.Module):
         self.fused = int8pack_mm_runs(str(linear.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
+        rows = x.numel() // x.size(-1)
+        if self.fused and (x.device.type == "cpu" or rows <= FUSED_MAX_ROWS):
+            Int8WeightOnlyLinear.calls["int8pack_mm"] += 1
             y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales.to(x.dtype))
             y = y.view(*x.shape[:-1], -1)
-            return y + self.bias if self.bias is not None else y
-        return F.linear(x, self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype), self.bias)
+        else:
+            Int8WeightOnlyLinear.calls["cast_linear"] += 1
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        return y + self.bias if self.bias is not None else y
 
 
 def int8_weight_only(model: nn.Module) -> nn.Module:
@@ -88,8 +104,11 @@ def int8_weight_only(model: nn.Module) -> nn.Module:
     return model
 
 
-def torchao_quantize(model: nn.Module, method: str) -> nn.Module:
-    """torchao's quantize_ with the config for `method` (new *Config names first, then the older functions)."""
+def torchao_quantize(model: nn.Module, method: str) -> tuple[nn.Module, str]:
+    """torchao's quantize_ with the config for `method` (new *Config names first, then the older functions);
+    returns the model and the config used, as text. set_inductor_config=False keeps the process-wide Inductor
+    settings (shared with the baseline side) unchanged; int4 uses the "tile_packed_to_4d" format, whose kernel
+    (torch's _weight_int4pack_mm, tinygemm) ships with torch, where the config has that field."""
     import torchao.quantization as tq
 
     names = {"int8_weight_only": ("Int8WeightOnlyConfig", "int8_weight_only"),
@@ -98,8 +117,15 @@ def torchao_quantize(model: nn.Module, method: str) -> nn.Module:
     make = next((getattr(tq, n) for n in names if hasattr(tq, n)), None)
     if make is None:
         raise RuntimeError(f"this torchao has none of {names}")
-    tq.quantize_(model, make())
-    return model
+    accepted = ({f.name for f in dataclasses.fields(make)} if dataclasses.is_dataclass(make)
+                else set(inspect.signature(make).parameters))
+    kwargs: dict[str, Any] = {}
+    if "set_inductor_config" in accepted:
+        kwargs["set_inductor_config"] = False
+    if method == "int4_weight_only" and "int4_packing_format" in accepted:
+        kwargs["int4_packing_format"] = "tile_packed_to_4d"
+    tq.quantize_(model, make(**kwargs))
+    return model, f"torchao {make.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
 class Quantization(Optimization):
@@ -131,6 +157,11 @@ class Quantization(Optimization):
     def validate(self, spec: Any, plugins: list) -> None:
         if self.params.method == "int8_dynamic" and spec.dtype != "fp32":
             raise ParamError("method", f"int8_dynamic quantizes an fp32 model (the workload has dtype: {spec.dtype})")
+        if (self.params.backend == "torchao" or self.params.method in ("int4_weight_only", "fp8")) \
+                and not has_torchao():
+            raise ParamError("backend" if self.params.backend == "torchao" else "method",
+                             f"{self.params.method} with torchao needs torchao installed (pip install "
+                             "'harness[torchao]')")
 
     def apply(self, run: Any) -> None:
         before = weight_bytes(run.model)
@@ -143,13 +174,21 @@ class Quantization(Optimization):
             with warnings.catch_warnings():  # torch.ao quantized tensors warn that they are deprecated
                 warnings.simplefilter("ignore")
                 run.model = torch.ao.quantization.quantize_dynamic(run.model, {nn.Linear}, dtype=torch.qint8)
+            kernel, use_ao = "torch.ao quantize_dynamic (quantized::linear_dynamic, fbgemm)", False
         elif method == "int8_weight_only" and not use_ao:
             run.model = int8_weight_only(run.model)
+            fused = int8pack_mm_runs(run.device.type)
+            kernel = ("torch._weight_int8pack_mm" if fused and run.device.type == "cpu" else
+                      f"torch._weight_int8pack_mm for <= {FUSED_MAX_ROWS} rows, else int8 weight cast + F.linear "
+                      "x scales (gpt-fast)" if fused else "int8 weight cast + F.linear x scales (gpt-fast)")
+            start = dict(Int8WeightOnlyLinear.calls)
+            run.metric_fns.append(lambda median_s: {"int8_kernel_calls": {
+                k: Int8WeightOnlyLinear.calls[k] - start[k] for k in start}})
         else:
-            run.model = torchao_quantize(run.model, method)
+            run.model, kernel = torchao_quantize(run.model, method)
         after = weight_bytes(run.model)
         run.info.update(quantization=method, quantization_backend="torchao" if use_ao else "torch",
-                        weight_bytes_before=before, weight_bytes_after=after)
+                        quantization_kernel=kernel, weight_bytes_before=before, weight_bytes_after=after)
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         ppl0, ppl1 = baseline["perplexity"], optimized["perplexity"]

@@ -315,3 +315,45 @@ def test_distillation_reports_quality_against_bound():
     assert not bad[0].passed and bad[0].values["top1_agreement"] == 0.0
     with pytest.raises(ParamError):
         build_params(DistillationParams, {"student": "huge"})
+
+
+def test_int8_weight_only_kernel_paths_agree_and_are_counted():
+    """The fused int8 kernel and gpt-fast's cast-then-linear form give the same result; each call is counted
+    under the path it took (on CUDA, inputs above FUSED_MAX_ROWS rows take the cast path)."""
+    from harness_plugins.quantization import Int8WeightOnlyLinear
+
+    torch.manual_seed(0)
+    q = Int8WeightOnlyLinear(torch.nn.Linear(32, 16))
+    x = torch.randn(3, 5, 32)
+    before = dict(Int8WeightOnlyLinear.calls)
+    fused = q(x)
+    q.fused = False
+    cast = q(x)
+    assert torch.allclose(fused, cast, atol=1e-5)
+    deq = torch.nn.functional.linear(x, q.weight.float() * q.scales[:, None], q.bias)
+    assert torch.allclose(cast, deq, atol=1e-5)
+    assert {k: Int8WeightOnlyLinear.calls[k] - before[k] for k in before} == {"int8pack_mm": 1, "cast_linear": 1}
+
+
+def test_torchao_configs_keep_global_settings_and_use_a_packing_torch_ships(monkeypatch):
+    import dataclasses
+    import sys
+    import types
+
+    from harness_plugins.quantization import torchao_quantize
+
+    @dataclasses.dataclass
+    class Int4WeightOnlyConfig:
+        group_size: int = 128
+        int4_packing_format: str = "plain"
+        set_inductor_config: bool = True
+
+    applied = []
+    fake = types.ModuleType("torchao.quantization")
+    fake.Int4WeightOnlyConfig = Int4WeightOnlyConfig
+    fake.quantize_ = lambda model, config: applied.append(config)
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
+    model, text = torchao_quantize(torch.nn.Linear(4, 4), "int4_weight_only")
+    assert applied == [Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d", set_inductor_config=False)]
+    assert "set_inductor_config=False" in text and "tile_packed_to_4d" in text
