@@ -16,7 +16,7 @@ from typing import Any
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
 COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
 VERDICT_COLORS = {"faster": "#176e1d", "slower": "#b3261e", "no significant difference": "#7a7a7a",
-                  "inconclusive": "#d9730d"}
+                  "inconclusive": "#d9730d", "larger": "#176e1d", "smaller": "#b3261e"}  # larger/smaller: effects
 OTHER_COLOR = "#7a7a7a"  # a verdict of no known kind (n/a)
 FLAG_COLOR = "#b3261e"  # pairs timed while the machine was busy
 
@@ -82,7 +82,8 @@ def _short(label: str, width: int = 72) -> str:
     return f"{label[:keep]}…{label[-(width - 1 - keep):]}"
 
 
-def forest_plot(rows: list[dict[str, Any]], band: tuple[float, float] | None, salt: str = "forest") -> str:
+def forest_plot(rows: list[dict[str, Any]], band: tuple[float, float] | None, salt: str = "forest",
+                xlabel: str = "speedup = baseline time ÷ optimized time (log scale; right of 1 = faster)") -> str:
     """Every case's speedup and 95% interval on one log axis, coloured by verdict, busy cases hollow.
 
     rows: {"label", "speedup" (or None), "ci" ([lo, hi] or None), "verdict", "busy", "text"} in page order;
@@ -119,7 +120,7 @@ def forest_plot(rows: list[dict[str, Any]], band: tuple[float, float] | None, sa
     ax.set_ylim(-0.6, n - 0.4)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("speedup = baseline time ÷ optimized time (log scale; right of 1 = faster)", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
     seen = list(dict.fromkeys(r["verdict"] for r in rows))
     handles: list[Any] = [Line2D([], [], color=VERDICT_COLORS.get(v, OTHER_COLOR), marker="o", linewidth=2.2,
                                  label=str(v)) for v in seen]

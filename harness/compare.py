@@ -20,12 +20,17 @@ from typing import Any
 
 from pytest_benchmark.utils import parse_compare_fail
 
-from harness import cost, stats
+from harness import charts, cost, stats
 from harness.errors import InputError
 from harness.export import load_run
 from harness.report import SIDES, environment, flatten, fmt_time, unit_label, write_atomic
 
 IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted
+HEADLINE_ENV = (("device", "device"), ("cpu.model", "CPU"), ("cuda.devices[0].name", "GPU"),
+                ("nvml.driver", "driver"), ("cuda.cuda_version", "CUDA"), ("torch", "torch"), ("python", "python"),
+                ("threads.torch_num_threads", "threads"), ("precision.allow_tf32_matmul", "TF32 matmuls"),
+                ("precision.float32_matmul_precision", "fp32 matmul precision"), ("git.commit", "commit"))
+MOVED = 3  # cases listed as having moved most, in each direction
 
 
 def _sides(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -98,7 +103,13 @@ def compare(paths: list[Path], price_per_hour: float | None = None,
                 entries.append(_entry(c, side, price and price[0]))
             rows.append({"case": cid, "side": label, "entries": entries,
                          "versus": [None] + [_versus(entries[0], e) for e in entries[1:]]})
+    effects = effect_rows(ids, by_id)
     return {
+        "headline_env": [{"label": label, "values": [e.get(key) for e in envs]} for key, label in HEADLINE_ENV
+                         if any(e.get(key) is not None for e in envs)
+                         and (key == "device" or len({repr(e.get(key)) for e in envs}) > 1)],
+        "summaries": [summary(rows, i) for i in range(1, len(runs))],
+        "effects": effects,
         "runs": [{"path": str(p), "run_id": r.get("run_id"), "suite": (r.get("suite") or {}).get("name"),
                   "started": r.get("started"), "device": cost.device_name(r.get("environment") or {}),
                   "imported_from": r.get("imported_from"), "price": price}
@@ -108,6 +119,61 @@ def compare(paths: list[Path], price_per_hour: float | None = None,
         "partial": [cid for cid in ids if any(cid not in m for m in by_id)],
         "health": [{"case": cid, "runs": [_health(m.get(cid)) for m in by_id]} for cid in ids],
     }
+
+
+def summary(rows: list[dict[str, Any]], i: int) -> dict[str, Any]:
+    """Run #i against #0 at a glance: the geometric mean of the per-case speedups with its interval
+    (`harness.stats.geomean_speedup`) and the case sides that moved most each way (by speedup, with verdicts)."""
+    both = [r for r in rows if r["versus"][i] and r["versus"][i].get("speedup")]
+    geo = stats.geomean_speedup([(stats.split_blocks(r["entries"][0]["latency"]),
+                                  stats.split_blocks(r["entries"][i]["latency"])) for r in both])
+    moved = [{"case": r["case"], "side": r["side"], **r["versus"][i]}
+             for r in sorted(both, key=lambda r: r["versus"][i]["speedup"])]
+    return {"run": i, "geomean": geo, "rows": len(both),
+            "faster": [m for m in reversed(moved) if m["speedup"] > 1][:MOVED],
+            "slower": [m for m in moved if m["speedup"] < 1][:MOVED]}
+
+
+def pair_ratios_of(case: dict[str, Any]) -> list[float]:
+    """A measured case's per-pair ratios (baseline / optimized): recorded ones, else from its blocks (older
+    files: rounds)."""
+    cmp = case.get("comparison") or {}
+    if cmp.get("per_pair"):
+        return list(cmp["per_pair"])
+    if not all(isinstance(case.get(k), dict) for k in ("baseline", "metrics")):
+        return []
+    return stats.pair_ratios(stats.split_blocks(case["baseline"]["latency"]),
+                             stats.split_blocks(case["metrics"]["latency"]))
+
+
+def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """For each case with a baseline: the optimization's speedup in each run, and whether it differs between
+    run #i and #0 (`harness.stats.compare_effects`): where an optimization is worth turning on."""
+    out = []
+    for cid in ids:
+        cases = [m.get(cid) for m in by_id]
+        if not any(c and c.get("status") == "ok" and "baseline" in c for c in cases):
+            continue
+        runs = []
+        for c in cases:
+            cmp = (c or {}).get("comparison") or {}
+            ok = c is not None and c.get("status") == "ok" and cmp.get("speedup") is not None
+            load = ((c or {}).get("measurement") or {}).get("foreign_load") or {}
+            runs.append({"speedup": cmp.get("speedup"), "ci95": cmp.get("ci95"), "verdict": cmp.get("verdict"),
+                         "busy": load.get("reason") if load.get("busy") else None,
+                         "ratios": pair_ratios_of(c) if ok else []} if ok else None)
+        versus: list[dict[str, Any] | None] = [None]
+        for later in runs[1:]:
+            if runs[0] is None or later is None:
+                versus.append(None)
+                continue
+            busy = "; ".join(f"{name} run busy" for name, r in (("first", runs[0]), ("later", later)) if r["busy"])
+            versus.append(stats.compare_effects(runs[0]["ratios"], later["ratios"], busy=busy or None))
+        for r in runs:
+            if r:
+                r.pop("ratios")
+        out.append({"case": cid, "runs": runs, "versus": versus})
+    return out
 
 
 def _health(case: dict[str, Any] | None) -> dict[str, Any]:
@@ -154,8 +220,44 @@ def _verdict_word(v: dict[str, Any] | None) -> str:
     return "no sig. diff." if v["verdict"] == "no significant difference" else v["verdict"]
 
 
+def fmt_interval(x: float | None, ci: list[float] | None) -> str:
+    """'1.32x [1.28, 1.36]' or 'n/a'."""
+    return "n/a" if x is None else f"{x:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def format_headline(result: dict[str, Any]) -> list[str]:
+    """What differs between the machines, then per later run its geometric-mean speedup and the cases that moved
+    most, then each optimization's speedup per run and whether that differs: the terminal's first lines."""
+    out = [f"#{i}: {r['path']} ({r['device']}, run {r['run_id']})" for i, r in enumerate(result["runs"])]
+    for row in result["headline_env"]:
+        out.append(f"  {row['label']}: " + " | ".join(f"#{i} {v}" for i, v in enumerate(row["values"])))
+    for s in result["summaries"]:
+        g = s["geomean"]
+        out.append(f"#{s['run']} vs #0: geometric-mean speedup {fmt_interval(g['speedup'], g['ci95'])} over "
+                   f"{g['cases']} case sides (> 1: #{s['run']} faster)")
+        for word, moved in (("faster", s["faster"]), ("slower", s["slower"])):
+            if moved:
+                out.append(f"  most {word}: " + "; ".join(
+                    f"{m['case']} [{m['side'] or '-'}] {m['speedup']:.2f}x ({_verdict_word(m)})" for m in moved))
+    effects = result.get("effects") or []
+    if effects:
+        n = len(result["runs"])
+        lines = [["optimization effect", *[f"speedup #{i}" for i in range(n)],
+                  *[f"#{i}/#0 effect" for i in range(1, n)]]]
+        for row in effects:
+            cells = [row["case"]] + [fmt_interval(r["speedup"], r["ci95"]) + (" busy" if r["busy"] else "")
+                                     if r else "n/a" for r in row["runs"]]
+            cells += [f"{v['ratio']:.2f}x {v['verdict']}" if v and v["ratio"] else (v or {}).get("verdict", "n/a")
+                      for v in row["versus"][1:]]
+            lines.append(cells)
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+        out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table: median per run, then each later run's time ratio and verdict against the first."""
+    """The headline (`format_headline`), then a plain-text table: median per run, then each later run's time
+    ratio and verdict against the first."""
     n = len(result["runs"])
     head = ["case", "side"] + [f"median #{i}" for i in range(n)]
     head += [h for i in range(1, n) for h in (f"#{i}/#0 time", f"#{i} vs #0")]
@@ -169,7 +271,7 @@ def format_table(result: dict[str, Any]) -> str:
             cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", _verdict_word(v)]
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    out = [f"#{i}: {r['path']} ({r['device']}, run {r['run_id']})" for i, r in enumerate(result["runs"])]
+    out = format_headline(result) + [""]
     for j, line in enumerate(lines):
         out.append("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
         if j == 0:
@@ -180,26 +282,67 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def forests(result: dict[str, Any]) -> list[str]:
+    """One forest plot per later run (small multiples): every case side's speedup against run #0 with its
+    interval, coloured by verdict, busy comparisons hollow."""
+    out = []
+    for i in range(1, len(result["runs"])):
+        rows = []
+        for row in result["rows"]:
+            v = row["versus"][i]
+            if not v or not v.get("speedup"):
+                continue
+            busy = (v.get("reason") or "").startswith(("first run", "later run"))
+            rows.append({"label": f"{row['case']} [{row['side'] or '-'}]", "speedup": v["speedup"],
+                         "ci": v["ci95"], "verdict": v["verdict"], "busy": busy,
+                         "text": fmt_interval(v["speedup"], v["ci95"]).replace("x", "×", 1)})
+        out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"cmp{i}",
+                                      xlabel=f"speedup of run #{i} over run #0 = #0 time ÷ #{i} time "
+                                             f"(log scale; right of 1 = #{i} faster)"))
+    return out
+
+
+def effect_forests(result: dict[str, Any]) -> list[str]:
+    """Per later run: each optimization's speedup there divided by its speedup in run #0, with the interval
+    of `harness.stats.compare_effects` (right of 1: it buys more on run #i)."""
+    out = []
+    for i in range(1, len(result["runs"])):
+        rows = [{"label": row["case"], "speedup": v["ratio"], "ci": v["ci95"], "verdict": v["verdict"],
+                 "busy": bool(v.get("reason") and "busy" in v["reason"]),
+                 "text": f"{v['ratio']:.2f}× ({v['verdict']})"}
+                for row in result["effects"] if (v := row["versus"][i]) and v.get("ratio")]
+        out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"eff{i}",
+                                      xlabel=f"optimization speedup on run #{i} ÷ on run #0 "
+                                             "(log scale; right of 1 = it buys more there)"))
+    return out
+
+
 def render_compare(result: dict[str, Any]) -> str:
     """The comparison as one self-contained HTML page (same template base and escaping as the report)."""
     env = environment()
-    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=_verdict_word, unit=unit_label)
-    return env.get_template("compare.html").render(c=result)
+    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=_verdict_word, unit=unit_label,
+                       interval=lambda v: fmt_interval(v.get("speedup"), v.get("ci95")).replace("x", "×", 1))
+    return env.get_template("compare.html").render(c=result, forests=forests(result),
+                                                   effect_forests=effect_forests(result))
 
 
 def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
                   notes: list[str] | None = None) -> list[str]:
     """Messages for each `--fail-if` expression breached by a later run against the first run, unless the
     change is "no significant difference" by the shared rule: those go to `notes`."""
-    checks = []
+    checks, effect_limits = [], []
     for expr in fail_if:
         if expr == "status":  # the health gate alone (health_failures), no timing threshold
+            continue
+        if expr.startswith("speedup:"):
+            effect_limits.append((expr, _percent(expr)))
             continue
         try:
             checks.append((expr, parse_compare_fail(expr)))
         except argparse.ArgumentTypeError:
             raise InputError(f"bad --fail-if expression {expr!r}: use FIELD:N% or FIELD:SECONDS with FIELD one of "
-                             "min, max, mean, median, stddev, iqr (e.g. median:10%, median:0.001)",
+                             "min, max, mean, median, stddev, iqr (e.g. median:10%, median:0.001), or "
+                             "speedup:N% (an optimization's speedup dropped by more than N%)",
                              field="fail-if") from None
     failures = []
     for row in result["rows"]:
@@ -220,7 +363,38 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
                 if versus.get("verdict") == "inconclusive":
                     line += f"; and the comparison is inconclusive ({versus.get('reason')}): re-measure"
                 failures.append(line)
+    for row in result.get("effects", []):
+        first = row["runs"][0]
+        for i, later in enumerate(row["runs"][1:], start=1):
+            if first is None or later is None:
+                continue
+            versus = row["versus"][i] or {}
+            for expr, limit in effect_limits:
+                drop = 1 - later["speedup"] / first["speedup"]
+                if drop <= limit:
+                    continue
+                line = (f"{row['case']} run #{i} vs #0: {expr}: the optimization's speedup fell from "
+                        f"{first['speedup']:.2f}x to {later['speedup']:.2f}x ({drop:.0%} lower)")
+                if versus.get("verdict") == "no significant difference":
+                    if notes is not None:
+                        notes.append(f"{line}; within noise (no significant difference): not a failure")
+                    continue
+                if versus.get("verdict") == "inconclusive":
+                    line += f"; and the comparison is inconclusive ({versus.get('reason')}): re-measure"
+                failures.append(line)
     return failures
+
+
+def _percent(expr: str) -> float:
+    """speedup:N% -> N / 100; InputError otherwise."""
+    value = expr.split(":", 1)[1]
+    try:
+        if not value.endswith("%"):
+            raise ValueError
+        return float(value[:-1]) / 100
+    except ValueError:
+        raise InputError(f"bad --fail-if expression {expr!r}: speedup takes a percentage, e.g. speedup:10%",
+                         field="fail-if") from None
 
 
 def main(paths: list[str | Path], out: str | Path | None = None, fail_if: list[str] | tuple[str, ...] = (),

@@ -125,7 +125,9 @@ def verdict_text(comparison: dict[str, Any]) -> str:
 
 
 def verdict_class(word: Any) -> str:
-    """The CSS class of a verdict: faster, slower, inconclusive, or nsd (no significant difference, n/a...)."""
+    """The CSS class of a verdict: faster, slower, inconclusive, or nsd (no significant difference, n/a...); an
+    effect that is larger / smaller on another machine reads as faster / slower."""
+    word = {"larger": "faster", "smaller": "slower"}.get(word, word)
     return word if word in ("faster", "slower", "inconclusive") else "nsd"
 
 

@@ -217,3 +217,50 @@ def compare_unpaired(first: Blocks, later: Blocks, min_effect: float = MIN_EFFEC
     speedup = math.exp(float(np.median(a) - np.median(b)))
     word, reason = verdict(speedup, lo, hi, min_effect, busy)
     return {"speedup": speedup, "ci95": [lo, hi], "verdict": word, "reason": reason, "min_effect": min_effect}
+
+
+def _median_log_resamples(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """BOOTSTRAP_RESAMPLES medians of `values` (logs) resampled with replacement."""
+    return np.median(values[rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))], axis=1)
+
+
+def geomean_speedup(rows: Sequence[tuple[Blocks, Blocks]], seed: int = 0) -> dict[str, Any]:
+    """The geometric mean over cases of later-vs-first speedups (first median / later median, > 1 = later
+    faster), as TorchBench summarizes a machine or a commit, with a 95% interval.
+
+    rows: (first run's blocks, later run's blocks) per case side. Each case's log speedup is the difference of
+    the median log block medians (`compare_unpaired`); the interval resamples every case's blocks (the same
+    resample index for all cases) and takes percentiles of the mean log speedup, so it covers the timing noise
+    of these cases, not the choice of cases. Cases with fewer than 2 blocks in a run are left out."""
+    rng = np.random.default_rng(seed)
+    points, draws = [], []
+    for first, later in rows:
+        a = np.log([statistics.median(b) for b in first if len(b)])
+        b = np.log([statistics.median(x) for x in later if len(x)])
+        if len(a) < 2 or len(b) < 2:
+            continue
+        points.append(float(np.median(a) - np.median(b)))
+        draws.append(_median_log_resamples(a, rng) - _median_log_resamples(b, rng))
+    if not points:
+        return {"speedup": None, "ci95": None, "cases": 0}
+    lo, hi = (math.exp(float(x)) for x in np.percentile(np.mean(draws, axis=0), [2.5, 97.5]))
+    return {"speedup": math.exp(float(np.mean(points))), "ci95": [lo, hi], "cases": len(points)}
+
+
+def compare_effects(first: Sequence[float], later: Sequence[float], min_effect: float = MIN_EFFECT, seed: int = 0,
+                    busy: str | None = None) -> dict[str, Any]:
+    """Whether an optimization's effect differs between two runs (two machines): from each run's per-pair
+    ratios (baseline / optimized), the ratio of the speedups later / first (> 1: it buys more in the later run)
+    with a 95% interval (each run's pairs resampled independently) and the verdict of `verdict` renamed:
+    "larger" / "smaller" / "no significant difference" / "inconclusive"."""
+    a, b = np.log(np.asarray(first, dtype=float)), np.log(np.asarray(later, dtype=float))
+    if len(a) < MIN_PAIRS or len(b) < MIN_PAIRS:
+        return {"ratio": None, "ci95": None, "verdict": "inconclusive",
+                "reason": f"fewer than {MIN_PAIRS} pairs in a run", "min_effect": min_effect}
+    rng = np.random.default_rng(seed)
+    diff = _median_log_resamples(b, rng) - _median_log_resamples(a, rng)
+    lo, hi = (math.exp(float(x)) for x in np.percentile(diff, [2.5, 97.5]))
+    ratio = math.exp(float(np.median(b) - np.median(a)))
+    word, reason = verdict(ratio, lo, hi, min_effect, busy)
+    word = {"faster": "larger", "slower": "smaller"}.get(word, word)
+    return {"ratio": ratio, "ci95": [lo, hi], "verdict": word, "reason": reason, "min_effect": min_effect}

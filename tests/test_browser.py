@@ -38,6 +38,16 @@ def open_page(page: Path, tmp_path: Path) -> tuple[list[str], Path]:
     return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line], shot
 
 
+def page_width(page: Path, tmp_path: Path) -> int:
+    """The page's scroll width in a 1280-pixel-wide window (a copy of it reports it in its title)."""
+    probe = tmp_path / f"{page.stem}-width.html"
+    probe.write_text(page.read_text().replace(
+        "</body>", "<script>document.title = 'W' + document.documentElement.scrollWidth;</script></body>"))
+    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                           probe.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    return int(proc.stdout.split("<title>W")[1].split("<")[0])
+
+
 def test_the_detector_catches_errors_and_blocked_loads(tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text(f"<!doctype html><html><head>{CSP}</head><body><img src='http://example.com/x.png'>"
@@ -74,3 +84,20 @@ def test_real_report_and_comparison_open_cleanly(tmp_path):
     assert compare.main([results, DATA / "real" / "bf16-weights-cpu.json"], out=out) == 0
     console, shot = open_page(out, tmp_path)
     assert console == [] and shot.stat().st_size > 10_000
+
+
+REFERENCE = Path(__file__).parent.parent / "reports" / "reference"
+
+
+@pytest.mark.parametrize("runs", [("xeon-2core-quick", "epyc-2core-quick"),
+                                  ("xeon-2core-quick", "epyc-2core-quick", "xeon-2core-training")])
+def test_machine_comparison_has_charts_and_fits_the_window(tmp_path, runs):
+    """Two and three real runs (an Intel Xeon and an AMD EPYC): forest plots present, no console message or
+    network request, and nothing wider than a 1280-pixel window."""
+    out = tmp_path / f"compare-{len(runs)}.html"
+    compare.main([REFERENCE / r / "results.json" for r in runs], out=out)
+    html = out.read_text()
+    assert html.count("<svg") >= len(runs) - 1 and 'id="filter"' in html
+    console, shot = open_page(out, tmp_path)
+    assert console == [] and shot.stat().st_size > 10_000
+    assert page_width(out, tmp_path) <= 1280

@@ -217,3 +217,74 @@ def test_a_case_already_broken_in_the_first_run_is_not_a_new_failure(tmp_path):
 
     base = _edited(tmp_path, "base.json", broken_check)
     assert cmp.main([base, _edited(tmp_path, "cand.json", broken_check)], fail_if=["status"]) == 0
+
+
+def test_geometric_mean_speedup_and_its_interval_on_known_inputs():
+    from harness.stats import geomean_speedup
+
+    twice_as_fast = ([[2.0]] * 6, [[1.0]] * 6)  # every block of the later run half the time
+    same = ([[1.0]] * 6, [[1.0]] * 6)
+    g = geomean_speedup([twice_as_fast, same])
+    assert g["speedup"] == pytest.approx(2 ** 0.5) and g["ci95"] == pytest.approx([2 ** 0.5, 2 ** 0.5])
+    assert g["cases"] == 2
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    noisy = [([[x] for x in 2.0 * rng.lognormal(0, 0.05, 20)], [[x] for x in rng.lognormal(0, 0.05, 20)])
+             for _ in range(4)]
+    g = geomean_speedup(noisy)
+    assert g["ci95"][0] < g["speedup"] < g["ci95"][1] and 1.9 < g["speedup"] < 2.1
+    assert geomean_speedup([([[1.0]], [[1.0]])]) == {"speedup": None, "ci95": None, "cases": 0}
+
+
+def test_an_optimization_that_pays_off_less_on_another_machine_is_flagged():
+    import numpy as np
+
+    from harness.stats import compare_effects
+
+    rng = np.random.default_rng(0)
+    bf16_here = 1.9 * rng.lognormal(0, 0.03, 30)
+    bf16_there = 1.1 * rng.lognormal(0, 0.03, 30)
+    effect = compare_effects(bf16_here, bf16_there)
+    assert effect["verdict"] == "smaller" and effect["ratio"] == pytest.approx(1.1 / 1.9, rel=0.03)
+    assert compare_effects(bf16_there, bf16_here)["verdict"] == "larger"
+    twin = 1.9 * np.random.default_rng(7).lognormal(0, 0.03, 30)  # a second draw from the same distribution
+    assert compare_effects(bf16_here, twin)["verdict"] in ("no significant difference", "inconclusive")
+    assert compare_effects(bf16_here, twin, busy="later run busy")["verdict"] == "inconclusive"
+
+
+def with_speedup(tmp_path: Path, factor: float, name: str = "later.json") -> tuple[Path, str]:
+    """The CPU fixture with the first ok case's optimization made `factor` times as effective (per-pair ratios
+    and speedup), timings otherwise unchanged."""
+    r = json.loads(CPU.read_text())
+    case = next(c for c in r["cases"] if c["status"] == "ok")
+    c = case["comparison"]
+    c["per_pair"] = [x * factor for x in c["per_pair"]]
+    c["speedup"] *= factor
+    c["ci95"] = [x * factor for x in c["ci95"]]
+    path = tmp_path / name
+    path.write_text(json.dumps(r))
+    return path, case["id"]
+
+
+def test_fail_if_speedup_fails_when_an_optimization_buys_less(tmp_path, capsys):
+    worse, cid = with_speedup(tmp_path, 0.6)
+    assert cmp.main([CPU, worse], fail_if=["speedup:10%"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL: {cid} run #1 vs #0: speedup:10%: the optimization's speedup fell" in out and "40% lower" in out
+    assert cmp.main([CPU, CPU], fail_if=["speedup:10%"]) == 0
+    better, _ = with_speedup(tmp_path, 1.5, "better.json")
+    assert cmp.main([CPU, better], fail_if=["speedup:10%"]) == 0  # an improvement never fails
+    with pytest.raises(InputError, match="speedup takes a percentage"):
+        cmp.main([CPU, CPU], fail_if=["speedup:0.1"])
+
+
+def test_headline_names_what_differs_and_the_overall_speedup(tmp_path, capsys):
+    result = cmp.compare([CPU, scaled(tmp_path, 1.25)])
+    s = result["summaries"][0]
+    assert s["geomean"]["cases"] == s["rows"] > 0 and s["geomean"]["speedup"] < 1  # the later run is slower
+    assert s["slower"] and all(m["side"] == "optimized" for m in s["slower"])
+    assert {e["label"] for e in cmp.compare([CPU, GPU])["headline_env"]} >= {"device", "CPU", "GPU", "torch"}
+    assert cmp.main([CPU, scaled(tmp_path, 1.25)]) == 0
+    out = capsys.readouterr().out
+    assert "#1 vs #0: geometric-mean speedup" in out and "most slower:" in out and "optimization effect" in out
