@@ -55,7 +55,13 @@ def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: floa
             "throughput": throughput, "unit": unit, "rate": throughput.get(unit) if unit else None,
             "tokens_per_s": throughput.get("tokens_per_s"), "peak_bytes": (side.get("memory") or {}).get("peak_bytes"),
             "cost_unit": money["unit"], "usd_per_1m_units": money["usd_per_1m_units"],
-            "usd_per_1m_tokens": money["usd_per_1m_tokens"], "busy": load.get("reason") if load.get("busy") else None}
+            "usd_per_1m_tokens": money["usd_per_1m_tokens"], "busy": load.get("reason") if load.get("busy") else None,
+            "processes": processes(case)}
+
+
+def processes(case: dict[str, Any]) -> int:
+    """Fresh processes the case was timed in (`harness run --repeat N`), 1 otherwise."""
+    return int((case.get("measurement") or {}).get("processes_repeated") or 1)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -75,6 +81,8 @@ def _versus(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | No
     if len(a) >= 2 and len(b) >= 2:
         busy = "; ".join(f"{name} run: {e['busy']}" for name, e in (("first", first), ("later", later)) if e["busy"])
         c = stats.compare_unpaired(a, b, busy=busy or None)
+        if min(first["processes"], later["processes"]) < 2:
+            c = stats.process_guard(c, "speedup", stats.ONE_PROCESS_TIME_MARGIN, ("faster", "slower"))
         out.update(speedup=c["speedup"], ci95=c["ci95"], verdict=c["verdict"], reason=c["reason"])
     return out
 
@@ -160,7 +168,7 @@ def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[
             ok = c is not None and c.get("status") == "ok" and cmp.get("speedup") is not None
             load = ((c or {}).get("measurement") or {}).get("foreign_load") or {}
             runs.append({"speedup": cmp.get("speedup"), "ci95": cmp.get("ci95"), "verdict": cmp.get("verdict"),
-                         "busy": load.get("reason") if load.get("busy") else None,
+                         "busy": load.get("reason") if load.get("busy") else None, "processes": processes(c),
                          "ratios": pair_ratios_of(c) if ok else []} if ok else None)
         versus: list[dict[str, Any] | None] = [None]
         for later in runs[1:]:
@@ -168,7 +176,10 @@ def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[
                 versus.append(None)
                 continue
             busy = "; ".join(f"{name} run busy" for name, r in (("first", runs[0]), ("later", later)) if r["busy"])
-            versus.append(stats.compare_effects(runs[0]["ratios"], later["ratios"], busy=busy or None))
+            effect = stats.compare_effects(runs[0]["ratios"], later["ratios"], busy=busy or None)
+            if min(runs[0]["processes"], later["processes"]) < 2:
+                effect = stats.process_guard(effect, "ratio", stats.ONE_PROCESS_EFFECT_MARGIN, ("larger", "smaller"))
+            versus.append(effect)
         for r in runs:
             if r:
                 r.pop("ratios")
