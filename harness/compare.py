@@ -366,14 +366,8 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
                 msg = check.fails(later["latency"], first["latency"])
                 if not msg:
                     continue
-                line = f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0: {expr}: {msg}"
-                if versus.get("verdict") == "no significant difference":
-                    if notes is not None:
-                        notes.append(f"{line}; within noise (no significant difference): not a failure")
-                    continue
-                if versus.get("verdict") == "inconclusive":
-                    line += f"; and the comparison is inconclusive ({versus.get('reason')}): re-measure"
-                failures.append(line)
+                _breach(f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0: {expr}: {msg}", versus, failures,
+                        notes)
     for row in result.get("effects", []):
         first = row["runs"][0]
         for i, later in enumerate(row["runs"][1:], start=1):
@@ -384,16 +378,22 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
                 drop = 1 - later["speedup"] / first["speedup"]
                 if drop <= limit:
                     continue
-                line = (f"{row['case']} run #{i} vs #0: {expr}: the optimization's speedup fell from "
-                        f"{first['speedup']:.2f}x to {later['speedup']:.2f}x ({drop:.0%} lower)")
-                if versus.get("verdict") == "no significant difference":
-                    if notes is not None:
-                        notes.append(f"{line}; within noise (no significant difference): not a failure")
-                    continue
-                if versus.get("verdict") == "inconclusive":
-                    line += f"; and the comparison is inconclusive ({versus.get('reason')}): re-measure"
-                failures.append(line)
+                _breach(f"{row['case']} run #{i} vs #0: {expr}: the optimization's speedup fell from "
+                        f"{first['speedup']:.2f}x to {later['speedup']:.2f}x ({drop:.0%} lower)", versus, failures,
+                        notes)
     return failures
+
+
+def _breach(line: str, versus: dict[str, Any], failures: list[str], notes: list[str] | None) -> None:
+    """A threshold breach fails the gate unless its comparison says "no significant difference" (then a note);
+    an inconclusive one fails with the advice to re-measure."""
+    if versus.get("verdict") == "no significant difference":
+        if notes is not None:
+            notes.append(f"{line}; within noise (no significant difference): not a failure")
+        return
+    if versus.get("verdict") == "inconclusive":
+        line += f"; and the comparison is inconclusive ({versus.get('reason')}): re-measure"
+    failures.append(line)
 
 
 def _percent(expr: str) -> float:
