@@ -13,6 +13,8 @@ import math
 import random
 from typing import Any
 
+from harness.stats import percentile
+
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
 COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
 VERDICT_COLORS = {"faster": "#176e1d", "slower": "#b3261e", "no significant difference": "#7a7a7a",
@@ -189,7 +191,7 @@ def latency_chart(data: dict[str, list[float]], salt: str) -> str:
         return ""
     every = sorted(x for xs in data.values() for x in xs)
     # a few stalls 20x the median would squash both boxes into one pixel: clip at 1.5x the 99th percentile
-    limit = every[int(0.99 * (len(every) - 1))] * 1.5
+    limit = percentile(every, 0.99) * 1.5
     beyond = sum(1 for x in every if x > limit) if every[-1] > limit else 0
     unit, scale = _time_unit(every[:len(every) - beyond])
     fig = _figure(5.4, 1.7)

@@ -23,7 +23,8 @@ from pytest_benchmark.utils import parse_compare_fail
 from harness import charts, cost, stats
 from harness.errors import InputError
 from harness.export import load_run
-from harness.report import SIDES, environment, flatten, fmt_time, unit_label, write_atomic
+from harness.report import SIDES, environment, flatten, fmt_time, unit_label
+from harness.results import write_text
 
 IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted
 HEADLINE_ENV = (("device", "device"), ("cpu.model", "CPU"), ("cuda.devices[0].name", "GPU"),
@@ -421,7 +422,7 @@ def main(paths: list[str | Path], out: str | Path | None = None, fail_if: list[s
         failures = health_failures(result, allow_missing) + failures
     print(format_table(result), end="")
     if out is not None:
-        write_atomic(Path(out), render_compare(result))
+        write_text(out, render_compare(result))
         print(f"wrote {out}")
     for n in notes:
         print(f"NOTE: {n}")

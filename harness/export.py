@@ -29,15 +29,12 @@ from harness.report import (
     fmt_time,
     measured,
     memory_saved,
-    read_json,
     throughput_units,
     timed_alone,
     unit_label,
-    validate,
     verdict_text,
-    write_atomic,
 )
-from harness.worker import finite
+from harness.results import finite, read_json, validate, write_text
 
 FORMATS = ("pytest-benchmark", "csv", "markdown")
 
@@ -250,5 +247,5 @@ def main(path: str | Path, fmt: str, out: str | Path | None = None) -> int:
     if out is None:
         print(text, end="")
     else:
-        write_atomic(Path(out), text)
+        write_text(out, text)
     return 0

@@ -35,6 +35,7 @@ from harness.hookspecs import hookimpl
 from harness.memory import tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs, StaticCache, kv_cache_bytes
 from harness.optimization import Check, ParamError
+from harness.stats import percentile
 from harness.workload import Run, RunContext, Workload
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -411,10 +412,10 @@ class GenerateRun(Run):
             self.last_cache, self._cache_shape = cache, shape
         if not gaps:
             return {}
-        at = lambda q: gaps[min(len(gaps) - 1, int(q * len(gaps)))]  # noqa: E731
-        out = {"itl_p50_s": at(0.50), "itl_p90_s": at(0.90), "itl_max_s": gaps[-1], "itl_gaps": len(gaps)}
+        out = {"itl_p50_s": percentile(gaps, 0.50), "itl_p90_s": percentile(gaps, 0.90), "itl_max_s": gaps[-1],
+               "itl_gaps": len(gaps)}
         if len(gaps) >= 100:
-            out["itl_p99_s"] = at(0.99)
+            out["itl_p99_s"] = percentile(gaps, 0.99)
         return out
 
     def time_first_token(self, repeats: int = 3) -> float:

@@ -10,7 +10,6 @@ per-pair ratios with the pairs timed on a busy machine marked.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import jinja2
 
 from harness import charts, cost, stats
 from harness.charts import COLORS, MEMORY_CATEGORIES  # noqa: F401  (re-exported)
-from harness.errors import InputError
+from harness.results import load, validate, write_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 SIDES = (("baseline", "baseline"), ("optimized", "metrics"))  # (label, key in the case)
@@ -216,29 +215,6 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # ---- loading ----
 
-def validate(data: Any, path: str | Path | None = None) -> dict[str, Any]:
-    """Check that `data` is a harness results file (schema 1); raise InputError saying what is wrong."""
-    where = None if path is None else str(path)
-    if not isinstance(data, dict) or "cases" not in data or "schema_version" not in data:
-        raise InputError("not a harness results file (no schema_version/cases)", path=where)
-    if data["schema_version"] != 1:
-        raise InputError(f"unsupported schema_version {data['schema_version']!r} (this harness reads 1)",
-                         path=where, field="schema_version")
-    if not isinstance(data["cases"], list):
-        raise InputError("cases must be a list", path=where, field="cases")
-    return data
-
-
-def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; InputError for a missing or malformed file."""
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path=str(path)) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON: {e.msg}", path=str(path), line=e.lineno) from None
-
-
 # ---- what the charts and tables show ----
 
 def comparison_band(cases: list[dict[str, Any]]) -> tuple[float, float]:
@@ -396,22 +372,11 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(results_path: str | Path, out_path: str | Path | None = None,
                  price_per_hour: float | None = None, prices: dict[str, float] | None = None) -> Path:
     """Render results.json to report.html beside it (or `out_path`), atomically; return the path written."""
     results_path = Path(results_path)
-    results = validate(read_json(results_path), results_path)
+    results = load(results_path)
     out = Path(out_path) if out_path else results_path.with_name("report.html")
-    write_atomic(out, render_report(results, price_per_hour, prices))
+    write_text(out, render_report(results, price_per_hour, prices))
     return out

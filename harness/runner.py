@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__, stats
-from harness.errors import InputError
+from harness.results import SCHEMA_VERSION, load, write_json
 from harness.suite import CaseSpec, Suite
-from harness.worker import write_json
 
-SCHEMA_VERSION = 1
 EXIT_GRACE_S = 30.0  # seconds a worker may take to exit after writing its result
 
 
@@ -46,22 +44,6 @@ def run_command(results: dict[str, Any], *flags: str) -> str:
     suite = results.get("suite") or {}
     dirs = [f"--plugins-dir {shlex.quote(d)}" for d in suite.get("plugins_dirs") or []]
     return " ".join(["harness", *dirs, "run", shlex.quote(str(suite.get("path") or suite.get("name"))), *flags])
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    """Read a results file; InputError if it is missing or not one."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read results: {exc.strerror or exc}", str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg}", str(path), exc.lineno) from None
-    if not isinstance(data, dict) or "schema_version" not in data or "cases" not in data:
-        raise InputError("not a harness results file (no schema_version/cases)", str(path))
-    if data["schema_version"] > SCHEMA_VERSION:
-        raise InputError(f"schema_version {data['schema_version']} is newer than this harness "
-                         f"understands ({SCHEMA_VERSION}); upgrade harness", str(path), None, "schema_version")
-    return data
 
 
 def case_record(case: CaseSpec) -> dict[str, Any]:
@@ -214,7 +196,7 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
     workdir = out_dir / "cases"
     workdir.mkdir(exist_ok=True)
     if resume and results_path.exists():
-        results = load_results(results_path)
+        results = load(results_path)
         results["status"] = "running"
     else:
         results = new_results(suite, env, out_dir.name, plugins_dirs)

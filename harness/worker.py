@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import statistics
 import sys
-import tempfile
 import traceback
 from typing import Any
 
 from harness import load, memory, stats
 from harness.optimization import build_params
 from harness.plugins import load_registry
+from harness.results import write_json
 from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
 from harness.workload import RunContext
 
@@ -72,34 +71,6 @@ def is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
             or "out of memory" in text or "can't allocate memory" in text)
-
-
-def finite(data: Any, where: str = "") -> tuple[Any, list[str]]:
-    """`data` with every non-finite float (NaN, +-inf) replaced by None, and the paths of those replaced: strict
-    JSON parsers (a browser's JSON.parse, node) reject the bare NaN that Python's json writes by default."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None, [where or "value"]
-    if isinstance(data, dict):
-        pairs = [(k, finite(v, f"{where}.{k}" if where else str(k))) for k, v in data.items()]
-        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
-    if isinstance(data, (list, tuple)):
-        items = [finite(v, f"{where}[{i}]") for i, v in enumerate(data)]
-        return [v for v, _ in items], [p for _, ps in items for p in ps]
-    return data, []
-
-
-def write_json(path: str, data: Any) -> None:
-    """Write standard JSON atomically (a temporary file in the same folder, then rename); non-finite numbers are
-    written as null (`finite`), and a dict with a "warnings" list gets a warning naming them."""
-    data, bad = finite(data)
-    if bad and isinstance(data, dict) and isinstance(data.get("warnings"), list):
-        data["warnings"].append(f"not finite, written as null: {', '.join(bad[:8])}"
-                                + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str, allow_nan=False)
-    os.replace(tmp, path)
 
 
 class Distributed:

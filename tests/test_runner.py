@@ -135,7 +135,7 @@ def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_k
 
 def test_results_files_are_strict_json_and_say_which_value_was_not_finite(tmp_path):
     """Issue 11 (4): a diverging run's NaN is written as null with a warning, never as a bare NaN."""
-    from harness.worker import write_json
+    from harness.results import write_json
 
     path = tmp_path / "result.json"
     write_json(str(path), {"status": "ok", "warnings": [], "metrics": {"extra": {"loss": float("nan")},
