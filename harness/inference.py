@@ -22,7 +22,6 @@ Metric definitions (stated once; the report shows them):
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -420,18 +419,14 @@ class GenerateRun(Run):
 
     def time_first_token(self, repeats: int = 3) -> float:
         """Median synchronized time of generating one token (prefill + first sample); keeps `last_cache`."""
-        times, cache, shape = [], self.last_cache, getattr(self, "_cache_shape", None)
-        for _ in range(repeats):
-            sync(self.device)
-            t0 = time.perf_counter()
-            if self.layout == "sequential":  # the first prompt alone, without its padding
-                self.generate(self.prompts[:1, int(self.pad[0]) if self.pad is not None else 0:], 1)
-            else:
-                self.generate(self.prompts, 1, self.pad)
-            sync(self.device)
-            times.append(time.perf_counter() - t0)
+        cache, shape = self.last_cache, getattr(self, "_cache_shape", None)
+        if self.layout == "sequential":  # the first prompt alone, without its padding
+            seconds = self.median_time(lambda: self.generate(
+                self.prompts[:1, int(self.pad[0]) if self.pad is not None else 0:], 1), repeats)
+        else:
+            seconds = self.median_time(lambda: self.generate(self.prompts, 1, self.pad), repeats)
         self.last_cache, self._cache_shape = cache, shape
-        return statistics.median(times)
+        return seconds
 
 
 TIE_FLOOR_ULPS = 2  # the band is at least 2 x eps(dtype) x max|logit|: ties within rounding of the logits

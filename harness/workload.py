@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ class Run:
         self.info: dict[str, Any] = {}
         self.timed = False
         self.first_call_s: float | None = None
+
+    def median_time(self, fn: Callable[[], Any], repeats: int) -> float:
+        """Median of `repeats` synchronized calls of fn (`synced`): the figures measured beside the timed blocks
+        (TTFT, a draft's forward), outside the samples."""
+        return statistics.median(self.synced(fn)[1] for _ in range(repeats))
 
     def synced(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         """(fn(), its wall time in seconds with the device synchronized before and after): how a workload times

@@ -5,7 +5,6 @@ the target's distribution (no token-level invariant then)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import load_model, probabilities, static_cache, sync, tokens_check
+from harness.inference import load_model, probabilities, static_cache, tokens_check
 
 
 @dataclass
@@ -175,14 +174,7 @@ class SpeculativeDecoding(Optimization):
         cache = static_cache(model, 1, P + 1, run.dtype, run.device)
         model(run.prompts[:1], cache=cache, input_pos=torch.arange(P, device=run.device))
         tok, pos = run.prompts[:1, -1:], torch.tensor([P], device=run.device)
-        times = []
-        for _ in range(repeats):
-            sync(run.device)
-            t0 = time.perf_counter()
-            model(tok, cache=cache, input_pos=pos)
-            sync(run.device)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return run.median_time(lambda: model(tok, cache=cache, input_pos=pos), repeats)
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         if not self.greedy:
