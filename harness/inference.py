@@ -11,9 +11,9 @@ Metric definitions (stated once; the report shows them):
     shows stalls that TPOT averages away. p99 only with >= 100 gaps.
   tokens/s total = batch x new_tokens / e2e; tokens/s per sequence = new_tokens / (the time one sequence took:
     e2e when the batch runs together, e2e / batch when sequences run one after another).
-  weight bytes: parameters and buffers outside `nn.Embedding` modules (gpt-fast); quantized weights count their
-    packed int8 bytes plus scales.
-  KV bytes moved per decode step (`kv_step_bytes`), per sequence decoded together: a static cache is read whole
+  weight bytes (harness.accounting): parameters and persistent buffers outside `nn.Embedding` modules, each
+    tensor once (gpt-fast); quantized weights count their packed int8 bytes plus scales.
+  KV bytes moved per decode step (`harness.accounting.kv_step_bytes`), per sequence decoded together: a static cache is read whole
     (attention over all max_len positions, later ones masked); a dynamic cache is read and rewritten by
     `torch.cat` (L positions read, L + 1 written) and then read by attention (L + 1), at the mean length L.
   MBU (CUDA, peak bandwidth known) = (weight bytes + KV bytes moved per decode step) / TPOT / peak bandwidth;
@@ -30,10 +30,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from harness.accounting import buffer_bytes, embedding_bytes, kv_step_bytes, regime, weight_bytes
+from harness.checks import near_ties
 from harness.hookspecs import hookimpl
-from harness.memory import tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs, StaticCache, kv_cache_bytes
-from harness.optimization import Check, ParamError
+from harness.optimization import ParamError
 from harness.stats import percentile
 from harness.workload import Run, RunContext, Workload
 
@@ -157,52 +158,6 @@ def static_cache(model: nn.Module, batch: int, max_len: int, dtype: torch.dtype,
     if isinstance(model, GPT):
         return StaticCache(model.args, batch, max_len, dtype, device)
     return model.new_cache("static", batch, max_len)
-
-
-def weights_of(module: nn.Module) -> list[torch.Tensor]:
-    """A module's own weights: its parameters and persistent buffers (what its state_dict holds; a quantized
-    Linear keeps int8 weights and scales as buffers). Non-persistent buffers (causal masks, rotary tables) are
-    not weights."""
-    skip = getattr(module, "_non_persistent_buffers_set", set())
-    return list(module.parameters(recurse=False)) + [b for name, b in module.named_buffers(recurse=False)
-                                                     if name not in skip]
-
-
-def weight_bytes(model: nn.Module, seen: set | None = None) -> int:
-    """Bytes of the weights a decode step reads: `weights_of` every module outside nn.Embedding lookups, each
-    tensor once (a tied output head counts here, once); torch.ao's packed dynamic-quantized weights count
-    their int8 bytes plus scales (gpt-fast's convention). `seen`: see harness.memory.tensor_bytes."""
-    seen = set() if seen is None else seen
-    total = 0
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            continue
-        tensors = weights_of(module)
-        if callable(getattr(module, "weight", None)):  # torch.ao dynamic-quantized Linear: packed params
-            w = module.weight()
-            total += w.numel() * w.element_size() + _qparams_bytes(w)
-            bias = module.bias() if callable(getattr(module, "bias", None)) else None
-            tensors += [bias] if bias is not None else []
-        total += tensor_bytes(tensors, seen)
-    return total
-
-
-def _qparams_bytes(w: torch.Tensor) -> int:
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        return w.q_per_channel_scales().numel() * 8 + w.q_per_channel_zero_points().numel() * 8
-    return 16
-
-
-def embedding_bytes(model: nn.Module, seen: set | None = None) -> int:
-    """Bytes of the nn.Embedding lookups' weights not already in `seen` (a tied head was counted as a weight)."""
-    return tensor_bytes((p for m in model.modules() if isinstance(m, nn.Embedding)
-                         for p in m.parameters(recurse=False)), seen)
-
-
-def buffer_bytes(model: nn.Module, seen: set | None = None) -> int:
-    """Bytes of non-persistent buffers (causal masks, rotary tables): memory, but not weights."""
-    return tensor_bytes((b for m in model.modules() for name, b in m.named_buffers(recurse=False)
-                         if name in getattr(m, "_non_persistent_buffers_set", set())), seen)
 
 
 def sync(device: torch.device) -> None:
@@ -427,98 +382,6 @@ class GenerateRun(Run):
             seconds = self.median_time(lambda: self.generate(self.prompts, 1, self.pad), repeats)
         self.last_cache, self._cache_shape = cache, shape
         return seconds
-
-
-TIE_FLOOR_ULPS = 2  # the band is at least 2 x eps(dtype) x max|logit|: ties within rounding of the logits
-TIE_NOISE_FACTOR = 4  # and at least 4 x the measured kernel noise of that position's logits
-TIE_RULE = (f"exact; a sequence may diverge only where the baseline's choice was a near-tie (another token's "
-            f"teacher-forced logit within max({TIE_FLOOR_ULPS} eps(dtype) x max|logit|, {TIE_NOISE_FACTOR} x the "
-            "noise measured between computing the logits alone and in a batch of two), after which it is not "
-            "compared")
-
-
-@torch.inference_mode()
-def near_ties(model: nn.Module, prompt: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype,
-              k: int = 4) -> torch.Tensor:
-    """[n, k]: at each of the n generated positions of one sequence (prompt [P], tokens [n], greedy), the token
-    taken first, then up to k - 1 others whose teacher-forced logit is within the band of its logit; -1 pads.
-
-    The band is measured, not assumed (TIE_RULE): the same sequence's logits are computed alone and as the
-    first row of a batch of two, and a position's band is max(TIE_FLOOR_ULPS x eps(dtype) x max|logit|,
-    TIE_NOISE_FACTOR x max|difference|): wide enough for the noise a different kernel or batch brings, narrow
-    enough that a real change of the logits (a cache or mask bug) is not excused."""
-    P = prompt.size(0)
-    seq = torch.cat([prompt, tokens])[None, :-1]  # [1, P + n - 1]
-    alone = model(seq)[0, P - 1:].float()  # [n, V]
-    paired = model(seq.repeat(2, 1))[0, P - 1:].float()
-    noise = (alone - paired).abs().amax(dim=1, keepdim=True)  # [n, 1]
-    band = torch.maximum(TIE_FLOOR_ULPS * torch.finfo(dtype).eps * alone.abs().amax(dim=1, keepdim=True),
-                         TIE_NOISE_FACTOR * noise)
-    chosen = alone.gather(1, tokens[:, None])  # [n, 1]
-    top = alone.topk(min(k, alone.size(1)), dim=1)
-    near = (top.values >= chosen - band) & (top.indices != tokens[:, None])
-    candidates = torch.where(near, top.indices, -1).sort(dim=1, descending=True).values  # -1s last
-    return torch.cat([tokens[:, None], candidates[:, : k - 1]], dim=1)
-
-
-def diverges_at_tie(expected: torch.Tensor, got: torch.Tensor, ties: torch.Tensor) -> bool:
-    """For one sequence (expected, got [n]; ties [n, k]) that differs: its first differing token was a near-tie."""
-    j = int((expected != got).int().argmax())
-    return bool((ties[j] == got[j]).any())
-
-
-def compare_tokens(name: str, expected: torch.Tensor, got: torch.Tensor, ties: torch.Tensor | None = None) -> Check:
-    """Check that two [B, n] token tensors are identical; values say where they first differ.
-
-    With `ties` ([B, n, k] tokens that were near-ties of the expected side, -1 padded; see `GenerateRun.ties`), a
-    sequence may instead diverge at a near-tie: a different kernel (a cache, a batch, bf16 on a GPU) legitimately
-    breaks such a tie the other way, and the sequences differ from there on.
-    """
-    same = expected.shape == got.shape and bool(torch.equal(expected, got))
-    values: dict[str, Any] = {"shape": list(got.shape), "expected_shape": list(expected.shape)}
-    if same or expected.shape != got.shape:
-        return Check(name, same, values, "exact")
-    differ = expected != got
-    diff = differ.nonzero()
-    values.update(mismatches=int(diff.size(0)), first_mismatch=diff[0].tolist(),
-                  sequences_differing=int(differ.any(dim=1).sum()))
-    if ties is None:
-        return Check(name, False, values, "exact")
-    rows = differ.any(dim=1).nonzero().flatten().tolist()
-    at_ties = [r for r in rows if diverges_at_tie(expected[r], got[r], ties[r])]
-    first = [int(differ[r].int().argmax()) for r in at_ties]
-    values.update(sequences_diverging_at_near_ties=len(at_ties),
-                  positions_excused=sum(expected.size(1) - j for j in first),  # not compared after a tie
-                  near_tie_positions=int((ties[..., 1:] >= 0).any(dim=-1).sum()))  # how permissive the band was
-    return Check(name, len(at_ties) == len(rows), values, TIE_RULE)
-
-
-def tokens_check(name: str, baseline: dict[str, Any], optimized: dict[str, Any]) -> Check:
-    """`compare_tokens` of two sides' outputs, allowing divergence at the baseline's near-ties."""
-    return compare_tokens(name, baseline["tokens"], optimized["tokens"], baseline.get("ties"))
-
-
-def kv_step_bytes(args: ModelArgs, batch: int, cache_kind: str, prompt_len: int, new_tokens: int,
-                  element_bytes: int) -> float:
-    """Bytes of KV cache one decode step moves, averaged over the new_tokens - 1 decode steps (U3).
-
-    static: attention reads all max_len = prompt_len + new_tokens positions every step (masked, not skipped).
-    dynamic: at cache length L, torch.cat reads L positions and writes L + 1, attention reads the L + 1:
-    3 L + 2 positions, at the mean L = prompt_len + (new_tokens - 2) / 2. none: no cache, 0."""
-    if cache_kind == "static":
-        positions = prompt_len + new_tokens
-    elif cache_kind == "dynamic":
-        positions = 3 * (prompt_len + (new_tokens - 2) / 2) + 2
-    else:
-        return 0.0
-    return float(kv_cache_bytes(args, batch, 1, element_bytes) * positions)
-
-
-def regime(mbu: float | None) -> str | None:
-    """launch-bound (MBU < 10 %), bandwidth-bound (>= 50 %), else mixed; None when MBU is unknown."""
-    if mbu is None:
-        return None
-    return "launch-bound" if mbu < 0.10 else "bandwidth-bound" if mbu >= 0.50 else "mixed"
 
 
 class GenerateWorkload(Workload):

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from harness.hookspecs import hookimpl
 from harness.memory import tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs
-from harness.optimization import Check, ParamError
+from harness.optimization import ParamError
 from harness.workload import Run, RunContext, Workload
 
 PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
@@ -84,81 +84,6 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A CPU fp32 copy of the whole tensor (gathers a DTensor shard; a collective, so every rank calls it)."""
     t = t.full_tensor() if hasattr(t, "full_tensor") else t
     return t.detach().float().cpu().clone()
-
-
-NOISE_FACTOR = 4  # a tolerance is at least 4 x the baseline's own repeat-to-repeat difference (CUDA)
-
-
-def repeat_noise(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """How far two correctness passes of the same baseline (same seed) differ: per tensor max |diff| of "params"
-    and "grads", and |diff| of the final "loss". On CUDA, atomics in attention backward and reductions make
-    them differ; on the CPU they are equal. The worker runs the repeat on CUDA and hands this to the checks as
-    baseline["noise"]."""
-    out: dict[str, Any] = {}
-    for key in ("params", "grads"):
-        a, b = first.get(key) or {}, second.get(key) or {}
-        out[key] = {n: float((a[n] - b[n]).abs().max()) if a[n].numel() else 0.0 for n in a if n in b}
-    if isinstance(first.get("loss"), float) and isinstance(second.get("loss"), float):
-        out["loss"] = abs(first["loss"] - second["loss"])
-    return out
-
-
-def noise_of(outputs: dict[str, Any], key: str) -> dict[str, float] | None:
-    """The repeat-to-repeat difference of `outputs[key]`'s tensors, where the worker measured one (CUDA)."""
-    return (outputs.get("noise") or {}).get(key)
-
-
-def loss_check(name: str, baseline: dict[str, Any], optimized: dict[str, Any], atol: float) -> Check:
-    """The final loss of the correctness pass (after K steps) of both runs within `atol`, or within
-    NOISE_FACTOR x the baseline's repeat-to-repeat difference where the worker measured one (CUDA)."""
-    b, o = baseline["loss"], optimized["loss"]
-    diff = abs(o - b)
-    noise = (baseline.get("noise") or {}).get("loss")
-    tol = max(atol, NOISE_FACTOR * noise) if noise is not None else atol
-    values = {"baseline": b, "optimized": o, "abs_diff": diff, "steps": len(optimized["losses"])}
-    if noise is not None:
-        values["repeat_noise"] = noise
-    return Check(name, diff <= tol, values, f"abs {atol:g}" + (
-        f" or {NOISE_FACTOR} x the baseline's repeat difference {noise:.3g}: {tol:.3g}" if noise is not None else ""))
-
-
-def precision_mismatch(name: str, baseline: dict[str, Any], optimized: dict[str, Any]) -> Check | None:
-    """A failed `name` check when the two sides ran at different precisions (their tensors cannot be compared
-    then), else None."""
-    precisions = baseline.get("precision"), optimized.get("precision")
-    if precisions[0] == precisions[1]:
-        return None
-    return Check(name, False, {"baseline_precision": precisions[0], "optimized_precision": precisions[1]},
-                 "same precision on both sides: add the precision plugin to the case's baseline")
-
-
-def tensors_check(name: str, baseline: dict[str, torch.Tensor], optimized: dict[str, torch.Tensor],
-                  rtol: float, atol: float, atol_of_max: float = 0.0, noise: dict[str, float] | None = None) -> Check:
-    """Every named tensor equal (`torch.allclose`) in both runs; reports the worst one. `atol_of_max` raises a
-    tensor's atol to that fraction of its largest |value| (round-off of sums that cancel scales with the terms);
-    `noise` (tensor name -> max |diff| between two passes of the baseline: `repeat_noise`, CUDA) raises it to
-    NOISE_FACTOR x that tensor's own repeat difference."""
-    tol = f"rtol {rtol:g}, atol {atol:g}{f' or {atol_of_max:g} x max|tensor|' if atol_of_max else ''}"
-    tol += (f" or {NOISE_FACTOR} x the baseline's repeat difference" if noise else "") + " per element"
-    if baseline.keys() != optimized.keys():
-        missing = sorted(baseline.keys() ^ optimized.keys())
-        return Check(name, False, {"mismatched_names": missing[:5]}, tol)
-    worst, worst_diff, passed = "", 0.0, True
-    for key, b in baseline.items():
-        o = optimized[key]
-        if b.shape != o.shape:
-            return Check(name, False, {"tensor": key, "shapes": [list(b.shape), list(o.shape)]}, tol)
-        diff = (o - b).abs().max().item() if b.numel() else 0.0
-        tensor_atol = max(atol, atol_of_max * b.abs().max().item()) if b.numel() else atol
-        tensor_atol = max(tensor_atol, NOISE_FACTOR * (noise or {}).get(key, 0.0))
-        passed = passed and torch.allclose(o, b, rtol=rtol, atol=tensor_atol)
-        if not diff <= worst_diff:  # also catches nan
-            worst, worst_diff = key, diff
-    scale = max(t.abs().max().item() for t in baseline.values() if t.numel())
-    values = {"max_abs_diff": worst_diff, "worst": worst, "max_abs_value": scale, "tensors": len(baseline)}
-    if noise:
-        values["repeat_noise_max"] = max(noise.values())
-    return Check(name, passed, values, tol)
 
 
 class TrainRun(Run):

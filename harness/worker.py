@@ -262,7 +262,8 @@ def baseline_repeat_noise(workload, spec, baseline_opts, ctx, dist: Distributed,
     (harness.training.repeat_noise: atomics in attention backward and reductions are not deterministic). The
     checks then allow a multiple of that noise, and say so in their tolerance. None for workloads without
     tensors to compare (generation compares tokens with the near-tie rule) or on ranks that do not own it."""
-    from harness.training import TrainRun, repeat_noise
+    from harness.checks import repeat_noise
+    from harness.training import TrainRun
 
     if workload.kind != "training":
         return None

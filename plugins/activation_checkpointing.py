@@ -9,7 +9,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import noise_of, precision_mismatch, tensors_check
+from harness.checks import noise_of, precision_mismatch, tensors_check
 
 # Recompute runs the same kernels on the same inputs, so gradients match to fp32 round-off (bitwise on CPU in
 # our runs); the tolerance allows for non-deterministic reductions on GPUs.

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import tokens_check
+from harness.checks import tokens_check
 
 PAD_TOKEN = 0
 

@@ -20,7 +20,8 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl, stats
-from harness.inference import TIE_RULE, decode_one_token, diverges_at_tie, generate_cached, held_out, near_ties
+from harness.checks import TIE_RULE, diverges_at_tie, near_ties
+from harness.inference import decode_one_token, generate_cached, held_out
 from harness.model import GPT
 
 
@@ -249,7 +250,7 @@ class ContinuousBatching(Optimization):
 
 def equal_alone(name: str, served: list[tuple[int, list[int]]], reference: dict[str, Any]) -> Check:
     """Each served request's tokens equal the same request generated alone (batch 1), or diverge first at one of
-    that generation's near-ties (harness.inference.TIE_RULE: the slot cache's masked attention over all slots
+    that generation's near-ties (harness.checks.TIE_RULE: the slot cache's masked attention over all slots
     is a different kernel from batch-1 attention, and may break a tie the other way)."""
     served = dict(served)
     wrong, at_ties = [], []

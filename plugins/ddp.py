@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, noise_of, tensors_check
+from harness.checks import loss_check, noise_of, tensors_check
 
 # The ranks' gradient average is summed in a different order than the single-process mean, so parameters
 # differ by fp32 round-off, which AdamW's normalisation can amplify near zero gradients. Measured on nano

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import weight_bytes
+from harness.accounting import weight_bytes
 from harness.model import GPT, PRESETS, ModelArgs
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, noise_of, precision_mismatch, tensors_check
+from harness.checks import loss_check, noise_of, precision_mismatch, tensors_check
 
 # Summing k micro-batch gradients adds the same terms in another order than one big reduction: in fp32 the
 # first-step gradients differ by round-off (measured max |diff| 3e-8 on nano, 7e-9 on `cpu`; gradients up to

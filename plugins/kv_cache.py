@@ -8,7 +8,8 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, hookimpl
-from harness.inference import decode_one_token, tokens_check
+from harness.checks import tokens_check
+from harness.inference import decode_one_token
 
 
 @dataclass

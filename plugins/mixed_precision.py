@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, hookimpl
-from harness.training import loss_check
+from harness.checks import loss_check
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Final loss after K steps vs the fp32 run. Measured on nano / cpu presets, K=3-4: |diff| ~1e-3 (bf16),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import loss_check, noise_of, tensors_check
+from harness.checks import loss_check, noise_of, tensors_check
 
 # The implementations evaluate the same formula with other op orders (fused on CPU computes the step in one
 # loop per element, foreach / for-loop as separate tensor ops), so parameters agree to fp32 round-off per

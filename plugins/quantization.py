@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import weight_bytes
+from harness.accounting import weight_bytes
 
 
 @dataclass

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.inference import load_model, probabilities, static_cache, tokens_check
+from harness.checks import tokens_check
+from harness.inference import load_model, probabilities, static_cache
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from harness_plugins.mixed_precision import LOSS_ATOL as MIXED_ATOL
 
 from harness import Check, Optimization, hookimpl
-from harness.training import loss_check
+from harness.checks import loss_check
 
 # Inductor fuses and reorders reductions: measured |diff| of the loss after K steps ~5e-7 on nano in fp32.
 # Under bf16/fp16 autocast its fused kernels round at other points than eager's, so the mixed-precision

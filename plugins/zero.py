@@ -11,7 +11,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from harness import Check, Optimization, ParamError, hookimpl
-from harness.training import noise_of, tensors_check
+from harness.checks import noise_of, tensors_check
 
 # ZeroRedundancyOptimizer gives whole parameters to ranks (greedy by size), so a rank's share of the Adam
 # states is 8 Psi / N only up to the largest tensor; FSDP2 shards every tensor on dim 0 (exact up to padding).

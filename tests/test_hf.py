@@ -202,7 +202,8 @@ def test_text_prompts_use_the_models_own_tokenizer(tmp_path):
 
 def test_tied_head_and_mask_buffers_are_counted_once(tmp_path):
     """GPT-2 ties its output head to the input embedding: one matrix in every byte and parameter count."""
-    from harness.inference import GenerateSpec, GenerateWorkload, weight_bytes
+    from harness.accounting import weight_bytes
+    from harness.inference import GenerateSpec, GenerateWorkload
     from harness.workload import RunContext
 
     transformers = pytest.importorskip("transformers")

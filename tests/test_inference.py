@@ -5,7 +5,9 @@ import time
 import pytest
 import torch
 
-from harness.inference import GenerateSpec, GenerateWorkload, compare_tokens, regime, weight_bytes
+from harness.accounting import regime, weight_bytes
+from harness.checks import compare_tokens
+from harness.inference import GenerateSpec, GenerateWorkload
 from harness.model import GPT, ModelArgs, kv_cache_bytes
 from harness.optimization import ParamError, build_params
 from harness.workload import RunContext
@@ -149,7 +151,7 @@ def test_ties_list_the_greedy_token_first_and_only_close_logits():
 def test_kv_bytes_moved_per_decode_step_follow_the_cache_kind():
     """static: the whole max_len cache is read every step; dynamic: torch.cat reads L, writes L + 1, attention
     reads L + 1, at the mean length; one sequence's worth when rows run one at a time."""
-    from harness.inference import kv_step_bytes
+    from harness.accounting import kv_step_bytes
 
     args = ModelArgs.from_name("nano")
     per_position = kv_cache_bytes(args, 4, 1, 4)
@@ -182,7 +184,7 @@ def test_near_tie_band_is_the_measured_noise_not_a_fixed_share_of_the_logits():
     1e-3 (band 4 x noise), and not when it does not move them (band 2 eps x max|logit| = 2.4e-6)."""
     from torch import nn
 
-    from harness.inference import near_ties
+    from harness.checks import near_ties
 
     class Logits(nn.Module):
         def __init__(self, noise: float):

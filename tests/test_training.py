@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from harness.checks import tensors_check
 from harness.optimization import ParamError, build_params
 from harness.plugins import load_registry
-from harness.training import TrainRun, TrainSpec, TrainWorkload, tensors_check
+from harness.training import TrainRun, TrainSpec, TrainWorkload
 from harness.workload import RunContext
 
 SPEC = dict(model="nano", batch=2, seq_len=16, steps=2)
@@ -132,7 +133,8 @@ def test_tolerances_widen_to_the_baselines_own_repeat_noise():
     deviation beyond that still fails. On the CPU the repeat is identical (noise 0)."""
     import torch
 
-    from harness.training import TrainSpec, TrainWorkload, loss_check, repeat_noise, tensors_check
+    from harness.checks import loss_check, repeat_noise, tensors_check
+    from harness.training import TrainSpec, TrainWorkload
     from harness.worker import Distributed, baseline_repeat_noise
     from harness.workload import RunContext
 

@@ -1,0 +1,79 @@
+"""Byte accounting behind memory breakdowns and MBU: weights (each tensor once), buffers, the KV traffic of a
+decode step per cache kind, and the regime an MBU implies (docs/measurement.md, U3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.memory import tensor_bytes
+from harness.model import ModelArgs, kv_cache_bytes
+
+
+def weights_of(module: nn.Module) -> list[torch.Tensor]:
+    """A module's own weights: its parameters and persistent buffers (what its state_dict holds; a quantized
+    Linear keeps int8 weights and scales as buffers). Non-persistent buffers (causal masks, rotary tables) are
+    not weights."""
+    skip = getattr(module, "_non_persistent_buffers_set", set())
+    return list(module.parameters(recurse=False)) + [b for name, b in module.named_buffers(recurse=False)
+                                                     if name not in skip]
+
+
+def weight_bytes(model: nn.Module, seen: set | None = None) -> int:
+    """Bytes of the weights a decode step reads: `weights_of` every module outside nn.Embedding lookups, each
+    tensor once (a tied output head counts here, once); torch.ao's packed dynamic-quantized weights count
+    their int8 bytes plus scales (gpt-fast's convention). `seen`: see harness.memory.tensor_bytes."""
+    seen = set() if seen is None else seen
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            continue
+        tensors = weights_of(module)
+        if callable(getattr(module, "weight", None)):  # torch.ao dynamic-quantized Linear: packed params
+            w = module.weight()
+            total += w.numel() * w.element_size() + _qparams_bytes(w)
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            tensors += [bias] if bias is not None else []
+        total += tensor_bytes(tensors, seen)
+    return total
+
+
+def _qparams_bytes(w: torch.Tensor) -> int:
+    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return w.q_per_channel_scales().numel() * 8 + w.q_per_channel_zero_points().numel() * 8
+    return 16
+
+
+def embedding_bytes(model: nn.Module, seen: set | None = None) -> int:
+    """Bytes of the nn.Embedding lookups' weights not already in `seen` (a tied head was counted as a weight)."""
+    return tensor_bytes((p for m in model.modules() if isinstance(m, nn.Embedding)
+                         for p in m.parameters(recurse=False)), seen)
+
+
+def buffer_bytes(model: nn.Module, seen: set | None = None) -> int:
+    """Bytes of non-persistent buffers (causal masks, rotary tables): memory, but not weights."""
+    return tensor_bytes((b for m in model.modules() for name, b in m.named_buffers(recurse=False)
+                         if name in getattr(m, "_non_persistent_buffers_set", set())), seen)
+
+
+def kv_step_bytes(args: ModelArgs, batch: int, cache_kind: str, prompt_len: int, new_tokens: int,
+                  element_bytes: int) -> float:
+    """Bytes of KV cache one decode step moves, averaged over the new_tokens - 1 decode steps (U3).
+
+    static: attention reads all max_len = prompt_len + new_tokens positions every step (masked, not skipped).
+    dynamic: at cache length L, torch.cat reads L positions and writes L + 1, attention reads the L + 1:
+    3 L + 2 positions, at the mean L = prompt_len + (new_tokens - 2) / 2. none: no cache, 0."""
+    if cache_kind == "static":
+        positions = prompt_len + new_tokens
+    elif cache_kind == "dynamic":
+        positions = 3 * (prompt_len + (new_tokens - 2) / 2) + 2
+    else:
+        return 0.0
+    return float(kv_cache_bytes(args, batch, 1, element_bytes) * positions)
+
+
+def regime(mbu: float | None) -> str | None:
+    """launch-bound (MBU < 10 %), bandwidth-bound (>= 50 %), else mixed; None when MBU is unknown."""
+    if mbu is None:
+        return None
+    return "launch-bound" if mbu < 0.10 else "bandwidth-bound" if mbu >= 0.50 else "mixed"
