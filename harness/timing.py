@@ -14,7 +14,8 @@ from typing import Any
 
 from pytest_benchmark.timers import compute_timer_precision
 
-from harness.stats import MIN_PAIRS
+from harness.load import BUSY_THRESHOLD
+from harness.stats import MIN_EFFECT, MIN_PAIRS
 
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
 
@@ -37,10 +38,10 @@ class MeasureSettings:
     max_time_s: float = 30.0  # per side: the budget, also for until_conclusive
     max_samples: int = 1000  # per side: enough for p99, bounded results files
     until_conclusive: bool = False  # after the minimums, add pairs until the verdict is decided or the budget ends
-    busy_threshold: float = 0.10  # foreign CPU share of the machine that withholds faster/slower (harness.load)
+    busy_threshold: float = BUSY_THRESHOLD  # foreign CPU share of the machine that withholds faster/slower
     timeout_s: float = 900.0  # per case, process start to end
     energy: bool = True  # measure an NVML energy window after timing (GPU only)
-    min_effect: float = 0.05  # smallest speedup called "faster"/"slower"
+    min_effect: float = MIN_EFFECT  # smallest speedup called "faster"/"slower"
     memory_limit_gb: float | None = None  # CPU address-space cap for the case process (RLIMIT_AS)
 
     def resolved(self, cuda: bool) -> MeasureSettings:

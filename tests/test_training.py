@@ -134,8 +134,9 @@ def test_tolerances_widen_to_the_baselines_own_repeat_noise():
     import torch
 
     from harness.checks import loss_check, repeat_noise, tensors_check
+    from harness.distributed import Distributed
     from harness.training import TrainSpec, TrainWorkload
-    from harness.worker import Distributed, baseline_repeat_noise
+    from harness.worker import baseline_repeat_noise
     from harness.workload import RunContext
 
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
