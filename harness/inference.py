@@ -15,8 +15,7 @@ Metric definitions (stated once; the report shows them):
     tensor once (gpt-fast); quantized weights count their packed int8 bytes plus scales.
   KV bytes moved per decode step (`harness.accounting.kv_step_bytes`), per sequence decoded together: a static
     cache is read whole (attention over all max_len positions, later ones masked); a dynamic cache is read and
-    rewritten by
-    `torch.cat` (L positions read, L + 1 written) and then read by attention (L + 1), at the mean length L.
+    rewritten by `torch.cat` (L positions read, L + 1 written) and then read by attention (L + 1), at the mean L.
   MBU (CUDA, peak bandwidth known) = (weight bytes + KV bytes moved per decode step) / TPOT / peak bandwidth;
     regime: launch-bound below 10 %, bandwidth-bound at 50 % or more, mixed in between (rule U3, docs/measurement.md).
 """
