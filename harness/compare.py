@@ -401,11 +401,11 @@ def _percent(expr: str) -> float:
     """speedup:N% -> N / 100; InputError otherwise."""
     value = expr.split(":", 1)[1]
     try:
-        if not value.endswith("%"):
+        if not value.endswith("%") or float(value[:-1]) <= 0:
             raise ValueError
         return float(value[:-1]) / 100
     except ValueError:
-        raise InputError(f"bad --fail-if expression {expr!r}: speedup takes a percentage, e.g. speedup:10%",
+        raise InputError(f"bad --fail-if expression {expr!r}: speedup takes a positive percentage, e.g. speedup:10%",
                          field="fail-if") from None
 
 

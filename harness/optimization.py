@@ -50,6 +50,9 @@ class Optimization:
     kind: ClassVar[str] = ""  # "training" or "inference"
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    # When set: the baseline side must apply this optimization too (with its own parameters), because the
+    # optimization changes the work itself (a request trace, a batch); the text says how, as validate's error.
+    baseline_needs: ClassVar[str | None] = None
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()

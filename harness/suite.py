@@ -285,6 +285,7 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
 def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) -> CaseSpec:
     labels, processes = [], 1
     spec = build_params(registry.workloads[wtype].Spec, wspec)
+    built_opts: dict[str, list] = {}
     for key, group in (("plugins", uses), ("baseline", baseline)):
         built = []
         for j, use in enumerate(group):
@@ -308,6 +309,22 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                 opt.validate(spec, [o for _, o in built])
             except ParamError as exc:
                 raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
+        built_opts[key] = [o for _, o in built]
+    for key, opts in built_opts.items():
+        names = [o.name for o in opts]
+        for j, opt in enumerate(opts):
+            ppath = path + (key, j, opt.name)
+            if names.count(opt.name) > 1:
+                raise doc.error(ppath, f"'{opt.name}' is listed twice on this side; give it once, with all its "
+                                       "parameters")
+            if 1 < opt.processes() != processes:
+                raise doc.error(ppath, f"'{opt.name}' asks for {opt.processes()} processes but the case runs "
+                                       f"{processes} (another plugin of the case asks for that): give every "
+                                       "distributed plugin of the case, baseline included, the same world_size")
+            needs = getattr(opt, "baseline_needs", None)
+            if key == "plugins" and needs and opt.name not in [b.name for b in built_opts["baseline"]] \
+                    and case.get("baseline") != "none":
+                raise doc.error(ppath, needs)
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")

@@ -47,6 +47,9 @@ class Batching(Optimization):
     kind = "inference"
     description = "static batching; each sequence's tokens must equal generating it alone"
     Params = BatchingParams
+    baseline_needs = ("batching is measured against the same prompts one at a time: give the case "
+                      "`baseline: [{batching: {batch_size: N, mode: sequential}}]` with the same batch_size and "
+                      "prompt_min (and the same other plugins)")
 
     def validate(self, spec: Any, plugins: list) -> None:
         if self.params.prompt_min is not None and self.params.prompt_min > spec.prompt_len:

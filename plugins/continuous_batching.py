@@ -190,7 +190,7 @@ class TraceServer:
         serves = len(self.records) / len(self.trace)
         out.update(slo_attainment=good / len(self.records), goodput_requests_per_s=good / serves / median_s,
                    decode_steps_per_serve=self.decode_steps / serves,
-                   slot_occupancy=self.tokens() / max(self.decode_steps / serves, 1) / self.p.slots)
+                   slot_occupancy=(self.tokens() - len(self.trace)) / max(self.decode_steps / serves, 1) / self.p.slots)
         return out
 
     def tokens(self) -> int:
@@ -204,15 +204,18 @@ class ContinuousBatching(Optimization):
     kind = "inference"
     description = "iteration-level scheduling of a Poisson request trace vs static batches of the same trace"
     Params = ContinuousBatchingParams
+    baseline_needs = ("continuous_batching serves a request trace, which a plain generate baseline does not: give "
+                      "the case `baseline: [{continuous_batching: {scheduler: static}}]` with the same trace "
+                      "parameters (and the same other plugins)")
 
     def validate(self, spec: Any, plugins: list) -> None:
         from harness.reference import model_facts
 
         if spec.sampling != "greedy":
-            raise ParamError("scheduler", "continuous_batching serves greedy requests: set the workload's "
+            raise ParamError("", "continuous_batching serves greedy requests: set the workload's "
                                           "sampling: greedy")
         if spec.model.startswith("hf:"):
-            raise ParamError("scheduler", "continuous_batching needs a harness model (a preset or reference:NAME): "
+            raise ParamError("", "continuous_batching needs a harness model (a preset or reference:NAME): "
                                           "its attention takes the slot cache")
         context = model_facts(spec.model).block_size
         if self.params.prompt_max + self.params.output_max > context:

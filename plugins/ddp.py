@@ -78,6 +78,11 @@ class DDP(Optimization):
     def processes(self) -> int:
         return self.params.world_size
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        if spec.batch % self.params.world_size:
+            raise ParamError("world_size", f"the global batch of {spec.batch} does not split over "
+                                           f"{self.params.world_size} ranks; make batch a multiple of world_size")
+
     def supports(self, env: dict[str, Any]) -> str | None:
         return backend_reason(env)
 

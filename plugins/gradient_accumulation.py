@@ -68,7 +68,7 @@ class GradientAccumulation(Optimization):
             raise ParamError("micro_batches", f"the batch of {spec.batch} does not split into {ranks} rank(s) x {k} "
                                               "equal micro-batches; make batch a multiple of their product")
         if any(o.name == "zero" and o.params.stage != "zero1" for o in plugins):
-            raise ParamError("micro_batches", "gradient_accumulation does not combine with FSDP here (it would "
+            raise ParamError("", "gradient_accumulation does not combine with FSDP here (it would "
                                               "reduce-scatter every micro-batch); use it alone, with ddp or zero1")
 
     def apply(self, run: Any) -> None:

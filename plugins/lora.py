@@ -96,7 +96,7 @@ class LoRA(Optimization):
     def validate(self, spec: Any, plugins: list) -> None:
         wrappers = [o.name for o in plugins[:plugins.index(self)] if o.name in ("ddp", "zero", "torch_compile")]
         if wrappers:
-            raise ParamError("rank", f"lora must be applied to the plain model: list it before {', '.join(wrappers)} "
+            raise ParamError("", f"lora must be applied to the plain model: list it before {', '.join(wrappers)} "
                                      "in the case's plugins")
 
     def apply(self, run: Any) -> None:

@@ -68,7 +68,7 @@ class OptimizerImpl(Optimization):
 
     def validate(self, spec: Any, plugins: list) -> None:
         if any(o.name == "zero" for o in plugins[:plugins.index(self)]):
-            raise ParamError("impl", "optimizer_impl rebuilds a plain AdamW: list it before zero in the case's plugins")
+            raise ParamError("", "optimizer_impl rebuilds a plain AdamW: list it before zero in the case's plugins")
 
     def apply(self, run: Any) -> None:
         if type(run.optimizer) is not torch.optim.AdamW:

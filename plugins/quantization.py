@@ -169,7 +169,7 @@ class Quantization(Optimization):
         use_ao = self.params.backend == "torchao" or (
             self.params.backend == "auto" and run.device.type == "cuda" and has_torchao())
         if method == "int8_dynamic":
-            if run.model.lm_head.weight.dtype != torch.float32 or run.device.type != "cpu":
+            if next(run.model.parameters()).dtype != torch.float32 or run.device.type != "cpu":
                 raise ValueError("int8_dynamic quantizes an fp32 model on CPU (set dtype: fp32)")
             with warnings.catch_warnings():  # torch.ao quantized tensors warn that they are deprecated
                 warnings.simplefilter("ignore")

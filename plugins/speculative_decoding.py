@@ -118,7 +118,7 @@ class SpeculativeDecoding(Optimization):
                 raise ParamError("gamma", f"prompt_len + new_tokens + gamma + 1 = {need} positions exceed the "
                                           f"'{name}' context of {facts.block_size}")
         if any(o.name == "batching" and o.params.mode == "batched" for o in plugins):
-            raise ParamError("draft", "speculative_decoding decodes one sequence at a time: do not combine it with "
+            raise ParamError("", "speculative_decoding decodes one sequence at a time: do not combine it with "
                                       "batching mode: batched")
 
     def apply(self, run: Any) -> None:

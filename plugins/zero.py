@@ -63,8 +63,11 @@ class Zero(Optimization):
         return reason
 
     def validate(self, spec: Any, plugins: list) -> None:
+        if spec.batch % self.params.world_size:
+            raise ParamError("world_size", f"the global batch of {spec.batch} does not split over "
+                                           f"{self.params.world_size} ranks; make batch a multiple of world_size")
         if self.params.stage != "zero1" and any(o.name == "ddp" for o in plugins):
-            raise ParamError("stage", f"zero stage {self.params.stage} shards with FSDP, which replaces DDP: do not "
+            raise ParamError("", f"zero stage {self.params.stage} shards with FSDP, which replaces DDP: do not "
                                       "apply ddp to the same side (use ddp as the baseline only)")
 
     def apply(self, run: Any) -> None:
