@@ -279,8 +279,9 @@ def test_fail_if_speedup_fails_when_an_optimization_buys_less(tmp_path, capsys):
     assert cmp.main([CPU, CPU], fail_if=["speedup:10%"]) == 0
     better, _ = with_speedup(tmp_path, 1.5, "better.json")
     assert cmp.main([CPU, better], fail_if=["speedup:10%"]) == 0  # an improvement never fails
-    with pytest.raises(InputError, match="speedup takes a percentage"):
-        cmp.main([CPU, CPU], fail_if=["speedup:0.1"])
+    for bad in ("speedup:0.1", "speedup:-10%", "speedup:0%"):
+        with pytest.raises(InputError, match="speedup takes a positive percentage"):
+            cmp.main([CPU, CPU], fail_if=[bad])
 
 
 def test_headline_names_what_differs_and_the_overall_speedup(tmp_path, capsys):

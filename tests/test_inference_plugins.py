@@ -266,6 +266,7 @@ def test_continuous_batching_one_token_requests_have_no_tpot():
     m = run.extra_metrics(0.5)
     assert all(m[f"tpot_{q}_s"] is None for q in ("p50", "p90", "p99", "mean"))
     assert m["ttft_p50_s"] > 0 and m["slo_attainment"] == 1.0  # no TPOT to miss; TTFT well within 0.25 s
+    assert m["slot_occupancy"] == 0.0  # every token came from a prefill: no decode step carried a request
     mixed = serve_pair(output_min=1, output_max=2)[1]
     mixed.timed = True
     mixed.step()
