@@ -322,6 +322,11 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
                       "pairs": 0, "min_effect": settings.min_effect}
     else:
         comparison = stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect, busy=busy)
+        unequal = different_work(runs["baseline"].units, runs["metrics"].units)
+        if unequal and comparison["verdict"] != "inconclusive":
+            comparison.update(verdict="inconclusive", reason=unequal)
+        if unequal:
+            warnings.append(unequal)
     base_peak = (out.get("baseline") or {}).get("memory", {}).get("peak_bytes")
     opt_peak = out["metrics"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
@@ -358,6 +363,16 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
         "gpu_state": [s for s in clocks_log if s],
     }
     return out
+
+
+def different_work(baseline_units: dict[str, float], optimized_units: dict[str, float]) -> str | None:
+    """Why a time ratio would compare different work, or None: the two sides' steps must do the same units of
+    work (Run.units) for "faster"/"slower" to mean anything; compare throughputs otherwise."""
+    if dict(baseline_units) == dict(optimized_units):
+        return None
+    return (f"the sides do different work per step (baseline {dict(baseline_units)}, optimized "
+            f"{dict(optimized_units)}): no faster/slower verdict on time; give the baseline the same workload "
+            "changes (e.g. the same plugin with its baseline mode)")
 
 
 def side_memory(run, peak: dict[str, Any]) -> dict[str, Any]:

@@ -147,3 +147,11 @@ def test_results_files_are_strict_json_and_say_which_value_was_not_finite(tmp_pa
     doc = json.loads(path.read_text(), parse_constant=refuse)
     assert doc["metrics"]["extra"]["loss"] is None and doc["metrics"]["data"] == [1.0, None]
     assert doc["warnings"] == ["not finite, written as null: metrics.extra.loss, metrics.data[1]"]
+
+
+def test_sides_doing_different_work_get_no_time_verdict():
+    from harness.worker import different_work
+
+    assert different_work({"tokens": 64, "sequences": 4}, {"tokens": 64, "sequences": 4}) is None
+    reason = different_work({"tokens": 64, "sequences": 4}, {"tokens": 310, "requests": 12})
+    assert "different work per step" in reason and "'requests': 12" in reason
