@@ -282,6 +282,26 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
     return out
 
 
+def _check_sides(doc: _Doc, path: tuple, sides: dict[str, list], processes: int, alone: bool) -> None:
+    """Rules across a case's plugins: each listed once per side; every plugin with a world_size asks for the
+    case's process count; an optimization whose `baseline_needs` is set finds itself on the baseline side."""
+    for key, opts in sides.items():
+        names = [o.name for o in opts]
+        for j, opt in enumerate(opts):
+            ppath = path + (key, j, opt.name)
+            if names.count(opt.name) > 1:
+                raise doc.error(ppath, f"'{opt.name}' is listed twice on this side; give it once, with all its "
+                                       "parameters")
+            world = getattr(opt.params, "world_size", None)
+            if world is not None and world != processes:
+                raise doc.error(ppath, f"'{opt.name}' has world_size {world} but the case runs {processes} "
+                                       "processes (another plugin of the case asks for that): give every "
+                                       "distributed plugin of the case, baseline included, the same world_size")
+            if key == "plugins" and opt.baseline_needs and not alone \
+                    and opt.name not in [b.name for b in sides["baseline"]]:
+                raise doc.error(ppath, opt.baseline_needs)
+
+
 def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) -> CaseSpec:
     labels, processes = [], 1
     spec = build_params(registry.workloads[wtype].Spec, wspec)
@@ -310,21 +330,7 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
             except ParamError as exc:
                 raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
         built_opts[key] = [o for _, o in built]
-    for key, opts in built_opts.items():
-        names = [o.name for o in opts]
-        for j, opt in enumerate(opts):
-            ppath = path + (key, j, opt.name)
-            if names.count(opt.name) > 1:
-                raise doc.error(ppath, f"'{opt.name}' is listed twice on this side; give it once, with all its "
-                                       "parameters")
-            if 1 < opt.processes() != processes:
-                raise doc.error(ppath, f"'{opt.name}' asks for {opt.processes()} processes but the case runs "
-                                       f"{processes} (another plugin of the case asks for that): give every "
-                                       "distributed plugin of the case, baseline included, the same world_size")
-            needs = getattr(opt, "baseline_needs", None)
-            if key == "plugins" and needs and opt.name not in [b.name for b in built_opts["baseline"]] \
-                    and case.get("baseline") != "none":
-                raise doc.error(ppath, needs)
+    _check_sides(doc, path, built_opts, processes, alone=case.get("baseline") == "none")
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")

@@ -101,7 +101,7 @@ def test_one_sample_is_not_enough(tmp_path, registry):
     ("  - workload: train\n    plugins: [{ddp: {world_size: 4}}]\n", "cases[0].plugins[0].ddp.world_size",
      "batch of 6 does not split over 4 ranks"),
     ("  - workload: train\n    plugins: [{zero: {stage: zero1, world_size: 3}}]\n    baseline: [ddp]\n",
-     "cases[0].baseline[0].ddp", "asks for 2 processes but the case runs 3"),
+     "cases[0].baseline[0].ddp", "has world_size 2 but the case runs 3"),
     ("  - workload: gen\n    plugins: [kv_cache, {kv_cache: {kind: static}}]\n", "cases[0].plugins[0].kv_cache",
      "listed twice"),
     ("  - workload: gen\n    plugins: [continuous_batching]\n", "cases[0].plugins[0].continuous_batching",
