@@ -203,7 +203,8 @@ def to_markdown(results: dict[str, Any]) -> str:
              f"run `{_md(results.get('run_id'))}`, torch {_md(env.get('torch'))}, commit "
              f"`{_md((env.get('git') or {}).get('commit'))}`. Speedup = baseline time / optimized time (>1 = faster), "
              "95% bootstrap interval.", "",
-             "| case | verdict | speedup [95% CI] | throughput baseline → optimized | TTFT, TPOT, goodput, MFU/MBU where known | memory | checks |",
+             "| case | verdict | speedup [95% CI] | throughput baseline → optimized "
+             "| TTFT, TPOT, goodput, MFU/MBU where known | memory | checks |",
              "|---|---|---|---|---|---|---|"]
     failed = []
     for c in results["cases"]:
