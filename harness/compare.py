@@ -77,7 +77,8 @@ def _versus(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | No
     out = {"time_ratio": _ratio(first["median"], later["median"]), "unit": unit,
            "throughput_ratio": _ratio(first["rate"], later["throughput"].get(unit)) if unit else None,
            "memory_ratio": _ratio(first["peak_bytes"], later["peak_bytes"]),
-           "speedup": None, "ci95": None, "verdict": "n/a (no samples)", "reason": None}
+           "speedup": None, "ci95": None, "verdict": "n/a (no samples)", "reason": None,
+           "busy": bool(first["busy"] or later["busy"])}
     a, b = stats.split_blocks(first["latency"]), stats.split_blocks(later["latency"])
     if len(a) >= 2 and len(b) >= 2:
         busy = "; ".join(f"{name} run: {e['busy']}" for name, e in (("first", first), ("later", later)) if e["busy"])
@@ -177,7 +178,8 @@ def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[
                 versus.append(None)
                 continue
             busy = "; ".join(f"{name} run busy" for name, r in (("first", runs[0]), ("later", later)) if r["busy"])
-            effect = stats.compare_effects(runs[0]["ratios"], later["ratios"], busy=busy or None)
+            effect = {**stats.compare_effects(runs[0]["ratios"], later["ratios"], busy=busy or None),
+                      "busy": bool(busy)}
             if min(runs[0]["processes"], later["processes"]) < 2:
                 effect = stats.process_guard(effect, "ratio", stats.ONE_PROCESS_EFFECT_MARGIN, ("larger", "smaller"))
             versus.append(effect)
@@ -227,7 +229,7 @@ def _verdict_word(v: dict[str, Any] | None) -> str:
     if v["verdict"] in ("faster", "slower") and v["speedup"]:
         x = v["speedup"] if v["verdict"] == "faster" else 1 / v["speedup"]
         return f"{x:.2f}× {v['verdict']}"
-    if v["verdict"] == "inconclusive" and (v.get("reason") or "").startswith(("first run", "later run")):
+    if v["verdict"] == "inconclusive" and v.get("busy"):
         return "inconclusive (busy)"
     return "no sig. diff." if v["verdict"] == "no significant difference" else v["verdict"]
 
@@ -274,9 +276,10 @@ def format_table(result: dict[str, Any]) -> str:
     head = ["case", "side"] + [f"median #{i}" for i in range(n)]
     head += [h for i in range(1, n) for h in (f"#{i}/#0 time", f"#{i} vs #0")]
     lines = [head]
+    health_by_case = {h["case"]: h["runs"] for h in result["health"]}
     for row in result["rows"]:
         cells = [row["case"], row["side"] or "-"]
-        health = next(h["runs"] for h in result["health"] if h["case"] == row["case"])
+        health = health_by_case[row["case"]]
         cells += [(fmt_time(e["median"]) + (" checks FAILED" if h["failed_checks"] else "")) if e["status"] == "ok"
                   else e["status"] for e, h in zip(row["entries"], health)]
         for v in row["versus"][1:]:
@@ -304,9 +307,8 @@ def forests(result: dict[str, Any]) -> list[str]:
             v = row["versus"][i]
             if not v or not v.get("speedup"):
                 continue
-            busy = (v.get("reason") or "").startswith(("first run", "later run"))
             rows.append({"label": f"{row['case']} [{row['side'] or '-'}]", "speedup": v["speedup"],
-                         "ci": v["ci95"], "verdict": v["verdict"], "busy": busy,
+                         "ci": v["ci95"], "verdict": v["verdict"], "busy": v["busy"],
                          "text": fmt_interval(v["speedup"], v["ci95"]).replace("x", "×", 1)})
         out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"cmp{i}",
                                       xlabel=f"speedup of run #{i} over run #0 = #0 time ÷ #{i} time "
@@ -320,7 +322,7 @@ def effect_forests(result: dict[str, Any]) -> list[str]:
     out = []
     for i in range(1, len(result["runs"])):
         rows = [{"label": row["case"], "speedup": v["ratio"], "ci": v["ci95"], "verdict": v["verdict"],
-                 "busy": bool(v.get("reason") and "busy" in v["reason"]),
+                 "busy": v["busy"],
                  "text": f"{v['ratio']:.2f}× ({v['verdict']})"}
                 for row in result["effects"] if (v := row["versus"][i]) and v.get("ratio")]
         out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"eff{i}",

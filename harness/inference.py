@@ -36,7 +36,7 @@ from harness.hookspecs import hookimpl
 from harness.model import GPT, PRESETS, ModelArgs, StaticCache, kv_cache_bytes
 from harness.optimization import ParamError
 from harness.stats import percentile
-from harness.workload import Run, RunContext, Workload
+from harness.workload import Run, RunContext, Workload, sync
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EVAL_SEQS, EVAL_LEN = 4, 128  # held-out tokens for the quality outputs (perplexity, top-1)
@@ -158,11 +158,6 @@ def static_cache(model: nn.Module, batch: int, max_len: int, dtype: torch.dtype,
     if isinstance(model, GPT):
         return StaticCache(model.args, batch, max_len, dtype, device)
     return model.new_cache("static", batch, max_len)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class GenerateRun(Run):

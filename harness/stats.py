@@ -221,9 +221,11 @@ def compare_unpaired(first: Blocks, later: Blocks, min_effect: float = MIN_EFFEC
 
 # Two runs of one process each cannot show process-to-process variation (memory placement, frequency, the
 # neighbours of a shared VM), which the block bootstrap does not cover (Kalibera & Jones 2013). Measured: the
-# quick suite run twice, hours apart, same code, same 2-core EPYC VM: later-vs-first time ratios of its 30 case
-# sides 0.72-1.57 (SD of log 0.15; 12 of 30 would have been called faster/slower), its 15 optimizations'
-# speedup ratios 0.86-1.16 (SD of log 0.08; 4 of 15 called larger/smaller). So across runs of one process each,
+# quick suite run twice, hours apart, on the same quiet 2-core EPYC VM (foreign CPU 0-2 %), at two commits whose
+# timed steps are the same (one case alternated 73 / 128 ms between the two commits' code run back to back, and
+# 75-119 ms in one process with either): later-vs-first time ratios of its 30 case sides 0.72-1.57 (SD of log
+# 0.15; 12 of 30 would have been called faster/slower), its 15 optimizations' speedup ratios 0.86-1.16 (SD of
+# log 0.08; 4 of 15 called larger/smaller). So across runs of one process each,
 # a verdict needs a change beyond these margins; runs made with --repeat N carry that variation in their blocks.
 ONE_PROCESS_TIME_MARGIN = 1.6
 ONE_PROCESS_EFFECT_MARGIN = 1.2

@@ -10,6 +10,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
+def sync(device: Any) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class RunContext:
     """Where a run is built: device, environment block, seed and, under torchrun, rank and world size."""
@@ -57,16 +65,10 @@ class Run:
     def synced(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         """(fn(), its wall time in seconds with the device synchronized before and after): how a workload times
         the parts of its first unit of work for `first_call_s`."""
-        device = self.ctx.device
-        cuda = getattr(device, "type", str(device)) == "cuda"
-        if cuda:
-            import torch
-
-            torch.cuda.synchronize(device)
+        sync(self.ctx.device)
         start = time.perf_counter()
         out = fn()
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(self.ctx.device)
         return out, time.perf_counter() - start
 
     def step(self) -> None:

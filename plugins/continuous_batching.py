@@ -213,10 +213,10 @@ class ContinuousBatching(Optimization):
 
         if spec.sampling != "greedy":
             raise ParamError("", "continuous_batching serves greedy requests: set the workload's "
-                                          "sampling: greedy")
+                                 "sampling: greedy")
         if spec.model.startswith("hf:"):
             raise ParamError("", "continuous_batching needs a harness model (a preset or reference:NAME): "
-                                          "its attention takes the slot cache")
+                                 "its attention takes the slot cache")
         context = model_facts(spec.model).block_size
         if self.params.prompt_max + self.params.output_max > context:
             total = self.params.prompt_max + self.params.output_max

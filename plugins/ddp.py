@@ -39,6 +39,13 @@ def backend_reason(env: dict[str, Any]) -> str | None:
     return None if dist.is_gloo_available() else "gloo is not available in this PyTorch build"
 
 
+def check_batch_splits(batch: int, world_size: int) -> None:
+    """ParamError("world_size") unless the global batch splits evenly over the ranks (each rank takes a slice)."""
+    if batch % world_size:
+        raise ParamError("world_size", f"the global batch of {batch} does not split over {world_size} ranks; "
+                                       "make batch a multiple of world_size")
+
+
 def join_group(run: Any, world_size: int) -> tuple[int, int]:
     """This process's (rank, world size) in the process group, checked against `world_size`.
 
@@ -79,9 +86,7 @@ class DDP(Optimization):
         return self.params.world_size
 
     def validate(self, spec: Any, plugins: list) -> None:
-        if spec.batch % self.params.world_size:
-            raise ParamError("world_size", f"the global batch of {spec.batch} does not split over "
-                                           f"{self.params.world_size} ranks; make batch a multiple of world_size")
+        check_batch_splits(spec.batch, self.params.world_size)
 
     def supports(self, env: dict[str, Any]) -> str | None:
         return backend_reason(env)

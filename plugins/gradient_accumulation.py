@@ -69,7 +69,7 @@ class GradientAccumulation(Optimization):
                                               "equal micro-batches; make batch a multiple of their product")
         if any(o.name == "zero" and o.params.stage != "zero1" for o in plugins):
             raise ParamError("", "gradient_accumulation does not combine with FSDP here (it would "
-                                              "reduce-scatter every micro-batch); use it alone, with ddp or zero1")
+                                 "reduce-scatter every micro-batch); use it alone, with ddp or zero1")
 
     def apply(self, run: Any) -> None:
         k = self.params.micro_batches

@@ -97,7 +97,7 @@ class LoRA(Optimization):
         wrappers = [o.name for o in plugins[:plugins.index(self)] if o.name in ("ddp", "zero", "torch_compile")]
         if wrappers:
             raise ParamError("", f"lora must be applied to the plain model: list it before {', '.join(wrappers)} "
-                                     "in the case's plugins")
+                                 "in the case's plugins")
 
     def apply(self, run: Any) -> None:
         if run.model is not run.raw_model:

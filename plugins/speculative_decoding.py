@@ -119,7 +119,7 @@ class SpeculativeDecoding(Optimization):
                                           f"'{name}' context of {facts.block_size}")
         if any(o.name == "batching" and o.params.mode == "batched" for o in plugins):
             raise ParamError("", "speculative_decoding decodes one sequence at a time: do not combine it with "
-                                      "batching mode: batched")
+                                 "batching mode: batched")
 
     def apply(self, run: Any) -> None:
         draft = load_model(self.params.draft, run.device, run.dtype, run.ctx.seed)

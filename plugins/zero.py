@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from harness_plugins.ddp import PARAM_ATOL, PARAM_RTOL, backend_reason, join_group, wrap_ddp
+from harness_plugins.ddp import PARAM_ATOL, PARAM_RTOL, backend_reason, check_batch_splits, join_group, wrap_ddp
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
@@ -63,12 +63,10 @@ class Zero(Optimization):
         return reason
 
     def validate(self, spec: Any, plugins: list) -> None:
-        if spec.batch % self.params.world_size:
-            raise ParamError("world_size", f"the global batch of {spec.batch} does not split over "
-                                           f"{self.params.world_size} ranks; make batch a multiple of world_size")
+        check_batch_splits(spec.batch, self.params.world_size)
         if self.params.stage != "zero1" and any(o.name == "ddp" for o in plugins):
             raise ParamError("", f"zero stage {self.params.stage} shards with FSDP, which replaces DDP: do not "
-                                      "apply ddp to the same side (use ddp as the baseline only)")
+                                 "apply ddp to the same side (use ddp as the baseline only)")
 
     def apply(self, run: Any) -> None:
         stage = self.params.stage
