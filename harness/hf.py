@@ -1,4 +1,4 @@
-"""User models: a local Hugging Face causal LM behind the interface of `harness.model.GPT`, for inference.
+"""User models: a local Hugging Face causal LM behind the interface of `harness.model.GPT`, to generate and train.
 
 `load_model("hf:/path/to/dir")` (harness.reference) lands here. Offline only: the directory is what
 `save_pretrained` or `huggingface-cli download NAME --local-dir DIR` wrote; nothing is downloaded.
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,26 @@ class HFCausalLM(nn.Module):
         self.n_layer, self.n_head = self.args.n_layer, self.args.n_head
         self.head_dim, self.vocab_size = self.args.head_dim, self.args.vocab_size
         self.tokenizer = None  # the model directory's tokenizer, set by load_hf when there is one
+        self.dropout_off: list[str] = []  # config fields load_hf set to 0
+        self.blocks = decoder_layers(model, self.n_layer)  # a plain list: the modules stay where the model has them
+
+    def checkpoint_layers(self, every: int) -> list[int]:
+        """Turn on the library's own activation checkpointing (non-reentrant `torch.utils.checkpoint`) on every
+        `every`-th decoder layer, as a user's training script would; returns the checkpointed layers' indices.
+        ValueError where the model or this transformers cannot (no support, or `every` > 1 before 5.x)."""
+        hf = self.hf
+        if not getattr(hf, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(hf).__name__} does not support activation checkpointing in transformers")
+        if hasattr(hf, "activation_checkpointing_enable"):
+            hf.activation_checkpointing_enable(**_kwargs_for(
+                hf.activation_checkpointing_enable, activation_checkpointing_kwargs={"use_reentrant": False},
+                every_n_layers=every))
+        elif every == 1:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            raise ValueError("every > 1 needs transformers' activation_checkpointing_enable(every_n_layers=...); "
+                             "upgrade transformers or use every: 1")
+        return [i for i, layer in enumerate(self.blocks) if getattr(layer, "gradient_checkpointing", False)]
 
     def forward(self, idx: torch.Tensor, targets=None, cache=None, input_pos=None, pad=None):
         # idx: [B, T]; input_pos: [T] absolute positions of idx (default 0..T-1); pad: [B] left padding per row
@@ -144,21 +165,62 @@ class HFCausalLM(nn.Module):
         return 6 * self.num_params(matmul_only=True) + 12 * a.n_layer * a.n_query_head * a.head_dim * seq_len
 
 
+def decoder_layers(model: nn.Module, n_layer: int) -> list[nn.Module]:
+    """The model's decoder layers, in order: the modules whose class the model names in `_no_split_modules` (the
+    units accelerate and FSDP wrap), else the first ModuleList of `n_layer` modules; [] if neither is found."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if len(layers) == n_layer:
+        return layers
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layer]
+    return list(lists[0]) if lists else []
+
+
+def dropout_off(config) -> list[str]:
+    """Set every dropout probability of a transformers config to 0 (names holding "dropout" or "pdrop"); returns
+    the names changed. Training checks compare runs to fp32 round-off, which random dropout masks would break,
+    and a DDP rank's slice of the batch would not draw the masks the one-process run draws."""
+    changed = []
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value > 0:
+            setattr(config, key, 0.0)
+            changed.append(key)
+    return changed
+
+
 def load_hf(path: str, device="cpu", dtype: torch.dtype | None = None) -> HFCausalLM:
-    """A local transformers causal LM (offline, `local_files_only=True`) in eval mode behind `HFCausalLM`."""
+    """A local transformers causal LM (offline, `local_files_only=True`) in eval mode behind `HFCausalLM`, its
+    dropout off (`dropout_off`; the adapter's `dropout_off` lists what was set to 0)."""
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
         raise InputError(f"model 'hf:{path}' needs the transformers package: {INSTALL_HINT}") from e
     where = Path(path).expanduser()
     if not (where / "config.json").is_file():
         raise InputError(f"model 'hf:{path}': no config.json in {where}; hf: takes a local directory written by "
                          "save_pretrained or `huggingface-cli download NAME --local-dir DIR` (nothing is downloaded)")
-    model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True)
+    config = AutoConfig.from_pretrained(where, local_files_only=True)
+    changed = dropout_off(config)
+    model = AutoModelForCausalLM.from_pretrained(where, config=config, local_files_only=True)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     adapter = HFCausalLM(model).eval()
     adapter.tokenizer = load_tokenizer(where)
+    adapter.dropout_off = changed
     return adapter
+
+
+@functools.lru_cache(maxsize=8)
+def meta_model(path: str) -> nn.Module:
+    """The model an hf: folder describes, built on the meta device from its config.json (no weights, no memory):
+    what a suite's validation asks about (module names, checkpointing support) before any case runs.
+    InputError without transformers."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError as e:
+        raise InputError(f"model 'hf:{path}' needs the transformers package: {INSTALL_HINT}") from e
+    config = AutoConfig.from_pretrained(Path(path).expanduser(), local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_tokenizer(where: Path):

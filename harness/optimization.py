@@ -106,6 +106,8 @@ def type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -1,4 +1,7 @@
-"""The training workload: one forward + loss + backward + optimizer step of the GPT on fixed batches.
+"""The training workload: one forward + loss + backward + optimizer step of a causal LM on fixed batches.
+
+The model is a built-in preset, a trained reference, or a user's local Hugging Face model (`hf:PATH`, behind
+`harness.hf.HFCausalLM`: the same `forward(idx, targets)`, decoder layers as `blocks`, dropout off).
 
 Optimizations change a `TrainRun` through its attributes: `autocast_dtype` (None = fp32), `scaler` (a
 GradScaler for fp16), `model` (wrapped by DDP / FSDP / torch.compile; `raw_model` stays the plain GPT, whose
@@ -17,10 +20,12 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from harness import data
 from harness.hookspecs import hookimpl
 from harness.memory import tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import ParamError
+from harness.reference import load_model, model_facts
 from harness.workload import Run, RunContext, Workload
 
 PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
@@ -31,7 +36,8 @@ class TrainSpec:
     """Settings of a training case."""
 
     model: str = field(default="nano", metadata={
-        "help": f"model preset ({', '.join(PRESETS)}: random init) or reference:NAME (trained, for fine-tuning)"})
+        "help": f"model preset ({', '.join(PRESETS)}: random init), reference:NAME (trained, for fine-tuning) or "
+                "hf:PATH (a local transformers causal LM: its weights, its tokenizer for corpus data)"})
     batch: int = field(default=8, metadata={"help": "global batch (sequences per step, summed over ranks)"})
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence (<= the preset's block_size)"})
     steps: int = field(default=3, metadata={"help": "K: steps of the correctness pass (distinct fixed batches)"})
@@ -41,10 +47,12 @@ class TrainSpec:
     tf32: bool = field(default=False, metadata={"help": "allow TF32 matmuls in the fp32 parts (CUDA only)"})
     data: Literal["synthetic", "corpus"] = field(
         default="synthetic", metadata={"help": "batches: 'synthetic' = seeded uniform random byte tokens; "
-                                               "'corpus' = seeded windows of the harness.data training text"})
+                                               "'corpus' = seeded windows of the harness.data training text "
+                                               "(encoded by an hf: model's own tokenizer when it has one)"})
 
     def __post_init__(self):
-        block = model_block_size(self.model)
+        facts = model_facts(self.model)
+        block = facts.block_size
         if self.batch < 1:
             raise ParamError("batch", f"batch must be >= 1 (got {self.batch})")
         if not 1 <= self.seq_len <= block:
@@ -54,30 +62,19 @@ class TrainSpec:
             raise ParamError("steps", f"steps must be >= 1 (got {self.steps})")
         if not self.lr > 0:
             raise ParamError("lr", f"lr must be > 0 (got {self.lr})")
+        if self.data == "corpus" and not facts.tokenizer and facts.vocab_size < data.VOCAB_SIZE:
+            raise ParamError("data", f"corpus data are byte ids 0..255, but '{self.model}' has a "
+                                     f"{facts.vocab_size}-token vocabulary and no tokenizer files; use data: "
+                                     "synthetic, or a model folder with its tokenizer")
 
 
-def model_block_size(name: str) -> int:
-    """Context length of a preset or of a trained reference ("reference:NAME"); ParamError("model") if unknown."""
-    if name.startswith("reference:"):
-        from harness.reference import REFERENCES
-
-        ref = name.removeprefix("reference:")
-        if ref not in REFERENCES:
-            raise ParamError("model", f"unknown reference '{ref}'; known: {', '.join(REFERENCES)}")
-        return REFERENCES[ref].block_size
-    if name not in PRESETS:
-        raise ParamError("model", f"unknown preset '{name}'; use one of {', '.join(PRESETS)} or reference:NAME")
-    return PRESETS[name].block_size
-
-
-def load_train_model(name: str, device: torch.device) -> GPT:
-    """A fresh model to train: a preset, randomly initialised from the current seed, or a trained reference
-    (`harness.reference`, from its cache; trained there on first use), in train mode."""
-    if name.startswith("reference:"):
-        from harness.reference import load_reference
-
-        return load_reference(name.removeprefix("reference:"), device).train()
-    return GPT(ModelArgs.from_name(name)).to(device)
+def load_train_model(name: str, device: torch.device) -> torch.nn.Module:
+    """A fresh model to train, in train mode: a preset, randomly initialised from the current seed, a trained
+    reference (`harness.reference`, from its cache; trained there on first use) or an hf: folder's weights
+    (`harness.hf.load_hf`, dropout off). One resolver for every workload: `harness.reference.load_model`."""
+    if name in PRESETS:
+        return GPT(ModelArgs.from_name(name)).to(device)  # from the caller's seed, as before
+    return load_model(name, device).train()
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -87,7 +84,7 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class TrainRun(Run):
-    """A GPT, an AdamW optimizer and fixed batches; `step()` trains on the next batch."""
+    """A causal LM, an AdamW optimizer and fixed batches; `step()` trains on the next batch."""
 
     def __init__(self, spec: TrainSpec, ctx: RunContext):
         super().__init__(ctx)
@@ -95,7 +92,7 @@ class TrainRun(Run):
         self.tf32 = spec.tf32  # TF32 matmuls on CUDA, set around each step (both sides share the process)
         torch.manual_seed(ctx.seed)
         self.raw_model = load_train_model(spec.model, self.device)
-        self.args: ModelArgs = self.raw_model.args
+        self.args = self.raw_model.args  # ModelArgs, or HFArgs for an hf: model (the same shape fields)
         self.model: torch.nn.Module = self.raw_model
         self.optimizer_impl: str | None = None  # "fused" / "foreach" / "for_loop"; None: the device's best
         self.optimizer = self.make_optimizer(self.raw_model.parameters())
@@ -115,6 +112,8 @@ class TrainRun(Run):
         self.info.update({"model": spec.model, "params": self.raw_model.num_params(),
                           "matmul_params": self.raw_model.num_params(matmul_only=True),
                           "optimizer": self.optimizer_kind, "data": spec.data, "autocast": None})
+        if getattr(self.raw_model, "dropout_off", None):
+            self.info["dropout_off"] = ", ".join(self.raw_model.dropout_off)
         if self.device.type == "cuda":  # the fp32 baseline's precision is part of the case (rule T10)
             self.info["tf32"] = spec.tf32
 
@@ -122,9 +121,8 @@ class TrainRun(Run):
         """`steps` fixed global batches (x, y = x shifted by one), the same for every rank and side."""
         spec, gen = self.spec, torch.Generator().manual_seed(self.ctx.seed + 1)
         if spec.data == "corpus":
-            from harness import data
-
-            train, _ = data.splits()
+            tokenizer = getattr(self.raw_model, "tokenizer", None)
+            train = data.tokenized_split(tokenizer, "train") if tokenizer is not None else data.splits()[0]
             return [data.get_batch(train, spec.batch, spec.seq_len, generator=gen) for _ in range(spec.steps)]
         tokens = torch.randint(0, self.args.vocab_size, (spec.steps, spec.batch, spec.seq_len + 1), generator=gen)
         return [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in tokens]

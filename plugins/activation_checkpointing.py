@@ -1,7 +1,13 @@
-"""Activation checkpointing: drop the activations inside blocks in forward, recompute them in backward."""
+"""Activation checkpointing: drop the activations inside blocks in forward, recompute them in backward.
+
+On the built-in GPT each chosen block's forward is wrapped in `torch.utils.checkpoint`; on an hf: model the
+library's own switch is used (`HFCausalLM.checkpoint_layers`: transformers' activation / gradient checkpointing,
+non-reentrant), so the figures are what a user's training script gets.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +49,13 @@ def checkpointed(run: Any, forward):
     return wrapped
 
 
+def count_input(run: Any, module, args, kwargs) -> None:
+    """Forward pre-hook of a layer the library checkpoints: count the hidden states it keeps for recompute."""
+    x = args[0] if args else kwargs.get("hidden_states")
+    if run.saved is not None and torch.is_grad_enabled() and isinstance(x, torch.Tensor):
+        run.saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+
+
 class ActivationCheckpointing(Optimization):
     """Checkpoint transformer blocks (Chen et al. 2016): less activation memory for one extra forward."""
 
@@ -51,11 +64,30 @@ class ActivationCheckpointing(Optimization):
     description = "torch.utils.checkpoint (non-reentrant) on every k-th block; gradients equal the plain run."
     Params = CheckpointParams
 
+    def validate(self, spec: Any, plugins: list) -> None:
+        if getattr(spec, "model", "").startswith("hf:"):  # the library's own switch must exist for this model
+            from harness.hf import meta_model
+
+            hf = meta_model(spec.model[3:])
+            if not getattr(hf, "supports_gradient_checkpointing", False):
+                raise ParamError("", f"{type(hf).__name__} does not support activation checkpointing in "
+                                     "transformers")
+            if self.params.every > 1 and not hasattr(hf, "activation_checkpointing_enable"):
+                raise ParamError("every", "every > 1 on an hf: model needs a transformers with "
+                                          "activation_checkpointing_enable(every_n_layers=...); use every: 1")
+
     def apply(self, run: Any) -> None:
-        blocks = run.raw_model.blocks
-        chosen = list(range(0, len(blocks), self.params.every))
-        for i in chosen:
-            blocks[i].forward = checkpointed(run, blocks[i].forward)
+        model, blocks = run.raw_model, run.raw_model.blocks
+        if hasattr(model, "checkpoint_layers"):  # a user model: its library's own checkpointing
+            chosen = model.checkpoint_layers(self.params.every)
+            for i in chosen:
+                blocks[i].register_forward_pre_hook(functools.partial(count_input, run), with_kwargs=True)
+        else:
+            chosen = list(range(0, len(blocks), self.params.every))
+            for i in chosen:
+                blocks[i].forward = checkpointed(run, blocks[i].forward)
+        if not chosen:
+            raise ValueError("no decoder layer was checkpointed")
         run.info["checkpointed_blocks"] = f"{len(chosen)} of {len(blocks)}"
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

@@ -1,5 +1,9 @@
 """LoRA (Hu et al. 2021): freeze the model, train a low-rank update B A of chosen linear layers.
 
+On an hf: model the adapters come from peft (`get_peft_model` with a `LoraConfig`), the library people fine-tune
+with; its target modules default to peft's choice for the architecture (GPT-2: c_attn; Llama: q_proj, v_proj) and
+`targets` overrides them (module names, or ["all-linear"]). On the built-in GPT:
+
 `LoRALinear` is torchtune's shape in plain PyTorch: the frozen base weight and bias keep their names (so the
 checks compare them by name with the full fine-tuning baseline), `lora_a` [r, in] starts kaiming-uniform,
 `lora_b` [out, r] starts at zero, and the output is ``x W^T + b + (alpha / r) * dropout(x) A^T B^T``. Only the
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,7 @@ from torch import nn
 from harness import Check, Optimization, ParamError, hookimpl
 
 TARGETS = ("qkv", "proj", "fc", "lm_head")  # attention qkv, attention and MLP output projections, MLP up, head
+DEFAULT_TARGETS = ["qkv", "proj", "fc"]
 
 
 @dataclass
@@ -28,9 +34,10 @@ class LoRAParams:
 
     rank: int = field(default=8, metadata={"help": "r: rank of the update B A"})
     alpha: float = field(default=16.0, metadata={"help": "scale of the update is alpha / rank"})
-    targets: list[str] = field(
-        default_factory=lambda: ["qkv", "proj", "fc"],
-        metadata={"help": f"linear layers (by attribute name) that get an adapter: {', '.join(TARGETS)}"},
+    targets: list[str] | None = field(
+        default=None,
+        metadata={"help": f"linear layers that get an adapter; built-in GPT: {', '.join(TARGETS)} (default qkv, "
+                          "proj, fc); hf: model: module names or all-linear (default: peft's for the architecture)"},
     )
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input (0 = deterministic)"})
 
@@ -39,11 +46,8 @@ class LoRAParams:
             raise ParamError("rank", f"rank must be >= 1 (got {self.rank})")
         if not self.alpha > 0:
             raise ParamError("alpha", f"alpha must be > 0 (got {self.alpha})")
-        unknown = [t for t in self.targets if t not in TARGETS]
-        if unknown or not self.targets:
-            raise ParamError(
-                "targets", f"targets must be a non-empty list of {', '.join(TARGETS)} (got {self.targets})"
-            )
+        if self.targets is not None and not self.targets:
+            raise ParamError("targets", "targets must be a non-empty list (or left out for the default)")
         if not 0 <= self.dropout < 1:
             raise ParamError("dropout", f"dropout must be in [0, 1) (got {self.dropout})")
 
@@ -73,16 +77,61 @@ def digest(t: torch.Tensor) -> str:
 
 
 def add_adapters(model: nn.Module, params: LoRAParams, generator_seed: int) -> list[str]:
-    """Replace each targeted `nn.Linear` of `model` by a LoRALinear; returns the replaced modules' names."""
-    replaced = []
+    """Replace each targeted `nn.Linear` of `model` by a LoRALinear (peft's LoRA layers on an hf: model); returns
+    the adapted modules' names."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)  # A's init fixed by the seed; the run's RNG state is restored after
+        if hasattr(model, "hf"):
+            return add_peft_adapters(model, params)
+        replaced, targets = [], params.targets or DEFAULT_TARGETS
         for name, module in list(model.named_modules()):
             for attr, child in list(module.named_children()):
-                if isinstance(child, nn.Linear) and attr in params.targets:
+                if isinstance(child, nn.Linear) and attr in targets:
                     setattr(module, attr, LoRALinear(child, params.rank, params.alpha, params.dropout))
                     replaced.append(f"{name}.{attr}" if name else attr)
     return replaced
+
+
+def add_peft_adapters(model: nn.Module, params: LoRAParams) -> list[str]:
+    """Wrap an `HFCausalLM`'s transformers model with peft's `get_peft_model` (base frozen, lora_B = 0)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = params.targets
+    config = LoraConfig(task_type="CAUSAL_LM", r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                        bias="none", target_modules=targets[0] if targets == ["all-linear"] else targets)
+    with warnings.catch_warnings():  # peft sets fan_in_fan_out for GPT-2's Conv1D itself, and says so
+        warnings.filterwarnings("ignore", message=".*(fan_in_fan_out|is_gradient_checkpointing).*")
+        model.hf = get_peft_model(model.hf, config)
+    return [n.removesuffix(".lora_A") for n, _ in model.hf.named_modules() if n.endswith(".lora_A")]
+
+
+def base_name(name: str) -> str:
+    """A parameter's name in the plain model: peft's wrapper prefix and `.base_layer` taken out."""
+    return name.replace("base_model.model.", "", 1).replace(".base_layer.", ".")
+
+
+def peft_reason(model: str, targets: list[str] | None) -> str | None:
+    """Why lora cannot run on hf: folder `model` (peft missing, no default targets for its architecture, a
+    target that names no module), or None. Read from the config on the meta device: no weights loaded."""
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    except ImportError:
+        return "lora on an hf: model uses peft: pip install 'harness[hf]'"
+    from harness.hf import meta_model
+
+    hf = meta_model(model[3:])
+    if targets is None:
+        if hf.config.model_type not in DEFAULTS:
+            return (f"peft has no default target modules for model type '{hf.config.model_type}': "
+                    "give lora's targets (module names, or [all-linear])")
+        return None
+    names = {n.rsplit(".", 1)[-1] for n, m in hf.named_modules() if n}
+    missing = [t for t in targets if t != "all-linear" and t not in names]
+    if missing:
+        linears = sorted({n.rsplit(".", 1)[-1] for n, m in hf.named_modules()
+                          if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
+        return f"targets {missing} name no module of {type(hf).__name__}; its linear layers: {', '.join(linears)}"
+    return None
 
 
 class LoRA(Optimization):
@@ -94,6 +143,13 @@ class LoRA(Optimization):
     Params = LoRAParams
 
     def validate(self, spec: Any, plugins: list) -> None:
+        if spec.model.startswith("hf:"):
+            reason = peft_reason(spec.model, self.params.targets)
+            if reason:
+                raise ParamError("targets", reason)
+        elif self.params.targets is not None and not set(self.params.targets) <= set(TARGETS):
+            raise ParamError("targets", f"targets of the built-in GPT are among {', '.join(TARGETS)} "
+                                        f"(got {self.params.targets})")
         wrappers = [o.name for o in plugins[:plugins.index(self)] if o.name in ("ddp", "zero", "torch_compile")]
         if wrappers:
             raise ParamError("", f"lora must be applied to the plain model: list it before {', '.join(wrappers)} "
@@ -124,10 +180,11 @@ class LoRA(Optimization):
             "trainable_params": n_train,
             "trainable_tensors": len(trainable),
         }
+        targets = sorted({n.rsplit(".", 1)[-1] for n in replaced})
         run.info.update(
             {
                 "lora": f"rank {self.params.rank}, alpha {self.params.alpha:g} on {len(replaced)} linears "
-                f"({', '.join(self.params.targets)})",
+                f"({', '.join(targets)}{', peft' if hasattr(model, 'hf') else ''})",
                 "trainable_params": n_train,
                 "trainable_fraction": n_train / n_all,
             }
@@ -147,7 +204,7 @@ class LoRA(Optimization):
         base = [n for n in params if ".lora_" not in n]
         adapters = [n for n in params if ".lora_" in n]
         changed = [n for n in base if digest(params[n]) != initial[n]]
-        missing = sorted(set(baseline["params"]) - set(base))
+        missing = sorted(set(baseline["params"]) - {base_name(n) for n in base})
         checks.append(
             Check(
                 "base_weights_unchanged",

@@ -58,7 +58,6 @@ def test_registered_as_training_optimizations():
         (OptimizerImplParams, {"impl": "adam"}, "impl"),
         (LoRAParams, {"rank": 0}, "rank"),
         (LoRAParams, {"alpha": 0.0}, "alpha"),
-        (LoRAParams, {"targets": ["wq"]}, "targets"),
         (LoRAParams, {"targets": []}, "targets"),
         (LoRAParams, {"dropout": 1.0}, "dropout"),
     ],
