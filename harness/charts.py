@@ -251,3 +251,34 @@ def batch_chart(batches: list[int], series: dict[str, list[float]], ylabel: str,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return _svg(fig, salt)
+
+
+def capacity_chart(record: dict[str, Any], salt: str) -> str:
+    """A capacity search (harness.capacity): measured peak against the probed value (log2 axis), one line per
+    side, filled where the probe fitted, hollow where it did not (an OOM has no peak: drawn at the budget line),
+    the budget dashed and each side's largest fitting value ringed."""
+    fig = _figure(5.2, 2.6)
+    ax = fig.add_subplot()
+    budget = record["budget_bytes"] / 2**20
+    for key, label in (("baseline", "baseline"), ("optimized", "optimized")):
+        side = record["sides"].get(key)
+        if not side or not side.get("probes"):
+            continue
+        probes = side["probes"]
+        xs = [p["value"] for p in probes]
+        ys = [p["peak_bytes"] / 2**20 if p.get("peak_bytes") else budget for p in probes]
+        ax.plot(xs, ys, color=COLORS[label], label=label, linewidth=1)
+        for x, y, p in zip(xs, ys, probes):
+            fitted = p.get("status") == "ok" and p.get("fits")
+            ax.plot([x], [y], marker="o", color=COLORS[label], markerfacecolor=COLORS[label] if fitted else "white")
+        if side.get("largest"):
+            at = xs.index(side["largest"])
+            ax.plot([xs[at]], [ys[at]], marker="o", markersize=13, markerfacecolor="none", color=COLORS[label])
+    ax.axhline(budget, color="black", linestyle="--", linewidth=1, label="budget")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+    ax.set_xlabel(record["dim"])
+    ax.set_ylabel("peak (MiB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _svg(fig, salt)

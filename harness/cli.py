@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a suite (default: the quick suite) and write results + report")
     p.add_argument("suite", nargs="?", help="a suite file, or a built-in suite name (quick, training, inference)")
     p.add_argument("--device", help="override the suite's device: auto, cpu, cuda, cuda:N")
+    add_suite_overrides(p)
     p.add_argument("--out", type=Path,
                    help="output folder (default: reports/<run-id>); with --resume, the run to finish")
     p.add_argument("--only", action="append", metavar="PLUGIN", help="run only cases using PLUGIN (repeatable)")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a suite without running it")
     p.add_argument("suite")
+    add_suite_overrides(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plugins", help="list every plugin with kind, parameters, defaults and source")
@@ -112,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_suite_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="use this model in every workload that has one: a preset, reference:NAME or "
+                                   "hf:DIR (a local Hugging Face folder)")
+    p.add_argument("--budget-gb", type=float, metavar="GB", help="memory budget of every capacity search (GiB)")
+
+
 def cmd_run(args) -> int:
     from harness import env as envmod
     from harness.plugins import load_registry
@@ -120,7 +128,7 @@ def cmd_run(args) -> int:
 
     registry = load_registry(args.plugins_dir)
     warn_load_errors(registry)
-    suite = load_suite(resolve_suite_path(args.suite), registry)
+    suite = load_suite(resolve_suite_path(args.suite), registry, args.model, args.budget_gb)
     if args.only:
         unknown = [name for name in args.only if name not in registry.optimizations]
         if unknown:
@@ -226,7 +234,7 @@ def cmd_validate(args) -> int:
 
     registry = load_registry(args.plugins_dir)
     warn_load_errors(registry)
-    suite = load_suite(resolve_suite_path(args.suite), registry)
+    suite = load_suite(resolve_suite_path(args.suite), registry, args.model, args.budget_gb)
     print(f"{suite.path}: ok, suite '{suite.name}' with {len(suite.cases)} cases")
     for case in suite.cases:
         print(f"  {case.id}" + (f"  ({case.processes} processes)" if case.processes > 1 else ""))

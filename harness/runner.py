@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, stats
+from harness import __version__, capacity, stats
 from harness.results import SCHEMA_VERSION, load, write_json
 from harness.suite import CaseSpec, Suite
 
@@ -34,16 +34,19 @@ def new_results(suite: Suite, env: dict[str, Any], run_id: str,
             "started": now(), "finished": None, "status": "running",
             "suite": {"name": suite.name, "path": suite.path, "description": suite.description,
                       "device": suite.device, "measure": dataclasses.asdict(suite.measure),
-                      "plugins_dirs": [str(d) for d in plugins_dirs or []]},
+                      "plugins_dirs": [str(d) for d in plugins_dirs or []], "overrides": suite.overrides},
             "environment": env, "cases": []}
 
 
 def run_command(results: dict[str, Any], *flags: str) -> str:
     """The `harness run` command line that runs this results file's suite again with `flags` (and the
-    --plugins-dir folders it was run with): what the harness prints as advice, ready to paste."""
+    --plugins-dir folders and the --model / --budget-gb it was run with): what the harness prints as advice,
+    ready to paste."""
     suite = results.get("suite") or {}
     dirs = [f"--plugins-dir {shlex.quote(d)}" for d in suite.get("plugins_dirs") or []]
-    return " ".join(["harness", *dirs, "run", shlex.quote(str(suite.get("path") or suite.get("name"))), *flags])
+    overrides = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in (suite.get("overrides") or {}).items()]
+    return " ".join(["harness", *dirs, "run", shlex.quote(str(suite.get("path") or suite.get("name"))), *overrides,
+                     *flags])
 
 
 def case_record(case: CaseSpec) -> dict[str, Any]:
@@ -64,15 +67,18 @@ def worker_command(case: CaseSpec, job_path: Path, result_path: Path) -> list[st
 
 
 def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
-             plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
-    """Run one case in a fresh process (or in this one with `inline`) and return its result record."""
+             plugins_dirs: list[str], inline: bool = False, probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one case in a fresh process (or in this one with `inline`) and return its result record; with
+    `probe` ({side, value, budget_bytes}), one capacity probe of one side instead (harness.capacity)."""
     record = case_record(case)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.id)[:120]
+    if probe:
+        safe += f".capacity-{probe['side']}-{probe['value']}"
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
     job = {"case": dataclasses.asdict(case), "env": env, "threads": threads,
            "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
-           "runner_pid": os.getpid()}
+           "runner_pid": os.getpid(), "probe": probe}
     write_json(str(job_path), job)
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -102,6 +108,24 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     else:
         record.update(status="crashed", error=f"worker exited with {status} and wrote no result{_tail(log_path)}")
     return record
+
+
+def run_capacity(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
+                 plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
+    """The capacity search of a case (`capacity:`), both sides, each probe a fresh process; half the time
+    budget per side. Returns the record `harness.capacity.summarize` makes."""
+    spec = capacity.CapacitySpec(**case.capacity)
+    sides = {}
+    for side in ("baseline", "optimized") if not case.alone else ("optimized",):
+        def probe(value: int, side=side) -> dict[str, Any]:
+            at = dataclasses.replace(case, workload_spec={**case.workload_spec, spec.dim: value})
+            record = run_case(at, suite, env, threads, workdir, plugins_dirs, inline,
+                              probe={"side": side, "value": value, "budget_bytes": spec.budget_bytes})
+            return {"status": record["status"], **(record.get("probe") or {}),
+                    **({"error": record["error"]} if record.get("error") else {})}
+
+        sides[side] = capacity.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
+    return capacity.summarize(spec, sides)
 
 
 def _launch(command: list[str], log_path: Path, timeout: float, result_path: Path) -> str:
@@ -220,10 +244,16 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
                 if records[-1]["status"] != "ok":
                     break
             record = combine_repeats(records, suite.measure.min_effect) if repeat > 1 else records[0]
+            if case.capacity and record["status"] == "ok":
+                progress(f"    capacity: the largest {case.capacity['dim']} within "
+                         f"{case.capacity['budget_gb']:g} GiB, each side")
+                record["capacity"] = run_capacity(case, suite, env, threads, workdir, plugins_dirs, inline)
             durations.append(time.perf_counter() - t0)
             results["cases"].append(record)
             write_json(str(results_path), results)
             progress("    " + one_line(record))
+            if record.get("capacity"):
+                progress("    " + capacity.headline(record["capacity"]))
             if registry is not None:
                 registry.manager.hook.harness_case_finished(case=record)
     except KeyboardInterrupt:

@@ -13,13 +13,14 @@ from typing import Any
 
 import yaml
 
+from harness.capacity import CapacitySpec
 from harness.errors import InputError
 from harness.optimization import ParamError, build_params
 from harness.plugins import Registry
 from harness.timing import MeasureSettings
 
 SUITE_KEYS = ("name", "description", "device", "threads", "measure", "workloads", "cases")
-CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s")
+CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s", "capacity")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class CaseSpec:
     timeout_s: float | None = None
     line: int | None = None
     alone: bool = False
+    capacity: dict[str, Any] | None = None  # a `harness.capacity.CapacitySpec` as a dict, its step resolved
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Suite:
     threads: int | None
     measure: MeasureSettings
     cases: list[CaseSpec]
+    overrides: dict[str, Any] = field(default_factory=dict)  # --model / --budget-gb given on the command line
 
 
 def builtin_suite_path(name: str) -> Path:
@@ -126,8 +129,11 @@ def _check_keys(doc: _Doc, path: tuple, mapping: Any, allowed: tuple, what: str)
             raise doc.error(path + (key,), f"unknown key '{key}'{suggestion}")
 
 
-def load_suite(path: str | Path, registry: Registry) -> Suite:
-    """Read and validate a suite; raises InputError naming file, line and field."""
+def load_suite(path: str | Path, registry: Registry, model: str | None = None,
+               budget_gb: float | None = None) -> Suite:
+    """Read and validate a suite; raises InputError naming file, line and field. `model` replaces the model of
+    every workload that has one (`harness run --model hf:DIR`); `budget_gb` the budget of every capacity
+    search (`--budget-gb`); both are validated as if the suite said so."""
     doc = _Doc(Path(path))
     data = doc.data
     if data is None:
@@ -143,11 +149,13 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
     device = data.get("device", "auto")
     if not isinstance(device, str):
         raise doc.error(("device",), f"must be a string such as auto, cpu, cuda or cuda:0 (got {device!r})")
-    workloads = _workloads(doc, data["workloads"], registry)
+    workloads = _workloads(doc, data["workloads"], registry, model)
     if not isinstance(data["cases"], list) or not data["cases"]:
         raise doc.error(("cases",), "must be a non-empty list of cases")
     cases: list[CaseSpec] = []
     for i, case in enumerate(data["cases"]):
+        if budget_gb is not None and isinstance(case, dict) and isinstance(case.get("capacity"), dict):
+            case = {**case, "capacity": {**case["capacity"], "budget_gb": budget_gb}}
         cases.extend(_cases(doc, ("cases", i), case, workloads, registry))
     seen: dict[str, int] = {}
     for case in cases:
@@ -156,7 +164,8 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
                                         f"{case.line}); give one of them different parameters")
         seen[case.id] = case.line
     return Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
-                 device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases)
+                 device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases,
+                 overrides={k: v for k, v in (("model", model), ("budget_gb", budget_gb)) if v is not None})
 
 
 def _measure(doc: _Doc, values: dict) -> MeasureSettings:
@@ -187,7 +196,7 @@ def _measure(doc: _Doc, values: dict) -> MeasureSettings:
     return settings
 
 
-def _workloads(doc: _Doc, workloads: Any, registry: Registry) -> dict[str, tuple[str, dict, str]]:
+def _workloads(doc: _Doc, workloads: Any, registry: Registry, model: str | None) -> dict[str, tuple[str, dict, str]]:
     if not isinstance(workloads, dict) or not workloads:
         raise doc.error(("workloads",), "must be a mapping of workload names to settings")
     out = {}
@@ -201,6 +210,8 @@ def _workloads(doc: _Doc, workloads: Any, registry: Registry) -> dict[str, tuple
         if wtype not in registry.workloads:
             raise doc.error(path + ("type",), _unknown("workload type", wtype, registry.workloads, registry))
         cls = registry.workloads[wtype]
+        if model is not None and "model" in {f.name for f in dataclasses.fields(cls.Spec)}:
+            values["model"] = model
         try:
             spec = build_params(cls.Spec, values)
         except ParamError as exc:
@@ -331,6 +342,8 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                 raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
         built_opts[key] = [o for _, o in built]
     _check_sides(doc, path, built_opts, processes, alone=case.get("baseline") == "none")
+    capacity = _capacity(doc, path + ("capacity",), case.get("capacity"), registry.workloads[wtype].Spec, wspec,
+                         built_opts)
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
@@ -338,4 +351,42 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                                                                         else "")
     return CaseSpec(id=f"{wname}/{'+'.join(labels)}{base}", workload=wname, workload_type=wtype,
                     workload_spec=wspec, kind=kind, plugins=uses, baseline=baseline, processes=processes,
-                    note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path))
+                    note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path), capacity=capacity)
+
+
+def _capacity(doc: _Doc, path: tuple, raw: Any, spec_cls: type, wspec: dict, sides: dict[str, list]):
+    """A case's `capacity:` block checked (harness.capacity), with the step (the smallest value whose first
+    three multiples every side accepts) and the limit (the largest accepted multiple) resolved here."""
+    if raw is None:
+        return None
+    _check_keys(doc, path, raw, tuple(f.name for f in dataclasses.fields(CapacitySpec) if f.name != "step"),
+                "capacity")
+    try:
+        capacity = build_params(CapacitySpec, raw)
+    except ParamError as exc:
+        raise doc.error(path + ((exc.field,) if exc.field else ()), str(exc)) from None
+    dim = capacity.dim
+    if not isinstance(wspec.get(dim), int) or isinstance(wspec.get(dim), bool):
+        fields = [k for k, v in wspec.items() if isinstance(v, int) and not isinstance(v, bool)]
+        raise doc.error(path + ("dim",), f"'{dim}' is not an integer field of the workload; use one of "
+                                         f"{', '.join(fields)}")
+
+    def accepts(value: int) -> bool:
+        try:
+            spec = build_params(spec_cls, {**wspec, dim: value})
+            for opts in sides.values():
+                for opt in opts:
+                    opt.validate(spec, opts)
+        except ParamError:
+            return False
+        return True
+
+    step = next((s for s in range(1, 65) if all(accepts(k * s) for k in (1, 2, 3))), None)
+    if step is None:
+        raise doc.error(path + ("dim",), f"no {dim} in 1..192 that both sides accept")
+    low, high = 1, capacity.limit // step  # the largest accepted multiple of step, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if accepts(middle * step) else (low, middle - 1)
+    capacity.step, capacity.limit = step, low * step
+    return dataclasses.asdict(capacity)

@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from harness import load, memory, stats
+from harness import capacity, load, memory, stats
 from harness.distributed import Distributed
 from harness.optimization import build_params
 from harness.plugins import load_registry
@@ -109,6 +109,11 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         sides[side] = opts
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
                      world_size=dist.world_size, threads=rank_threads)
+
+    probe = job.get("probe")
+    if probe:  # one side at one value of a capacity search, in this fresh process
+        opts = sides["baseline" if probe["side"] == "baseline" else "metrics"]
+        return capacity.measure_probe(workload, spec, opts, ctx, device, dist, probe["budget_bytes"])
 
     warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)
     clock_dist = Clock(device, reduce=dist.max)
