@@ -132,10 +132,12 @@ def summarize(spec: CapacitySpec, sides: dict[str, dict[str, Any]]) -> dict[str,
                            "max_time_s": spec.max_time_s, "sides": sides, "ratio": None, "throughput_ratio": None,
                            "complete": all(s.get("complete") for s in sides.values())}
     if base.get("largest") and opt.get("largest"):
-        out["ratio"] = opt["largest"] / base["largest"]
-        # a side whose search ran out of time holds a lower bound: the ratio is then a bound, or unknown
-        out["ratio_bound"] = {(True, True): "", (True, False): "≥", (False, True): "≤"}.get(
-            (bool(base.get("complete")), bool(opt.get("complete"))), "?")
+        # a side whose search ran out of time holds a lower bound: the ratio is then a bound, or unknown when
+        # both are bounds
+        bound = {(True, True): "", (True, False): "≥", (False, True): "≤"}.get(
+            (bool(base.get("complete")), bool(opt.get("complete"))))
+        if bound is not None:
+            out["ratio"], out["ratio_bound"] = opt["largest"] / base["largest"], bound
         b, o = throughput(base.get("at_largest")), throughput(opt.get("at_largest"))
         if b and o:
             out["throughput_ratio"] = o / b
@@ -194,6 +196,8 @@ def headline(record: dict[str, Any] | None) -> str:
     text = f"capacity {record['dim']} ≤ {record['budget_bytes'] / 2**30:.3g} GiB: {' → '.join(values)}"
     if record.get("ratio"):
         text += f" ({record.get('ratio_bound', '')}{record['ratio']:.3g}x)"
+    elif all(s.get("largest") for s in sides.values()):
+        text += " (ratio unknown: neither search finished; raise max_time_s)"
     if record.get("throughput_ratio"):
         text += f", throughput there {record['throughput_ratio']:.3g}x"
     return text

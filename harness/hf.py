@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,3 +239,65 @@ def load_tokenizer(where: Path):
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+class TokenClock:
+    """A transformers streamer that records the synchronized time each generated token (of the whole batch) is
+    ready, as the harness's own clocked sampler does for ITL. The first `put` is the prompt and is skipped; a put of
+    [B] is one step of the batch; a put of [1, k] (assisted generation accepting k tokens at once) is k tokens
+    ready at the same time."""
+
+    def __init__(self, times: list[float], device):
+        self.times, self.device, self.prompt_seen = times, device, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.extend([time.perf_counter()] * (value.size(-1) if value.dim() == 2 else 1))
+
+    def end(self) -> None:
+        pass
+
+
+LIBRARY_CACHES = {"none": {"use_cache": False}, "dynamic": {"cache_implementation": "dynamic"},
+                  "static": {"cache_implementation": "static"}}
+
+
+@torch.inference_mode()
+def library_generate(run, prompts: torch.Tensor, n: int, pad: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' own `model.generate()` for a `generate` run with `decoder: library`: greedy, exactly `n` new
+    tokens [B, n] for prompts [B, P] (left-padded by `pad` [B]: passed as its attention_mask).
+
+    The run's knobs map to the library's options: `cache_kind` none / dynamic / static -> `use_cache=False` /
+    `cache_implementation="dynamic"` / `"static"`; `compiled_decode` lets transformers compile the decode step of a
+    static cache (its automatic torch.compile with CUDA graphs, CUDA only; off otherwise: `disable_compile`);
+    `assistant` (a draft HFCausalLM) is assisted generation, transformers' speculative decoding. An end-of-sequence
+    token does not stop a row (the EOS id given is the vocabulary size, which no token has), so every row gets n
+    tokens, as with the harness's loop. The
+    cache it returns becomes `run.last_cache`, so its bytes are measured as for the harness's own caches.
+    """
+    model: HFCausalLM = run.model
+    B, P = prompts.shape
+    kwargs = {"max_new_tokens": n, "do_sample": False, "num_beams": 1,
+              "eos_token_id": model.args.vocab_size, "pad_token_id": 0, "return_dict_in_generate": True,
+              "disable_compile": not run.compiled_decode, **LIBRARY_CACHES[run.cache_kind]}
+    if pad is not None:
+        kwargs["attention_mask"] = (torch.arange(P, device=prompts.device)[None, :] >= pad[:, None]).long()
+    if run.assistant is not None:
+        kwargs["assistant_model"] = run.assistant.hf
+    if run.token_times is not None:
+        times: list[float] = []
+        run.token_times.append(times)
+        kwargs["streamer"] = TokenClock(times, prompts.device)
+    out = model.hf.generate(prompts, **kwargs)
+    cache = out.past_key_values if run.cache_kind != "none" else None
+    run.last_cache = HFCache(cache, run.cache_kind) if cache is not None else None
+    layers = getattr(cache, "layers", None)
+    # the positions the cache holds: P + n - 1 when dynamic (the last token is never fed back); a static cache as
+    # transformers sized it (P + n - 1 in 5.x, where the harness's own holds P + n)
+    length = layers[0].keys.shape[-2] if run.cache_kind == "static" and layers else P + n - 1
+    run._cache_shape = (B, length)
+    return out.sequences[:, P:]

@@ -56,6 +56,9 @@ class GenerateSpec:
     top_k: int | None = field(default=None, metadata={"help": "sample among the k most likely tokens"})
     prompts: Literal["text", "synthetic"] = field(
         default="text", metadata={"help": "held-out text of harness.data, or seeded random tokens"})
+    decoder: Literal["harness", "library"] = field(
+        default="harness", metadata={"help": "harness: the harness's decode loop over the model's forward; "
+                                              "library: transformers' generate() on an hf: model (greedy)"})
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "new_tokens"):
@@ -65,6 +68,9 @@ class GenerateSpec:
             raise ParamError("temperature", f"must be > 0 (got {self.temperature}); use sampling: greedy")
         if self.top_k is not None and self.top_k < 1:
             raise ParamError("top_k", f"must be >= 1 or null (got {self.top_k})")
+        if self.decoder == "library" and (not self.model.startswith("hf:") or self.sampling != "greedy"):
+            raise ParamError("decoder", "decoder: library is transformers' generate(): it needs an hf: model and "
+                                        "sampling: greedy")
         from harness.reference import model_facts
 
         facts = model_facts(self.model)  # ParamError("model") for an unknown name or a folder without config.json
@@ -165,7 +171,9 @@ class GenerateRun(Run):
     (the one-token step, e.g. CUDA-graphed), `generate_fn(run, prompts, n) -> [B, n]` (e.g. speculative),
     `layout` ("batched": one forward for the batch, "sequential": one sequence at a time), `prompts` and `pad`
     (left-padding tokens per prompt [B] when the prompts have different lengths; None when all are full).
-    `metric_fns` are extra `fn(median_s) -> dict` merged into `extra_metrics`."""
+    `metric_fns` are extra `fn(median_s) -> dict` merged into `extra_metrics`. With `decoder: library`
+    (`harness.hf.library_generate`) `compiled_decode` (transformers compiles a static cache's decode step) and
+    `assistant` (a draft model: assisted generation) say what the library's generate() does."""
 
     def __init__(self, spec: GenerateSpec, ctx: RunContext):
         super().__init__(ctx)
@@ -180,13 +188,15 @@ class GenerateRun(Run):
         self.cache_kind = "none"
         self.decode = decode_one_token
         self.generate_fn: Callable[..., torch.Tensor] | None = None
+        self.compiled_decode = False
+        self.assistant: nn.Module | None = None
         self.layout = "batched"
         self.last_cache = None
         self._static_caches: dict[tuple[int, int], Any] = {}
         self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
         self.server: Any = None  # a request-trace server (continuous_batching) replaces step/outputs/metrics
         self.token_times: list[list[float]] | None = None  # per sequence (or batch), when each token was ready
-        self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling)
+        self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling, decoder=spec.decoder)
 
     def held_out(self, n: int, length: int, seed: int) -> torch.Tensor:
         """[n, length] tokens on the run's device, as the workload's `prompts` setting says (text is encoded by
@@ -236,6 +246,10 @@ class GenerateRun(Run):
             if pad is not None:
                 raise ValueError("this plugin's generate function takes equal-length prompts (no prompt_min)")
             return self.generate_fn(self, prompts, n)
+        if self.spec.decoder == "library":
+            from harness.hf import library_generate
+
+            return library_generate(self, prompts, n, pad)
         sampler = make_sampler(self.spec, self.ctx.seed, self.device)
         if self.token_times is not None:
             sampler = self.clocked(sampler)

@@ -369,6 +369,7 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
         device=cost.device_name(env), price=price,
         breakeven=cost.training_vs_inference(results, price and price[0]),
         curves=batch_curves(results["cases"]), forest=forest(results["cases"]), sides=SIDES,
+        sized=[v for v in cases if v["case"].get("capacity")],
         categories=MEMORY_CATEGORIES,
     )
 

@@ -40,6 +40,7 @@ class KVCache(Optimization):
             # gpt-fast: compile the one-token step; reduce-overhead records it into a CUDA graph on first calls,
             # which the static cache's fixed shapes (reused across generates) make possible.
             run.decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+            run.compiled_decode = True  # decoder: library lets transformers compile its own decode step
         run.info["kv_cache"] = self.params.kind
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

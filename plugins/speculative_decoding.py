@@ -117,6 +117,9 @@ class SpeculativeDecoding(Optimization):
             if facts.block_size and need > facts.block_size:
                 raise ParamError("gamma", f"prompt_len + new_tokens + gamma + 1 = {need} positions exceed the "
                                           f"'{name}' context of {facts.block_size}")
+        if getattr(spec, "decoder", "harness") == "library" and not self.params.draft.startswith("hf:"):
+            raise ParamError("draft", "decoder: library runs transformers' assisted generation: the draft must be "
+                                      "an hf: model too")
         if any(o.name == "batching" and o.params.mode == "batched" for o in plugins):
             raise ParamError("", "speculative_decoding decodes one sequence at a time: do not combine it with "
                                  "batching mode: batched")
@@ -129,6 +132,9 @@ class SpeculativeDecoding(Optimization):
         self.draft, self.stats = draft, {"drafted": 0, "accepted": 0, "target_forwards": 0, "tokens": 0}
         gamma, caches = self.params.gamma, {}
         self.greedy = run.spec.sampling == "greedy"
+        if run.spec.decoder == "library":
+            self.assisted(run, draft)
+            return
 
         def generate(run: Any, prompts: torch.Tensor, n: int) -> torch.Tensor:
             # one sequence: the run's "sequential" layout hands the rows of a batch over one at a time
@@ -156,6 +162,18 @@ class SpeculativeDecoding(Optimization):
         run.cache_kind = "static"
         run.metric_fns.append(lambda median_s: self.metrics(run))
         run.info.update(draft=self.params.draft, gamma=gamma, draft_params=sum(p.numel() for p in draft.parameters()))
+
+    def assisted(self, run: Any, draft: Any) -> None:
+        """transformers' assisted generation (`generate(assistant_model=draft)`) with gamma assistant tokens per
+        round, a constant schedule; batch 1 only in transformers, so rows run one after another. Acceptance
+        counts are the library's own and not reported; the cost ratio c is."""
+        draft.hf.generation_config.num_assistant_tokens = self.params.gamma
+        draft.hf.generation_config.num_assistant_tokens_schedule = "constant"
+        run.assistant, run.layout, run.cache_kind = draft, "sequential", "dynamic"
+        run.metric_fns.append(lambda median_s: {
+            "cost_ratio_c": self.forward_time(draft, run) / self.forward_time(run.model, run)})
+        run.info.update(draft=self.params.draft, gamma=self.params.gamma, assisted_generation="transformers",
+                        draft_params=sum(p.numel() for p in draft.parameters()))
 
     @torch.inference_mode()
     def metrics(self, run: Any) -> dict[str, Any]:

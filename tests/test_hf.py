@@ -225,3 +225,58 @@ def test_tied_head_and_mask_buffers_are_counted_once(tmp_path):
     # 6N counts the head's matmul once; lookups (token and position) are not matmuls
     matmul = sum(p.numel() for p in hf.parameters()) - hf.transformer.wpe.weight.numel()
     assert model.num_params(matmul_only=True) == matmul
+
+
+@pytest.mark.parametrize("kind", ["none", "dynamic", "static"])
+def test_library_generate_gives_the_harness_tokens_with_each_cache_implementation(hf_dir, kind):
+    """decoder: library times transformers' own generate(); its tokens equal the harness loop's, its cache is
+    measured like the harness's, and ITL comes from a streamer."""
+    from harness_plugins.kv_cache import KVCache, KVCacheParams
+
+    from harness.inference import GenerateSpec, GenerateWorkload
+    from harness.workload import RunContext
+
+    _, path = hf_dir
+    ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
+    common = {"model": f"hf:{path}", "prompts": "synthetic", "batch": 2, "prompt_len": 12, "new_tokens": 10}
+    harness_run = GenerateWorkload().build(GenerateSpec(**common), [], ctx)
+    opts = [] if kind == "none" else [KVCache(KVCacheParams(kind))]
+    library_run = GenerateWorkload().build(GenerateSpec(**common, decoder="library"), opts, ctx)
+    assert library_run.info["decoder"] == "library"
+    base, out = harness_run.outputs(), library_run.outputs()
+    assert torch.equal(base["tokens"], out["tokens"]) and out["tokens"].shape == (2, 10)
+    if opts:
+        checks = {c.name: c for c in opts[0].check(base, out)}
+        assert all(c.passed for c in checks.values()), checks  # tokens, and bytes = the formula
+    extra = library_run.extra_metrics(0.1)
+    assert extra["itl_gaps"] == 9 and extra["itl_p50_s"] > 0  # one time per decoded token of the batch
+
+
+def test_library_assisted_generation_keeps_the_targets_greedy_tokens(hf_dir, hf_draft_dir):
+    from harness_plugins.kv_cache import KVCache, KVCacheParams
+    from harness_plugins.speculative_decoding import SpeculativeDecoding, SpeculativeParams
+
+    from harness.inference import GenerateSpec, GenerateWorkload
+    from harness.workload import RunContext
+
+    _, path = hf_dir
+    ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
+    spec = GenerateSpec(model=f"hf:{path}", prompts="synthetic", batch=2, prompt_len=12, new_tokens=16,
+                        decoder="library")
+    base = GenerateWorkload().build(spec, [KVCache(KVCacheParams("dynamic"))], ctx)
+    opt = SpeculativeDecoding(SpeculativeParams(draft=f"hf:{hf_draft_dir}", gamma=3))
+    opt.validate(spec, [opt])
+    run = GenerateWorkload().build(spec, [opt], ctx)
+    assert run.info["assisted_generation"] == "transformers" and run.layout == "sequential"
+    assert [c.passed for c in opt.check(base.outputs(), run.outputs())] == [True]
+
+
+def test_library_decoder_needs_an_hf_model_and_greedy_decoding(hf_dir):
+    from harness.inference import GenerateSpec
+    from harness.optimization import ParamError
+
+    with pytest.raises(ParamError, match="needs an hf: model") as err:
+        GenerateSpec(model="nano", decoder="library")
+    assert err.value.field == "decoder"
+    with pytest.raises(ParamError, match="sampling: greedy"):
+        GenerateSpec(model=f"hf:{hf_dir[1]}", decoder="library", sampling="sample", prompt_len=8, new_tokens=8)
