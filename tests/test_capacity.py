@@ -163,3 +163,12 @@ cases:
     assert "capacity batch" in proc.stderr
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Capacity: the largest value that fits the budget" in page and page.count("<svg") >= 4
+
+
+def test_advice_commands_repeat_the_overrides():
+    from harness.runner import run_command
+
+    results = {"suite": {"path": "suites/laptop-finetune.yaml", "plugins_dirs": [],
+                         "overrides": {"model": "hf:/models/my model", "budget_gb": 6.0}}}
+    assert run_command(results, "--resume") == ("harness run suites/laptop-finetune.yaml --model "
+                                                "'hf:/models/my model' --budget-gb 6.0 --resume")
