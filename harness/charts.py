@@ -282,3 +282,36 @@ def capacity_chart(record: dict[str, Any], salt: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return _svg(fig, salt)
+
+
+def serving_chart(record: dict[str, Any], salt: str) -> str:
+    """A serving search (harness.serving): each bounded latency metric against the achieved request throughput
+    of every probed rate, one line per side (the offline point last), the SLO dashed and each side's
+    sustainable rate ringed; hollow markers where a percentile had too few requests to mean much."""
+    metrics = list(record["slo"])
+    fig = _figure(2.9 * len(metrics), 2.5)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for key in ("baseline", "optimized"):
+            side = record["sides"].get(key) or {}
+            points = [p for p in side.get("points", []) + [side.get("offline")] if p and p["status"] == "ok"]
+            xs = [p["metrics"].get("requests_per_s") for p in points]
+            ys = [p["metrics"].get(metric) for p in points]
+            shown = [(x, y, p) for x, y, p in zip(xs, ys, points) if x is not None and y is not None]
+            if not shown:
+                continue
+            shown.sort(key=lambda t: t[0])
+            ax.plot([x for x, _, _ in shown], [y * 1e3 for _, y, _ in shown], color=COLORS[key], label=key,
+                    linewidth=1)
+            for x, y, p in shown:
+                ax.plot([x], [y * 1e3], marker="o", color=COLORS[key],
+                        markerfacecolor="white" if metric in p["too_few_requests"] else COLORS[key])
+                if side.get("rate") is not None and p["rate"] == side["rate"]:
+                    ax.plot([x], [y * 1e3], marker="o", markersize=13, markerfacecolor="none", color=COLORS[key])
+        ax.axhline(record["slo"][metric] * 1e3, color="black", linestyle="--", linewidth=1, label="SLO")
+        ax.set_yscale("log")
+        ax.set_xlabel("requests/s served")
+        ax.set_ylabel(f"{metric.removesuffix('_s').replace('_', ' ')} (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, frameon=False)
+    return _svg(fig, salt)

@@ -132,7 +132,7 @@ def build_params(params_cls: type, values: dict[str, Any] | None) -> Any:
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp` (int, float, bool, str, Literal, X | None, list)."""
+    """Check `value` against the annotation `tp` (int, float, bool, str, Literal, X | None, list, dict)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -156,6 +156,11 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             raise ParamError(key, f"must be a list (got {type(value).__name__} {value!r})")
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [coerce(key, v, item_tp) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamError(key, f"must be a mapping (got {type(value).__name__} {value!r})")
+        _, item_tp = typing.get_args(tp) or (Any, Any)
+        return {k: coerce(f"{key}.{k}", v, item_tp) for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

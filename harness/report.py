@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 
-from harness import capacity, charts, cost, stats
+from harness import capacity, charts, cost, serving, stats
 from harness.charts import COLORS, MEMORY_CATEGORIES  # noqa: F401  (re-exported)
 from harness.results import load, validate, write_text
 
@@ -109,7 +109,8 @@ def fmt_headline(case: dict[str, Any], sep: str = "; ") -> str:
     for key, label, base, opt in headline(case):
         pair = fmt_extra(key, opt) if timed_alone(case) else f"{fmt_extra(key, base)} → {fmt_extra(key, opt)}"
         parts.append(f"{label} {pair}")
-    return sep.join(parts + ([capacity.headline(case["capacity"])] if case.get("capacity") else []))
+    parts += [capacity.headline(case["capacity"])] if case.get("capacity") else []
+    return sep.join(parts + ([serving.headline(case["serving"])] if case.get("serving") else []))
 
 
 def verdict_text(comparison: dict[str, Any]) -> str:
@@ -307,6 +308,7 @@ def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environme
     env.filters.update(time=fmt_time, warmup=fmt_warmup, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
                        verdict=verdict_text, vclass=verdict_class, short_reason=short_reason, saved=fmt_saved,
                        unit=unit_label, extra=lambda x, k: fmt_extra(k, x), capacity_value=capacity.side_value,
+                       serving_headline=lambda c: serving.headline(c.get("serving")),
                        tojson_compact=lambda v: json.dumps(v, sort_keys=True))
     return env
 
@@ -336,6 +338,7 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
             "memory_resolved": ok and memory_resolved(case), "mv": measure_view(case), "pairs_svg": "",
             "latency_svg": "", "memory_svg": "", "costs": {},
             "capacity_svg": charts.capacity_chart(case["capacity"], f"cap{index}") if case.get("capacity") else "",
+            "serving_svg": charts.serving_chart(case["serving"], f"srv{index}") if case.get("serving") else "",
             "extra_keys": [], "info_keys": [], "categories": []}
     if ok:
         view["pairs_svg"] = pairs_chart(case, f"pairs{index}")

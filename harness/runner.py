@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, capacity, stats
+from harness import __version__, capacity, serving, stats
 from harness.results import SCHEMA_VERSION, load, write_json
 from harness.suite import CaseSpec, Suite
 
@@ -73,7 +74,7 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     record = case_record(case)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.id)[:120]
     if probe:
-        safe += f".capacity-{probe['side']}-{probe['value']}"
+        safe += f".{probe.get('kind', 'capacity')}-{probe['side']}-{probe['value']}"
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
     job = {"case": dataclasses.asdict(case), "env": env, "threads": threads,
@@ -126,6 +127,30 @@ def run_capacity(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int
 
         sides[side] = capacity.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
     return capacity.summarize(spec, sides)
+
+
+def run_serving(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
+                plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
+    """The serving search of a case (`serving:`): for each side the highest request rate within the SLO, each
+    probe a fresh process serving the trace at that rate (continuous_batching's `rate`; infinity: every request
+    at t = 0), then the offline point; half the time budget per side. Returns `harness.serving.summarize`."""
+    spec = serving.ServingSpec(**case.serving)
+    sides = {}
+    for side in ("baseline", "optimized"):
+        def probe(rate: float, side=side) -> dict[str, Any]:
+            trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
+            uses = [dataclasses.replace(u, params={**u.params, **trace}) if u.name == "continuous_batching" else u
+                    for u in case.plugins]
+            base = [dataclasses.replace(u, params={**u.params, **trace}) if u.name == "continuous_batching" else u
+                    for u in case.baseline]
+            at = dataclasses.replace(case, plugins=uses, baseline=base)
+            record = run_case(at, suite, env, threads, workdir, plugins_dirs, inline,
+                              probe={"kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves})
+            return {"status": record["status"], **(record.get("probe") or {}),
+                    **({"error": record["error"]} if record.get("error") else {})}
+
+        sides[side] = serving.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
+    return serving.summarize(spec, sides)
 
 
 def _launch(command: list[str], log_path: Path, timeout: float, result_path: Path) -> str:
@@ -244,6 +269,10 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
                 if records[-1]["status"] != "ok":
                     break
             record = combine_repeats(records, suite.measure.min_effect) if repeat > 1 else records[0]
+            if case.serving and record["status"] == "ok":
+                progress(f"    serving: the highest rate within the SLO {case.serving['slo']}, each side")
+                record["serving"] = run_serving(case, suite, env, threads, workdir, plugins_dirs, inline)
+                progress("    " + serving.headline(record["serving"]))
             if case.capacity and record["status"] == "ok":
                 progress(f"    capacity: the largest {case.capacity['dim']} within "
                          f"{case.capacity['budget_gb']:g} GiB, each side")

@@ -17,10 +17,11 @@ from harness.capacity import CapacitySpec
 from harness.errors import InputError
 from harness.optimization import ParamError, build_params
 from harness.plugins import Registry
+from harness.serving import ServingSpec
 from harness.timing import MeasureSettings
 
 SUITE_KEYS = ("name", "description", "device", "threads", "measure", "workloads", "cases")
-CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s", "capacity")
+CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s", "capacity", "serving")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class CaseSpec:
     line: int | None = None
     alone: bool = False
     capacity: dict[str, Any] | None = None  # a `harness.capacity.CapacitySpec` as a dict, its step resolved
+    serving: dict[str, Any] | None = None  # a `harness.serving.ServingSpec` as a dict
 
 
 @dataclass
@@ -344,6 +346,7 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
     _check_sides(doc, path, built_opts, processes, alone=case.get("baseline") == "none")
     capacity = _capacity(doc, path + ("capacity",), case.get("capacity"), registry.workloads[wtype].Spec, wspec,
                          built_opts)
+    serving = _serving(doc, path + ("serving",), case.get("serving"), built_opts)
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
@@ -351,7 +354,25 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                                                                         else "")
     return CaseSpec(id=f"{wname}/{'+'.join(labels)}{base}", workload=wname, workload_type=wtype,
                     workload_spec=wspec, kind=kind, plugins=uses, baseline=baseline, processes=processes,
-                    note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path), capacity=capacity)
+                    note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path), capacity=capacity,
+                    serving=serving)
+
+
+def _serving(doc: _Doc, path: tuple, raw: Any, sides: dict[str, list]):
+    """A case's `serving:` block (harness.serving), on a case whose sides both serve a request trace."""
+    if raw is None:
+        return None
+    _check_keys(doc, path, raw, tuple(f.name for f in dataclasses.fields(ServingSpec)), "serving")
+    try:
+        spec = build_params(ServingSpec, raw)
+    except ParamError as exc:
+        raise doc.error(path + ((exc.field.split(".")[0],) if exc.field else ()), str(exc)) from None
+    for key, opts in sides.items():
+        if key == "plugins" or opts:
+            if not any(o.name == "continuous_batching" for o in opts):
+                raise doc.error(path, "a serving search needs both sides to serve a request trace: give them "
+                                      "continuous_batching (the baseline with scheduler: static)")
+    return dataclasses.asdict(spec)
 
 
 def _capacity(doc: _Doc, path: tuple, raw: Any, spec_cls: type, wspec: dict, sides: dict[str, list]):

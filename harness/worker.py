@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from harness import capacity, load, memory, stats
+from harness import capacity, load, memory, serving, stats
 from harness.distributed import Distributed
 from harness.optimization import build_params
 from harness.plugins import load_registry
@@ -111,8 +111,10 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
                      world_size=dist.world_size, threads=rank_threads)
 
     probe = job.get("probe")
-    if probe:  # one side at one value of a capacity search, in this fresh process
+    if probe:  # one side at one value of a capacity or serving search, in this fresh process
         opts = sides["baseline" if probe["side"] == "baseline" else "metrics"]
+        if probe.get("kind") == "serve":
+            return {"status": "ok", "probe": serving.measure_serve_probe(workload, spec, opts, ctx, probe["serves"])}
         return capacity.measure_probe(workload, spec, opts, ctx, device, dist, probe["budget_bytes"])
 
     warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)

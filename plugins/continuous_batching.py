@@ -1,8 +1,19 @@
 """Continuous (iteration-level) batching (Orca, OSDI 2022): serve a request trace with a fixed number of slots;
 after every decode step finished sequences leave and arrived requests join. The baseline side applies this
 plugin with `scheduler: static`: a batch is admitted only when every slot is free and runs until its longest
-request finishes. Both serve the same seeded trace (Poisson arrivals, varied prompt and output lengths) in real
+request finishes. Both serve the same seeded trace (equal issue: the same requests in the same order) in real
 wall-clock time from the start of `step()`; an idle server waits for the next arrival.
+
+The trace (harness.serving): Poisson or bursty (gamma, vLLM's burstiness) arrivals at `rate`, or all at t = 0
+(`arrivals: offline`); prompt and output lengths uniform in their ranges or read from a JSONL / CSV file; an
+optional client-side `max_concurrency` (a request is sent only while fewer are in flight; its TTFT counts from
+when it was sent, as vLLM's benchmark does).
+
+The continuous scheduler, in Orca / vLLM terms: iteration-level scheduling with one prefill per admitted
+request before the next decode iteration (no chunked prefill: a long prompt stalls the running decodes for its
+prefill); admission is bounded by the free slots and, with `max_batched_tokens`, by the prompt tokens prefilled
+per iteration (at least one request); each decode iteration runs only the slots in use (`decode_rows` counts
+them), never a dummy row for an idle slot.
 
 Per request: TTFT = first token time - arrival; TPOT = (finish - first token) / (output tokens - 1), none for a
 one-token request; e2e = finish - arrival. Goodput = requests per second that met both SLOs (TTFT and TPOT
@@ -12,6 +23,7 @@ serves only (`run.timed`), never the correctness pass, memory probe or warm-up; 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +35,7 @@ from harness import Check, Optimization, ParamError, hookimpl, stats
 from harness.checks import TIE_RULE, diverges_at_tie, near_ties
 from harness.inference import decode_one_token, generate_cached, held_out
 from harness.model import GPT
+from harness.serving import arrival_times, read_lengths
 
 
 @dataclass
@@ -38,6 +51,15 @@ class ContinuousBatchingParams:
     output_max: int = field(default=64, metadata={"help": "longest output, tokens"})
     slo_ttft_s: float = field(default=0.25, metadata={"help": "goodput SLO: time to first token, seconds"})
     slo_tpot_s: float = field(default=0.02, metadata={"help": "goodput SLO: time per output token, seconds"})
+    arrivals: Literal["poisson", "gamma", "offline"] = field(default="poisson", metadata={
+        "help": "poisson; gamma (burstiness: < 1 burstier, > 1 more regular); offline: every request at t = 0"})
+    burstiness: float = field(default=1.0, metadata={"help": "gamma shape of the inter-arrival gaps (1 = Poisson)"})
+    max_concurrency: int | None = field(default=None, metadata={
+        "help": "client-side cap on requests in flight (send the next only when fewer are); null: no cap"})
+    lengths_file: str | None = field(default=None, metadata={
+        "help": "JSONL / CSV of prompt_len, output_len per request (taken in order, cycled); null: uniform"})
+    max_batched_tokens: int | None = field(default=None, metadata={
+        "help": "prompt tokens prefilled per iteration at most (vLLM's max_num_batched_tokens); null: no bound"})
 
     def __post_init__(self) -> None:
         for name in ("requests", "slots", "prompt_min", "output_min"):
@@ -49,6 +71,21 @@ class ContinuousBatchingParams:
             raise ParamError("output_max", f"must be >= output_min ({self.output_min})")
         if self.rate <= 0:
             raise ParamError("rate", f"must be > 0 requests/s (got {self.rate})")
+        if self.burstiness <= 0:
+            raise ParamError("burstiness", f"must be > 0 (got {self.burstiness})")
+        for name in ("max_concurrency", "max_batched_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ParamError(name, f"must be >= 1 or null (got {getattr(self, name)})")
+        if self.lengths_file is not None:
+            from harness.errors import InputError
+            from harness.serving import read_lengths
+
+            try:
+                lengths = read_lengths(self.lengths_file)
+            except InputError as exc:
+                raise ParamError("lengths_file", str(exc)) from None
+            self.prompt_max = max(self.prompt_max, max(p for p, _ in lengths))
+            self.output_max = max(self.output_max, max(o for _, o in lengths))
 
 
 @dataclass
@@ -60,13 +97,18 @@ class Request:
 
 
 def make_trace(p: ContinuousBatchingParams, seed: int, synthetic: bool, vocab: int) -> list[Request]:
-    """Seeded trace: exponential inter-arrival gaps at `rate`, uniform prompt and output lengths."""
+    """Seeded trace (harness.serving.arrival_times): arrivals at `rate` (Poisson, gamma or offline), lengths
+    uniform in their ranges or from `lengths_file` (in order, cycled). The same for both schedulers."""
     g = torch.Generator().manual_seed(seed)
-    arrivals = torch.empty(p.requests, dtype=torch.float64).exponential_(p.rate, generator=g).cumsum(0)
-    plens = torch.randint(p.prompt_min, p.prompt_max + 1, (p.requests,), generator=g)
-    olens = torch.randint(p.output_min, p.output_max + 1, (p.requests,), generator=g)
-    tokens = held_out(p.requests, p.prompt_max, seed + 2, synthetic, vocab)
-    return [Request(i, float(arrivals[i]), tokens[i, :plens[i]], int(olens[i])) for i in range(p.requests)]
+    plens = torch.randint(p.prompt_min, p.prompt_max + 1, (p.requests,), generator=g).tolist()
+    olens = torch.randint(p.output_min, p.output_max + 1, (p.requests,), generator=g).tolist()
+    if p.lengths_file:
+        lengths = read_lengths(p.lengths_file)
+        plens, olens = zip(*(lengths[i % len(lengths)] for i in range(p.requests)))
+    rate = math.inf if p.arrivals == "offline" else p.rate
+    arrivals = arrival_times(p.requests, rate, p.burstiness if p.arrivals == "gamma" else 1.0, seed)
+    tokens = held_out(p.requests, max(plens), seed + 2, synthetic, vocab)
+    return [Request(i, arrivals[i], tokens[i, :plens[i]], int(olens[i])) for i in range(p.requests)]
 
 
 class SlotCache:
@@ -78,7 +120,8 @@ class SlotCache:
         shape = (a.n_layer, slots, a.n_head, max_len, a.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.rows = torch.arange(slots, device=device)
+        self.all_rows = torch.arange(slots, device=device)
+        self.rows = self.all_rows  # the slots decoded this iteration (set by the server)
         self.positions = torch.arange(max_len, device=device)
         self.prefill_slot: int | None = None
 
@@ -92,10 +135,12 @@ class SlotCache:
             self.k[layer, self.prefill_slot, :, :T] = k[0]
             self.v[layer, self.prefill_slot, :, :T] = v[0]
             return k, v, None  # causal attention over the prompt alone, as a fresh prefill
-        pos = input_pos[:, 0]  # k, v: [S, H, 1, D]; input_pos: [S, 1]
+        pos = input_pos[:, 0]  # k, v: [A, H, 1, D] for the A slots in use; input_pos: [A, 1]
         self.k[layer, self.rows, :, pos] = k[:, :, 0]
         self.v[layer, self.rows, :, pos] = v[:, :, 0]
-        return self.k[layer], self.v[layer], self.visible(pos)
+        if len(self.rows) == len(self.all_rows):
+            return self.k[layer], self.v[layer], self.visible(pos)
+        return self.k[layer, self.rows], self.v[layer, self.rows], self.visible(pos)
 
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
@@ -108,55 +153,73 @@ class TraceServer:
         self.run, self.trace, self.p = run, trace, p
         self.cache = SlotCache(run.model, p.slots, p.prompt_max + p.output_max, run.dtype, run.device)
         self.records: list[dict[str, float]] = []
-        self.decode_steps = 0
+        self.decode_steps = self.decode_rows = 0  # over the timed serves: iterations, and slots decoded in them
 
     @torch.inference_mode()
     def serve(self) -> list[tuple[int, list[int]]]:
         """Serve the whole trace once; returns (request id, tokens) in completion order."""
-        model, S, dev = self.run.model, self.p.slots, self.run.device
+        model, S, dev, p = self.run.model, self.p.slots, self.run.device, self.p
         tokens = torch.zeros(S, 1, dtype=torch.long, device=dev)
         pos = torch.zeros(S, 1, dtype=torch.long, device=dev)
         slots: list[dict[str, Any] | None] = [None] * S
-        queue, done = deque(sorted(self.trace, key=lambda r: r.arrival)), []
+        unsent = deque(sorted(self.trace, key=lambda r: r.arrival))
+        waiting: deque[tuple[Request, float]] = deque()  # sent, not yet admitted: (request, time sent)
+        cap = p.max_concurrency or math.inf
+        flight = {"n": 0, "freed_at": 0.0}  # requests sent and not finished; when the count last fell below cap
+        done = []
         t0 = time.perf_counter()
 
         def finish(i: int, state: dict[str, Any]) -> None:
             req, t = state["req"], time.perf_counter() - t0
             if self.run.timed:
-                self.records.append({"ttft": state["first"] - req.arrival, "e2e": t - req.arrival,
+                self.records.append({"ttft": state["first"] - state["sent"], "e2e": t - state["sent"],
                                      "tpot": (t - state["first"]) / (req.out_len - 1) if req.out_len > 1 else None})
             done.append((req.id, state["out"]))
             slots[i] = None
-            tokens[i], pos[i] = 0, 0  # an idle slot decodes a dummy token at position 0, ignored
+            flight["n"] -= 1
+            if flight["n"] == cap - 1:
+                flight["freed_at"] = t
 
-        while queue or any(slots):
+        while unsent or waiting or any(slots):
             now = time.perf_counter() - t0
+            while unsent and unsent[0].arrival <= now and flight["n"] < cap:  # the client sends
+                req = unsent.popleft()
+                waiting.append((req, max(req.arrival, flight["freed_at"])))
+                flight["n"] += 1
             free = [i for i, s in enumerate(slots) if s is None]
-            if self.p.scheduler == "static" and len(free) < S:
+            if p.scheduler == "static" and len(free) < S:
                 free = []  # static batching: the running batch must drain first
+            prefilled = 0
             for i in free:
-                if not queue or queue[0].arrival > now:
+                if not waiting or (prefilled and prefilled + len(waiting[0][0].prompt) > (p.max_batched_tokens
+                                                                                         or math.inf)):
                     break
-                req = queue.popleft()
+                req, sent = waiting.popleft()
+                prefilled += len(req.prompt)
                 self.cache.prefill_slot = i
                 prompt = req.prompt.to(dev)[None]
                 first = int(model(prompt, cache=self.cache)[0, -1].argmax())
                 self.cache.prefill_slot = None
-                slots[i] = {"req": req, "out": [first], "first": time.perf_counter() - t0}
+                slots[i] = {"req": req, "out": [first], "first": time.perf_counter() - t0, "sent": sent}
                 tokens[i], pos[i] = first, prompt.size(1)
                 if req.out_len == 1:
                     finish(i, slots[i])
-            if not any(slots):
-                if queue:  # idle until the next request arrives
-                    time.sleep(max(0.0, queue[0].arrival - (time.perf_counter() - t0)))
+            active = [i for i, s in enumerate(slots) if s is not None]
+            if not active:
+                if unsent and not waiting:  # idle until the next request arrives
+                    time.sleep(max(0.0, unsent[0].arrival - (time.perf_counter() - t0)))
                 continue
-            nxt = model(tokens, cache=self.cache, input_pos=pos)[:, -1].argmax(-1)  # [S]
-            self.decode_steps += self.run.timed
-            for i, state in enumerate(slots):
-                if state is None:
-                    continue
-                state["out"].append(int(nxt[i]))
-                tokens[i, 0], pos[i, 0] = nxt[i], pos[i, 0] + 1
+            rows = self.cache.all_rows if len(active) == S else torch.tensor(active, device=dev)
+            self.cache.rows = rows
+            nxt = model(tokens[rows], cache=self.cache, input_pos=pos[rows])[:, -1].argmax(-1).tolist()  # [A]
+            self.cache.rows = self.cache.all_rows
+            if self.run.timed:
+                self.decode_steps += 1
+                self.decode_rows += len(active)
+            for i, token in zip(active, nxt):
+                state = slots[i]
+                state["out"].append(token)
+                tokens[i, 0], pos[i, 0] = token, pos[i, 0] + 1
                 if len(state["out"]) == state["req"].out_len:
                     finish(i, state)
         return done
@@ -190,7 +253,7 @@ class TraceServer:
         serves = len(self.records) / len(self.trace)
         out.update(slo_attainment=good / len(self.records), goodput_requests_per_s=good / serves / median_s,
                    decode_steps_per_serve=self.decode_steps / serves,
-                   slot_occupancy=(self.tokens() - len(self.trace)) / max(self.decode_steps / serves, 1) / self.p.slots)
+                   slot_occupancy=self.decode_rows / max(self.decode_steps, 1) / self.p.slots)
         return out
 
     def tokens(self) -> int:

@@ -144,7 +144,7 @@ workloads:
 cases:
   - workload: train
     plugins: [activation_checkpointing]
-    capacity: {dim: batch, budget_gb: 0.06, max_time_s: 400, start: 2}
+    capacity: {dim: batch, budget_gb: 0.06, max_time_s: 400, start: 4}
 """)
     proc = harness_cli("run", path, "--out", tmp_path / "out", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,245 @@
+"""Serving under load: request traces and the highest request rate that meets a latency SLO.
+
+Arrivals follow vLLM's `benchmark_serving`: inter-arrival gaps drawn from a gamma distribution with shape
+`burstiness` and scale 1 / (rate x burstiness), so the mean rate is `rate` whatever the burstiness; burstiness 1 is
+a Poisson process, below 1 burstier, above 1 more regular. An infinite rate is the offline scenario: every request
+at t = 0 (MLPerf's Offline; the maximum throughput).
+
+A percentile over too few requests means little: the q-th percentile of n samples has fewer than one sample above
+it when n < 1 / (1 - q) (p99 needs 100 requests, p90 10). `too_few_for` flags such a point; MLPerf's Server
+scenario asks for far more (a minimum query count and run time), which a CPU run cannot afford, so the flag is
+shown beside the figure rather than hiding it.
+
+`sustainable_rate` finds the highest rate at which a server meets its SLO, assuming the SLO holds below some rate
+and fails above it: from a starting rate it doubles (or halves) until the answer is bracketed, then bisects on a
+log scale until the bracket's ratio is within `rel_tol` (MLPerf LoadGen's peak-performance search does the same
+kind of bracketing on the target QPS).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import InputError
+from harness.optimization import ParamError
+
+
+def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
+    """`n` arrival times in seconds from 0: cumulative gamma(burstiness, 1 / (rate x burstiness)) gaps, the first
+    request after one gap; all 0.0 when `rate` is infinite (offline)."""
+    if math.isinf(rate):
+        return [0.0] * n
+    g = torch.Generator().manual_seed(seed)
+    gamma = torch.distributions.Gamma(torch.tensor(float(burstiness)), torch.tensor(rate * burstiness))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=g)))
+        gaps = gamma.sample((n,)).double()
+    return gaps.cumsum(0).tolist()
+
+
+def read_lengths(path: str | Path) -> list[tuple[int, int]]:
+    """(prompt_len, output_len) rows of a JSONL file ({"prompt_len": P, "output_len": N} per line) or a CSV file
+    with those two columns; InputError naming the file, line and field for a bad row."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read the lengths file: {exc.strerror or exc}", str(path)) from None
+    if path.suffix == ".csv":
+        rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+    else:
+        rows = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((i, json.loads(line)))
+            except ValueError as exc:
+                raise InputError(f"not a JSON object: {exc}", str(path), i) from None
+    out = []
+    for line, row in rows:
+        values = []
+        for key in ("prompt_len", "output_len"):
+            try:
+                value = int(row[key])
+            except (KeyError, TypeError, ValueError):
+                got = row.get(key) if isinstance(row, dict) else row
+                raise InputError(f"needs a positive integer '{key}' (got {got!r})", str(path), line, key) from None
+            if value < 1:
+                raise InputError(f"'{key}' must be >= 1 (got {value})", str(path), line, key)
+            values.append(value)
+        out.append((values[0], values[1]))
+    if not out:
+        raise InputError("the lengths file has no rows", str(path))
+    return out
+
+
+def too_few_for(n: int, q: float) -> bool:
+    """True when n samples cannot support the q-th percentile: fewer than one sample would lie above it."""
+    return n < math.ceil(1 / (1 - q) - 1e-9)
+
+
+def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: float = 0.1,
+                     limits: tuple[float, float] = (1e-3, 1e6), deadline: float = math.inf,
+                     clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """The highest rate in `limits` at which `meets(rate)` holds, assuming it holds below a threshold and fails
+    above. Doubling (or halving) from `start` brackets it, then geometric bisection narrows the bracket until
+    failing / meeting <= 1 + rel_tol; stops when `clock()` passes `deadline`.
+
+    Returns rate (the highest rate seen to meet the SLO; None: none did), failing (the lowest that failed; None:
+    none did), complete (bracketed within rel_tol, or a limit reached) and stopped ("bracketed", "upper limit",
+    "lower limit", "time budget spent")."""
+    low, high = limits
+    best = worst = None
+    rate, stopped = min(max(start, low), high), "time budget spent"
+    while clock() < deadline:  # bracket
+        if meets(rate):
+            best = rate
+            if worst is not None:
+                stopped = "bracketed"
+                break
+            if rate >= high:
+                stopped = "upper limit"
+                break
+            rate = min(rate * 2, high)
+        else:
+            worst = rate
+            if best is not None:
+                stopped = "bracketed"
+                break
+            if rate <= low:
+                stopped = "lower limit"
+                break
+            rate = max(rate / 2, low)
+    while stopped == "bracketed" and worst / best > 1 + rel_tol:
+        if clock() >= deadline:
+            stopped = "time budget spent"
+            break
+        middle = math.sqrt(best * worst)
+        if meets(middle):
+            best = middle
+        else:
+            worst = middle
+    complete = stopped in ("upper limit", "lower limit") or (stopped == "bracketed" and worst / best <= 1 + rel_tol)
+    return {"rate": best, "failing": worst, "complete": complete, "stopped": stopped}
+
+
+SLO_METRICS = tuple(f"{m}_{q}_s" for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90", "p99", "mean"))
+
+
+@dataclass
+class ServingSpec:
+    """A case's `serving:` block: the highest request rate each side sustains within an SLO."""
+
+    slo: dict[str, float] = field(metadata={"help": f"bounds in seconds on any of {', '.join(SLO_METRICS)}"})
+    start_rate: float = field(default=4.0, metadata={"help": "first rate probed, requests per second"})
+    rel_tol: float = field(default=0.15, metadata={"help": "stop when failing / meeting rate <= 1 + rel_tol"})
+    serves: int = field(default=2, metadata={"help": "timed serves of the trace per probe (after one warm-up)"})
+    max_time_s: float = field(default=300.0, metadata={"help": "time for the whole search, both sides"})
+
+    def __post_init__(self):
+        unknown = [k for k in self.slo if k not in SLO_METRICS]
+        if not self.slo or unknown:
+            raise ParamError("slo", f"give bounds on {', '.join(SLO_METRICS)} (got {sorted(self.slo) or 'none'})")
+        if any(not (isinstance(v, (int, float)) and v > 0) for v in self.slo.values()):
+            raise ParamError("slo", f"every bound must be a positive number of seconds (got {self.slo})")
+        for name in ("start_rate", "rel_tol", "max_time_s"):
+            if not getattr(self, name) > 0:
+                raise ParamError(name, f"must be > 0 (got {getattr(self, name)})")
+        if self.serves < 1:
+            raise ParamError("serves", f"must be >= 1 (got {self.serves})")
+
+
+def quantile_of(metric: str) -> float | None:
+    """0.99 for "ttft_p99_s"; None for a mean."""
+    tag = metric.split("_")[1]
+    return int(tag[1:]) / 100 if tag.startswith("p") else None
+
+
+def meets_slo(metrics: dict[str, Any], slo: dict[str, float]) -> bool:
+    """Every bounded metric measured and within its bound (a metric with no sample does not meet it)."""
+    return all(metrics.get(k) is not None and metrics[k] <= bound for k, bound in slo.items())
+
+
+def point_record(rate: float, probe: dict[str, Any], slo: dict[str, float]) -> dict[str, Any]:
+    """One probed rate: status, the serve metrics, whether the SLO held and which percentiles had too few
+    requests to mean much (`too_few_for`)."""
+    metrics = probe.get("metrics") or {}
+    served = metrics.get("requests_served") or 0
+    flagged = [k for k in slo if quantile_of(k) and too_few_for(served, quantile_of(k))]
+    return {"rate": rate, "status": probe["status"], "error": probe.get("error"), "metrics": metrics,
+            "meets_slo": probe["status"] == "ok" and meets_slo(metrics, slo), "too_few_requests": flagged}
+
+
+def search_side(spec: ServingSpec, probe: Callable[[float], dict[str, Any]], deadline: float) -> dict[str, Any]:
+    """`sustainable_rate` for one side (`probe(rate)` serves the trace at that rate in a fresh process), then the
+    offline point (every request at t = 0: the saturated throughput) if time is left."""
+    points: list[dict[str, Any]] = []
+
+    def meets(rate: float) -> bool:
+        points.append(point_record(rate, probe(rate), spec.slo))
+        return points[-1]["meets_slo"]
+
+    started = time.monotonic()
+    found = sustainable_rate(meets, spec.start_rate, spec.rel_tol, deadline=deadline)
+    offline = None  # rate None in the record: every request at t = 0 (JSON has no infinity)
+    if time.monotonic() < deadline:
+        offline = {**point_record(math.inf, probe(math.inf), spec.slo), "rate": None}
+    return {**found, "points": sorted(points, key=lambda p: p["rate"]), "offline": offline,
+            "elapsed_s": time.monotonic() - started}
+
+
+def summarize(spec: ServingSpec, sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The case's serving record: both searches, the optimized / baseline ratio of sustainable rates and of the
+    saturated (offline) token throughput."""
+    base, opt = sides.get("baseline", {}), sides.get("optimized", {})
+    out: dict[str, Any] = {"slo": spec.slo, "rel_tol": spec.rel_tol, "sides": sides, "rate_ratio": None,
+                           "saturation_ratio": None}
+    if base.get("rate") and opt.get("rate"):
+        out["rate_ratio"] = opt["rate"] / base["rate"]
+    tput = [((s.get("offline") or {}).get("metrics") or {}).get("tokens_per_s_total") for s in (base, opt)]
+    if all(tput):
+        out["saturation_ratio"] = tput[1] / tput[0]
+    return out
+
+
+def headline(record: dict[str, Any] | None) -> str:
+    """'sustainable rate at the SLO: 3.2 -> 7.5 req/s (2.34x); saturated throughput 1.8x'; '' when none."""
+    if not record:
+        return ""
+    rates = [record["sides"][k].get("rate") for k in ("baseline", "optimized") if k in record["sides"]]
+    text = "sustainable rate at the SLO: " + " → ".join("none" if r is None else f"{r:.3g}" for r in rates) + " req/s"
+    if record.get("rate_ratio"):
+        text += f" ({record['rate_ratio']:.3g}x)"
+    if record.get("saturation_ratio"):
+        text += f"; saturated throughput {record['saturation_ratio']:.3g}x"
+    return text
+
+
+def measure_serve_probe(workload, spec, opts: list, ctx, serves: int) -> dict[str, Any]:
+    """Build one side with its trace at the probed rate (already in its plugin's parameters) in this fresh
+    process, serve it once to warm up, then `serves` times timed; returns the server's metrics over the timed
+    serves (harness: continuous_batching's TraceServer.metrics) and the requests they hold."""
+    run = workload.build(spec, opts, ctx)
+    if getattr(run, "server", None) is None:
+        raise ValueError("a serving search needs a side that serves a request trace (continuous_batching)")
+    run.step()
+    run.timed = True
+    times = []
+    for _ in range(serves):
+        _, seconds = run.synced(run.step)
+        times.append(seconds)
+    run.timed = False
+    metrics = run.extra_metrics(statistics.median(times))
+    metrics["requests_served"] = len(run.server.records)
+    return {"status": "ok", "metrics": metrics}
