@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness.errors import InputError
 from harness.optimization import ParamError
 
@@ -39,6 +37,8 @@ def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -
     request after one gap; all 0.0 when `rate` is infinite (offline)."""
     if math.isinf(rate):
         return [0.0] * n
+    import torch  # here: the report imports this module and must not need torch
+
     g = torch.Generator().manual_seed(seed)
     gamma = torch.distributions.Gamma(torch.tensor(float(burstiness)), torch.tensor(rate * burstiness))
     with torch.random.fork_rng(devices=[]):

@@ -287,7 +287,10 @@ def test_continuous_batching_excuses_divergence_only_at_a_near_tie():
 
 
 def test_continuous_batching_wrong_mask_is_caught(monkeypatch):
-    monkeypatch.setattr(cb.SlotCache, "visible", lambda self, pos: (self.positions[None] < pos[:, None])[:, None, None])
+    """A slot that attends to every position of its row (the empty ones ahead, and the stale keys an earlier
+    request left there) serves different tokens than the request alone."""
+    monkeypatch.setattr(cb.SlotCache, "visible",
+                        lambda self, pos: (self.positions[None] >= 0).expand(len(pos), -1)[:, None, None])
     checks, _ = serve_pair()
     assert passed(checks)["outputs_equal_serving_alone"] is False
 
