@@ -5,7 +5,7 @@ A case with `capacity: {dim: batch, budget_gb: 8}` asks, for its baseline and it
 last fit and the first miss (`search`), over multiples of the smallest step both sides accept (a batch that
 splits over the ranks and micro-batches: `CapacitySpec.step`, found when the suite is loaded).
 
-Each probe runs in a fresh process (`harness.runner.probe`), so an out-of-memory error cannot poison the next
+Each probe runs in a fresh process (`harness.runner.run_capacity`), so an out-of-memory error cannot poison the next
 one: the side is built at that value, one step runs (compile and lazy init), then its peak is measured over one
 more step (`measure_probe`). On CUDA the budget is enforced by the allocator
 (`torch.cuda.set_per_process_memory_fraction`): a probe fits when it does not run out of memory and its peak is
@@ -14,8 +14,8 @@ enforced: a probe fits when its measured peak (VmHWM above the process's residen
 built: weights, gradients, optimizer states, activations, allocator slack) is within the budget.
 
 Step time at the largest fitting value is the median of `PROBE_STEPS` synchronized steps of that probe (the
-steps whose peak was measured among them), and
-throughput is the workload's units over it: an unpaired measurement beside the case's paired comparison.
+steps whose peak was measured among them), and throughput is the workload's units over it: an unpaired
+measurement beside the case's paired comparison.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from harness.optimization import ParamError
 
-PROBE_STEPS = 3  # synchronized steps timed per probe after the peak measurement
+PROBE_STEPS = 3  # synchronized steps timed per probe, the peak-measured ones included
 
 
 @dataclass

@@ -138,11 +138,16 @@ def run_serving(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int,
     sides = {}
     for side in ("baseline", "optimized"):
         def probe(rate: float, side=side) -> dict[str, Any]:
+            # arrivals spanning min_duration_s (offline: as many requests as the start rate's trace)
+            span = spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate)
             trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
-            uses = [dataclasses.replace(u, params={**u.params, **trace}) if u.name == "continuous_batching" else u
-                    for u in case.plugins]
-            base = [dataclasses.replace(u, params={**u.params, **trace}) if u.name == "continuous_batching" else u
-                    for u in case.baseline]
+
+            def at_rate(uses: list) -> list:
+                return [dataclasses.replace(u, params={**u.params, **trace, "requests": max(
+                    u.params.get("requests", 16), math.ceil(span))}) if u.name == "continuous_batching" else u
+                        for u in uses]
+
+            uses, base = at_rate(case.plugins), at_rate(case.baseline)
             at = dataclasses.replace(case, plugins=uses, baseline=base)
             record = run_case(at, suite, env, threads, workdir, plugins_dirs, inline,
                               probe={"kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves})

@@ -134,6 +134,7 @@ def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: floa
     return {"rate": best, "failing": worst, "complete": complete, "stopped": stopped}
 
 
+WARMUP_REQUESTS = 8  # served once before a probe's timed serves: first-call costs stay out of the percentiles
 SLO_METRICS = tuple(f"{m}_{q}_s" for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90", "p99", "mean"))
 
 
@@ -144,7 +145,10 @@ class ServingSpec:
     slo: dict[str, float] = field(metadata={"help": f"bounds in seconds on any of {', '.join(SLO_METRICS)}"})
     start_rate: float = field(default=4.0, metadata={"help": "first rate probed, requests per second"})
     rel_tol: float = field(default=0.15, metadata={"help": "stop when failing / meeting rate <= 1 + rel_tol"})
-    serves: int = field(default=2, metadata={"help": "timed serves of the trace per probe (after one warm-up)"})
+    serves: int = field(default=1, metadata={"help": "timed serves of the trace per probe (after a short warm-up)"})
+    min_duration_s: float = field(default=10.0, metadata={
+        "help": "each probe's arrivals span at least this long: requests = max(the trace's, rate x this); a short "
+                "trace drains its queue before an overload shows in the latencies"})
     max_time_s: float = field(default=300.0, metadata={"help": "time for the whole search, both sides"})
 
     def __post_init__(self):
@@ -153,7 +157,7 @@ class ServingSpec:
             raise ParamError("slo", f"give bounds on {', '.join(SLO_METRICS)} (got {sorted(self.slo) or 'none'})")
         if any(not (isinstance(v, (int, float)) and v > 0) for v in self.slo.values()):
             raise ParamError("slo", f"every bound must be a positive number of seconds (got {self.slo})")
-        for name in ("start_rate", "rel_tol", "max_time_s"):
+        for name in ("start_rate", "rel_tol", "max_time_s", "min_duration_s"):
             if not getattr(self, name) > 0:
                 raise ParamError(name, f"must be > 0 (got {getattr(self, name)})")
         if self.serves < 1:
@@ -228,12 +232,16 @@ def headline(record: dict[str, Any] | None) -> str:
 
 def measure_serve_probe(workload, spec, opts: list, ctx, serves: int) -> dict[str, Any]:
     """Build one side with its trace at the probed rate (already in its plugin's parameters) in this fresh
-    process, serve it once to warm up, then `serves` times timed; returns the server's metrics over the timed
-    serves (harness: continuous_batching's TraceServer.metrics) and the requests they hold."""
+    process, warm it up by serving the trace's first `WARMUP_REQUESTS` requests, then serve the whole trace
+    `serves` times timed; returns the server's metrics over the timed serves (continuous_batching's
+    TraceServer.metrics) and the requests they hold."""
     run = workload.build(spec, opts, ctx)
     if getattr(run, "server", None) is None:
         raise ValueError("a serving search needs a side that serves a request trace (continuous_batching)")
+    trace = run.server.trace
+    run.server.trace = trace[:WARMUP_REQUESTS]
     run.step()
+    run.server.trace = trace
     run.timed = True
     times = []
     for _ in range(serves):
