@@ -289,8 +289,8 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
     of every probed rate, one line per side (the offline point last), the SLO dashed and each side's
     sustainable rate ringed; hollow markers where a percentile had too few requests to mean much."""
     metrics = list(record["slo"])
-    fig = _figure(2.9 * len(metrics), 2.5)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig = _figure(3.6 * len(metrics), 2.6)
+    axes = fig.subplots(1, len(metrics), squeeze=False, gridspec_kw={"wspace": 0.5})[0]
     for ax, metric in zip(axes, metrics):
         for key in ("baseline", "optimized"):
             side = record["sides"].get(key) or {}
