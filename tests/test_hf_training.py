@@ -109,12 +109,7 @@ def test_peft_lora_freezes_the_base_and_trains_adapters(hf_model, baseline):
 
 
 def test_peft_lora_check_catches_trainable_base_weights(hf_model, baseline):
-    class TrainableBase(LoRA):
-        def apply(self, run):
-            super().apply(run)
-            for p in run.raw_model.parameters():
-                p.requires_grad_(True)
-            run.optimizer = run.make_optimizer(run.raw_model.parameters())
+    from tests.test_training_extras import TrainableBase
 
     opt = TrainableBase(LoRAParams(rank=4))
     result = checks(opt, baseline, build(hf_model, [opt]).outputs())
