@@ -70,7 +70,8 @@ def worker_command(case: CaseSpec, job_path: Path, result_path: Path) -> list[st
 def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
              plugins_dirs: list[str], inline: bool = False, probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one case in a fresh process (or in this one with `inline`) and return its result record; with
-    `probe` ({side, value, budget_bytes}), one capacity probe of one side instead (harness.capacity)."""
+    `probe`, one probe of one side instead: {side, value, budget_bytes} for a capacity search
+    (harness.capacity), {kind: "serve", side, value, serves} for a serving search (harness.serving)."""
     record = case_record(case)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.id)[:120]
     if probe:
@@ -111,6 +112,12 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     return record
 
 
+def probe_result(record: dict[str, Any]) -> dict[str, Any]:
+    """A probe's figures with its status (ok, oom, failed, timeout, crashed) and error, if any."""
+    return {"status": record["status"], **(record.get("probe") or {}),
+            **({"error": record["error"]} if record.get("error") else {})}
+
+
 def run_capacity(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
                  plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
     """The capacity search of a case (`capacity:`), both sides, each probe a fresh process; half the time
@@ -120,10 +127,8 @@ def run_capacity(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int
     for side in ("baseline", "optimized") if not case.alone else ("optimized",):
         def probe(value: int, side=side) -> dict[str, Any]:
             at = dataclasses.replace(case, workload_spec={**case.workload_spec, spec.dim: value})
-            record = run_case(at, suite, env, threads, workdir, plugins_dirs, inline,
-                              probe={"side": side, "value": value, "budget_bytes": spec.budget_bytes})
-            return {"status": record["status"], **(record.get("probe") or {}),
-                    **({"error": record["error"]} if record.get("error") else {})}
+            return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
+                "side": side, "value": value, "budget_bytes": spec.budget_bytes}))
 
         sides[side] = capacity.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
     return capacity.summarize(spec, sides)
@@ -149,10 +154,8 @@ def run_serving(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int,
 
             uses, base = at_rate(case.plugins), at_rate(case.baseline)
             at = dataclasses.replace(case, plugins=uses, baseline=base)
-            record = run_case(at, suite, env, threads, workdir, plugins_dirs, inline,
-                              probe={"kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves})
-            return {"status": record["status"], **(record.get("probe") or {}),
-                    **({"error": record["error"]} if record.get("error") else {})}
+            return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
+                "kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves}))
 
         sides[side] = serving.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
     return serving.summarize(spec, sides)
@@ -274,6 +277,9 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
                 if records[-1]["status"] != "ok":
                     break
             record = combine_repeats(records, suite.measure.min_effect) if repeat > 1 else records[0]
+            results["cases"].append(record)  # kept even if a search below is interrupted
+            write_json(str(results_path), results)
+            progress("    " + one_line(record))
             if case.serving and record["status"] == "ok":
                 progress(f"    serving: the highest rate within the SLO {case.serving['slo']}, each side")
                 record["serving"] = run_serving(case, suite, env, threads, workdir, plugins_dirs, inline)
@@ -282,12 +288,9 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
                 progress(f"    capacity: the largest {case.capacity['dim']} within "
                          f"{case.capacity['budget_gb']:g} GiB, each side")
                 record["capacity"] = run_capacity(case, suite, env, threads, workdir, plugins_dirs, inline)
-            durations.append(time.perf_counter() - t0)
-            results["cases"].append(record)
-            write_json(str(results_path), results)
-            progress("    " + one_line(record))
-            if record.get("capacity"):
                 progress("    " + capacity.headline(record["capacity"]))
+            durations.append(time.perf_counter() - t0)
+            write_json(str(results_path), results)
             if registry is not None:
                 registry.manager.hook.harness_case_finished(case=record)
     except KeyboardInterrupt:
