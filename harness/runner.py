@@ -142,22 +142,28 @@ def run_serving(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int,
     spec = serving.ServingSpec(**case.serving)
     sides = {}
     for side in ("baseline", "optimized"):
-        def probe(rate: float, side=side) -> dict[str, Any]:
+        deadline = time.monotonic() + spec.max_time_s / 2
+
+        def probe(rate: float, side=side, deadline=deadline) -> dict[str, Any]:
             # arrivals spanning min_duration_s (offline: as many requests as the start rate's trace)
-            span = spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate)
             trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
+            requests = max([u.params.get("requests", 16) for u in case.plugins if u.name == "continuous_batching"]
+                           + [math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate))])
+            arrivals_s = 0.0 if math.isinf(rate) else requests / rate
+            if time.monotonic() + arrivals_s * (1 + spec.serves) > deadline:
+                return {"status": "skipped", "error": f"{requests} requests at {rate:.3g} req/s arrive over "
+                                                      f"{arrivals_s:.0f} s per serve, more than the time left"}
 
             def at_rate(uses: list) -> list:
-                return [dataclasses.replace(u, params={**u.params, **trace, "requests": max(
-                    u.params.get("requests", 16), math.ceil(span))}) if u.name == "continuous_batching" else u
-                        for u in uses]
+                return [dataclasses.replace(u, params={**u.params, **trace, "requests": requests})
+                        if u.name == "continuous_batching" else u for u in uses]
 
             uses, base = at_rate(case.plugins), at_rate(case.baseline)
             at = dataclasses.replace(case, plugins=uses, baseline=base)
             return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
                 "kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves}))
 
-        sides[side] = serving.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
+        sides[side] = serving.search_side(spec, probe, deadline)
     return serving.summarize(spec, sides)
 
 

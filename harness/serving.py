@@ -134,6 +134,9 @@ def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: floa
     return {"rate": best, "failing": worst, "complete": complete, "stopped": stopped}
 
 
+# rates searched, as factors of start_rate: below 1/16 an unloaded server's SLO miss is not a rate question, and a
+# probe's trace (its requests / rate) would take minutes
+RATE_RANGE = (1 / 16, 4096)
 WARMUP_REQUESTS = 8  # served once before a probe's timed serves: first-call costs stay out of the percentiles
 SLO_METRICS = tuple(f"{m}_{q}_s" for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90", "p99", "mean"))
 
@@ -189,15 +192,24 @@ def search_side(spec: ServingSpec, probe: Callable[[float], dict[str, Any]], dea
     """`sustainable_rate` for one side (`probe(rate)` serves the trace at that rate in a fresh process), then the
     offline point (every request at t = 0: the saturated throughput) if time is left."""
     points: list[dict[str, Any]] = []
+    failure: dict[str, Any] = {}
 
     def meets(rate: float) -> bool:
+        if failure:  # a probe that failed or could not run ends the search (its rate is not a miss)
+            return False
         points.append(point_record(rate, probe(rate), spec.slo))
+        if points[-1]["status"] != "ok":
+            failure.update(points[-1])
         return points[-1]["meets_slo"]
 
     started = time.monotonic()
-    found = sustainable_rate(meets, spec.start_rate, spec.rel_tol, deadline=deadline)
+    limits = (spec.start_rate * RATE_RANGE[0], spec.start_rate * RATE_RANGE[1])
+    found = sustainable_rate(meets, spec.start_rate, spec.rel_tol, limits, deadline)
+    if failure:
+        found.update(complete=False, stopped=f"probe at {failure['rate']:.3g} req/s {failure['status']}: "
+                                             f"{failure.get('error') or ''}"[:300])
     offline = None  # rate None in the record: every request at t = 0 (JSON has no infinity)
-    if time.monotonic() < deadline:
+    if time.monotonic() < deadline and not failure:
         offline = {**point_record(math.inf, probe(math.inf), spec.slo), "rate": None}
     return {**found, "points": sorted(points, key=lambda p: p["rate"]), "offline": offline,
             "elapsed_s": time.monotonic() - started}

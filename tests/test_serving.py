@@ -165,3 +165,19 @@ def test_a_serving_search_runs_each_probe_in_a_fresh_process_and_is_reported(tmp
     assert "sustainable rate at the SLO" in proc.stderr
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Serving under load: the highest rate within the SLO" in page
+
+
+def test_a_probe_that_fails_or_cannot_run_ends_the_search():
+    spec = build_params(serving.ServingSpec, {"slo": {"tpot_p90_s": 0.01}, "start_rate": 8.0})
+    calls = []
+
+    def probe(rate):
+        calls.append(rate)
+        if rate < 8:
+            return {"status": "skipped", "error": "too slow to arrive"}
+        return {"status": "ok", "metrics": {"tpot_p90_s": 0.05, "requests_served": 100}}
+
+    side = serving.search_side(spec, probe, deadline=float("inf"))
+    assert calls == [8.0, 4.0]  # no halving down to the lower limit, no offline point after a failure
+    assert side["rate"] is None and not side["complete"] and side["offline"] is None
+    assert side["stopped"] == "probe at 4 req/s skipped: too slow to arrive"
