@@ -286,32 +286,56 @@ def capacity_chart(record: dict[str, Any], salt: str) -> str:
 
 def serving_chart(record: dict[str, Any], salt: str) -> str:
     """A serving search (harness.serving): each bounded latency metric against the achieved request throughput
-    of every probed rate, one line per side (the offline point last), the SLO dashed and each side's
-    sustainable rate ringed; hollow markers where a percentile had too few requests to mean much."""
+    of every probed rate of every repeat (offline and sweep points included), one line per side, the SLO dashed
+    and each search's sustainable rate ringed; hollow markers where a percentile had too few requests."""
+    from harness.serving import searches_of
+
     metrics = list(record["slo"])
     fig = _figure(3.6 * len(metrics), 2.6)
     axes = fig.subplots(1, len(metrics), squeeze=False, gridspec_kw={"wspace": 0.5})[0]
+    sweep = (record.get("sweep") or {}).get("points") or {}
     for ax, metric in zip(axes, metrics):
         for key in ("baseline", "optimized"):
-            side = record["sides"].get(key) or {}
-            points = [p for p in side.get("points", []) + [side.get("offline")] if p and p["status"] == "ok"]
-            xs = [p["metrics"].get("requests_per_s") for p in points]
-            ys = [p["metrics"].get(metric) for p in points]
-            shown = [(x, y, p) for x, y, p in zip(xs, ys, points) if x is not None and y is not None]
+            searches = searches_of(record["sides"].get(key) or {})
+            points = [p for s in searches for p in s.get("points", []) + [s.get("offline")]] + sweep.get(key, [])
+            sustained = {s.get("rate") for s in searches} - {None}
+            shown = sorted(((p["metrics"].get("requests_per_s"), p["metrics"].get(metric), p) for p in points
+                            if p and p["status"] == "ok"), key=lambda t: t[0] or 0)
+            shown = [(x, y * 1e3, p) for x, y, p in shown if x is not None and y is not None]
             if not shown:
                 continue
-            shown.sort(key=lambda t: t[0])
-            ax.plot([x for x, _, _ in shown], [y * 1e3 for _, y, _ in shown], color=COLORS[key], label=key,
-                    linewidth=1)
+            ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], color=COLORS[key], label=key, linewidth=1)
             for x, y, p in shown:
-                ax.plot([x], [y * 1e3], marker="o", color=COLORS[key],
+                ax.plot([x], [y], marker="o", color=COLORS[key],
                         markerfacecolor="white" if metric in p["too_few_requests"] else COLORS[key])
-                if side.get("rate") is not None and p["rate"] == side["rate"]:
-                    ax.plot([x], [y * 1e3], marker="o", markersize=13, markerfacecolor="none", color=COLORS[key])
+                if p["rate"] in sustained:
+                    ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", color=COLORS[key])
         ax.axhline(record["slo"][metric] * 1e3, color="black", linestyle="--", linewidth=1, label="SLO")
         ax.set_yscale("log")
         ax.set_xlabel("requests/s served")
         ax.set_ylabel(f"{metric.removesuffix('_s').replace('_', ' ')} (ms)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, frameon=False)
+    return _svg(fig, salt)
+
+
+def sweep_chart(record: dict[str, Any], salt: str) -> str:
+    """A serving sweep (harness.serving): goodput (requests/s meeting the per-request SLO, solid) and requests/s
+    served (dotted) against the offered rate, one colour per side; the dashed diagonal is served = offered."""
+    sweep = record.get("sweep") or {}
+    fig = _figure(5.2, 2.6)
+    ax = fig.add_subplot()
+    top = 0.0
+    for key, points in (sweep.get("points") or {}).items():
+        ok = [p for p in points if p["status"] == "ok"]
+        xs = [p["rate"] for p in ok]
+        for metric, style, label in (("goodput_requests_per_s", "-", "goodput"), ("requests_per_s", ":", "served")):
+            ys = [p["metrics"].get(metric) or 0.0 for p in ok]
+            ax.plot(xs, ys, linestyle=style, marker="o", color=COLORS[key], label=f"{key} {label}", linewidth=1)
+            top = max([top, *xs, *ys])
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="offered")
+    ax.set_xlabel("offered rate (requests/s)")
+    ax.set_ylabel("requests/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
     return _svg(fig, salt)

@@ -20,10 +20,11 @@ from typing import Any
 
 from pytest_benchmark.utils import parse_compare_fail
 
-from harness import charts, cost, stats
+from harness import capacity, cost, serving, stats
+from harness.compare_page import format_table, render_compare
 from harness.errors import InputError
 from harness.export import load_run
-from harness.report import SIDES, environment, flatten, fmt_time, unit_label
+from harness.report import SIDES, flatten
 from harness.results import write_text
 
 IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted
@@ -128,6 +129,7 @@ def compare(paths: list[Path], price_per_hour: float | None = None,
         "rows": rows,
         "partial": [cid for cid in ids if any(cid not in m for m in by_id)],
         "health": [{"case": cid, "runs": [_health(m.get(cid)) for m in by_id]} for cid in ids],
+        "searches": search_rows(ids, by_id),
     }
 
 
@@ -190,6 +192,19 @@ def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[
     return out
 
 
+def search_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Cases with a capacity or serving search in some run: that search's record per run (None where a run lacks
+    it) and its headline (`harness.capacity.headline`, `harness.serving.headline`), side by side."""
+    out = []
+    for cid in ids:
+        cases = [m.get(cid) or {} for m in by_id]
+        for kind, headline in (("capacity", capacity.headline), ("serving", serving.headline)):
+            if any(c.get(kind) for c in cases):
+                out.append({"case": cid, "kind": kind, "records": [c.get(kind) for c in cases],
+                            "headlines": [headline(c.get(kind)) or None for c in cases]})
+    return out
+
+
 def _health(case: dict[str, Any] | None) -> dict[str, Any]:
     """A case's status and the names of its failed checks in one run ("absent" when the run lacks it)."""
     if case is None:
@@ -221,123 +236,6 @@ def health_failures(result: dict[str, Any], allow_missing: bool = False) -> list
                 if broke:
                     failures.append(f"{where}: invariant check now fails: {', '.join(broke)}")
     return failures
-
-
-def _verdict_word(v: dict[str, Any] | None) -> str:
-    if v is None:
-        return "—"
-    if v["verdict"] in ("faster", "slower") and v["speedup"]:
-        x = v["speedup"] if v["verdict"] == "faster" else 1 / v["speedup"]
-        return f"{x:.2f}× {v['verdict']}"
-    if v["verdict"] == "inconclusive" and v.get("busy"):
-        return "inconclusive (busy)"
-    return "no sig. diff." if v["verdict"] == "no significant difference" else v["verdict"]
-
-
-def fmt_interval(x: float | None, ci: list[float] | None) -> str:
-    """'1.32x [1.28, 1.36]' or 'n/a'."""
-    return "n/a" if x is None else f"{x:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-
-def format_headline(result: dict[str, Any]) -> list[str]:
-    """What differs between the machines, then per later run its geometric-mean speedup and the cases that moved
-    most, then each optimization's speedup per run and whether that differs: the terminal's first lines."""
-    out = [f"#{i}: {r['path']} ({r['device']}, run {r['run_id']})" for i, r in enumerate(result["runs"])]
-    for row in result["headline_env"]:
-        out.append(f"  {row['label']}: " + " | ".join(f"#{i} {v}" for i, v in enumerate(row["values"])))
-    for s in result["summaries"]:
-        g = s["geomean"]
-        out.append(f"#{s['run']} vs #0: geometric-mean speedup {fmt_interval(g['speedup'], g['ci95'])} over "
-                   f"{g['cases']} case sides (> 1: #{s['run']} faster)")
-        for word, moved in (("faster", s["faster"]), ("slower", s["slower"])):
-            if moved:
-                out.append(f"  most {word}: " + "; ".join(
-                    f"{m['case']} [{m['side'] or '-'}] {m['speedup']:.2f}x ({_verdict_word(m)})" for m in moved))
-    effects = result.get("effects") or []
-    if effects:
-        n = len(result["runs"])
-        lines = [["optimization effect", *[f"speedup #{i}" for i in range(n)],
-                  *[f"#{i}/#0 effect" for i in range(1, n)]]]
-        for row in effects:
-            cells = [row["case"]] + [fmt_interval(r["speedup"], r["ci95"]) + (" busy" if r["busy"] else "")
-                                     if r else "n/a" for r in row["runs"]]
-            cells += [f"{v['ratio']:.2f}x {v['verdict']}" if v and v["ratio"] else (v or {}).get("verdict", "n/a")
-                      for v in row["versus"][1:]]
-            lines.append(cells)
-        widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
-        out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    return out
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The headline (`format_headline`), then a plain-text table: median per run, then each later run's time
-    ratio and verdict against the first."""
-    n = len(result["runs"])
-    head = ["case", "side"] + [f"median #{i}" for i in range(n)]
-    head += [h for i in range(1, n) for h in (f"#{i}/#0 time", f"#{i} vs #0")]
-    lines = [head]
-    health_by_case = {h["case"]: h["runs"] for h in result["health"]}
-    for row in result["rows"]:
-        cells = [row["case"], row["side"] or "-"]
-        health = health_by_case[row["case"]]
-        cells += [(fmt_time(e["median"]) + (" checks FAILED" if h["failed_checks"] else "")) if e["status"] == "ok"
-                  else e["status"] for e, h in zip(row["entries"], health)]
-        for v in row["versus"][1:]:
-            cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", _verdict_word(v)]
-        lines.append(cells)
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    out = format_headline(result) + [""]
-    for j, line in enumerate(lines):
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-        if j == 0:
-            out.append("  ".join("-" * w for w in widths))
-    if result["partial"]:
-        out.append("not in every run: " + ", ".join(result["partial"]))
-    out.append("time ratio = later median / first median (< 1 = later faster); verdict: 95% bootstrap interval.")
-    return "\n".join(out) + "\n"
-
-
-def forests(result: dict[str, Any]) -> list[str]:
-    """One forest plot per later run (small multiples): every case side's speedup against run #0 with its
-    interval, coloured by verdict, busy comparisons hollow."""
-    out = []
-    for i in range(1, len(result["runs"])):
-        rows = []
-        for row in result["rows"]:
-            v = row["versus"][i]
-            if not v or not v.get("speedup"):
-                continue
-            rows.append({"label": f"{row['case']} [{row['side'] or '-'}]", "speedup": v["speedup"],
-                         "ci": v["ci95"], "verdict": v["verdict"], "busy": v["busy"],
-                         "text": fmt_interval(v["speedup"], v["ci95"]).replace("x", "×", 1)})
-        out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"cmp{i}",
-                                      xlabel=f"speedup of run #{i} over run #0 = #0 time ÷ #{i} time "
-                                             f"(log scale; right of 1 = #{i} faster)"))
-    return out
-
-
-def effect_forests(result: dict[str, Any]) -> list[str]:
-    """Per later run: each optimization's speedup there divided by its speedup in run #0, with the interval
-    of `harness.stats.compare_effects` (right of 1: it buys more on run #i)."""
-    out = []
-    for i in range(1, len(result["runs"])):
-        rows = [{"label": row["case"], "speedup": v["ratio"], "ci": v["ci95"], "verdict": v["verdict"],
-                 "busy": v["busy"],
-                 "text": f"{v['ratio']:.2f}× ({v['verdict']})"}
-                for row in result["effects"] if (v := row["versus"][i]) and v.get("ratio")]
-        out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"eff{i}",
-                                      xlabel=f"optimization speedup on run #{i} ÷ on run #0 "
-                                             "(log scale; right of 1 = it buys more there)"))
-    return out
-
-
-def render_compare(result: dict[str, Any]) -> str:
-    """The comparison as one self-contained HTML page (same template base and escaping as the report)."""
-    env = environment()
-    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=_verdict_word, unit=unit_label,
-                       interval=lambda v: fmt_interval(v.get("speedup"), v.get("ci95")).replace("x", "×", 1))
-    return env.get_template("compare.html").render(c=result, forests=forests(result),
-                                                   effect_forests=effect_forests(result))
 
 
 def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],

@@ -309,6 +309,7 @@ def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environme
                        verdict=verdict_text, vclass=verdict_class, short_reason=short_reason, saved=fmt_saved,
                        unit=unit_label, extra=lambda x, k: fmt_extra(k, x), capacity_value=capacity.side_value,
                        serving_headline=lambda c: serving.headline(c.get("serving")),
+                       searches=serving.searches_of,
                        tojson_compact=lambda v: json.dumps(v, sort_keys=True))
     return env
 
@@ -339,6 +340,8 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
             "latency_svg": "", "memory_svg": "", "costs": {},
             "capacity_svg": charts.capacity_chart(case["capacity"], f"cap{index}") if case.get("capacity") else "",
             "serving_svg": charts.serving_chart(case["serving"], f"srv{index}") if case.get("serving") else "",
+            "sweep_svg": charts.sweep_chart(case["serving"], f"swp{index}")
+            if (case.get("serving") or {}).get("sweep") else "",
             "extra_keys": [], "info_keys": [], "categories": []}
     if ok:
         view["pairs_svg"] = pairs_chart(case, f"pairs{index}")

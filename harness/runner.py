@@ -136,35 +136,31 @@ def run_capacity(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int
 
 def run_serving(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
                 plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
-    """The serving search of a case (`serving:`): for each side the highest request rate within the SLO, each
-    probe a fresh process serving the trace at that rate (continuous_batching's `rate`; infinity: every request
-    at t = 0), then the offline point; half the time budget per side. Returns `harness.serving.summarize`."""
+    """The serving block of a case (`serving:`): `repeats` searches per side, baseline and optimized alternating,
+    for the highest request rate within the SLO (each probe a fresh process serving the trace at that rate:
+    continuous_batching's `rate`; infinity: every request at t = 0), each search then its offline point; then the
+    sweep of `rates`, both sides at each rate (`harness.serving.serve_searches`)."""
     spec = serving.ServingSpec(**case.serving)
-    sides = {}
-    for side in ("baseline", "optimized"):
-        deadline = time.monotonic() + spec.max_time_s / 2
 
-        def probe(rate: float, side=side, deadline=deadline) -> dict[str, Any]:
-            # arrivals spanning min_duration_s (offline: as many requests as the start rate's trace)
-            trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
-            requests = max([u.params.get("requests", 16) for u in case.plugins if u.name == "continuous_batching"]
-                           + [math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate))])
-            arrivals_s = 0.0 if math.isinf(rate) else requests / rate
-            if time.monotonic() + arrivals_s * (1 + spec.serves) > deadline:
-                return {"status": "skipped", "error": f"{requests} requests at {rate:.3g} req/s arrive over "
-                                                      f"{arrivals_s:.0f} s per serve, more than the time left"}
+    def probe(side: str, rate: float, deadline: float) -> dict[str, Any]:
+        # arrivals spanning min_duration_s (offline: as many requests as the start rate's trace)
+        trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
+        requests = max([u.params.get("requests", 16) for u in case.plugins if u.name == "continuous_batching"]
+                       + [math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate))])
+        arrivals_s = 0.0 if math.isinf(rate) else requests / rate
+        if time.monotonic() + arrivals_s * (1 + spec.serves) > deadline:
+            return {"status": "skipped", "error": f"{requests} requests at {rate:.3g} req/s arrive over "
+                                                  f"{arrivals_s:.0f} s per serve, more than the time left"}
 
-            def at_rate(uses: list) -> list:
-                return [dataclasses.replace(u, params={**u.params, **trace, "requests": requests})
-                        if u.name == "continuous_batching" else u for u in uses]
+        def at_rate(uses: list) -> list:
+            return [dataclasses.replace(u, params={**u.params, **trace, "requests": requests})
+                    if u.name == "continuous_batching" else u for u in uses]
 
-            uses, base = at_rate(case.plugins), at_rate(case.baseline)
-            at = dataclasses.replace(case, plugins=uses, baseline=base)
-            return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
-                "kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves}))
+        at = dataclasses.replace(case, plugins=at_rate(case.plugins), baseline=at_rate(case.baseline))
+        return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
+            "kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves}))
 
-        sides[side] = serving.search_side(spec, probe, deadline)
-    return serving.summarize(spec, sides)
+    return serving.serve_searches(spec, probe)
 
 
 def _launch(command: list[str], log_path: Path, timeout: float, result_path: Path) -> str:

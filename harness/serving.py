@@ -19,6 +19,7 @@ kind of bracketing on the target QPS).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import statistics
@@ -91,10 +92,10 @@ def too_few_for(n: int, q: float) -> bool:
 
 def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: float = 0.1,
                      limits: tuple[float, float] = (1e-3, 1e6), deadline: float = math.inf,
-                     clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+                     clock: Callable[[], float] = time.monotonic, step: float = 2.0) -> dict[str, Any]:
     """The highest rate in `limits` at which `meets(rate)` holds, assuming it holds below a threshold and fails
-    above. Doubling (or halving) from `start` brackets it, then geometric bisection narrows the bracket until
-    failing / meeting <= 1 + rel_tol; stops when `clock()` passes `deadline`.
+    above. Multiplying (or dividing) by `step` from `start` brackets it, then geometric bisection narrows the
+    bracket until failing / meeting <= 1 + rel_tol; stops when `clock()` passes `deadline`.
 
     Returns rate (the highest rate seen to meet the SLO; None: none did), failing (the lowest that failed; None:
     none did), complete (bracketed within rel_tol, or a limit reached) and stopped ("bracketed", "upper limit",
@@ -111,7 +112,7 @@ def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: floa
             if rate >= high:
                 stopped = "upper limit"
                 break
-            rate = min(rate * 2, high)
+            rate = min(rate * step, high)
         else:
             worst = rate
             if best is not None:
@@ -120,7 +121,7 @@ def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: floa
             if rate <= low:
                 stopped = "lower limit"
                 break
-            rate = max(rate / 2, low)
+            rate = max(rate / step, low)
     while stopped == "bracketed" and worst / best > 1 + rel_tol:
         if clock() >= deadline:
             stopped = "time budget spent"
@@ -139,20 +140,31 @@ def sustainable_rate(meets: Callable[[float], bool], start: float, rel_tol: floa
 RATE_RANGE = (1 / 16, 4096)
 WARMUP_REQUESTS = 8  # served once before a probe's timed serves: first-call costs stay out of the percentiles
 SLO_METRICS = tuple(f"{m}_{q}_s" for m in ("ttft", "tpot", "e2e") for q in ("p50", "p90", "p99", "mean"))
+# `rates: auto`: offered rates as fractions of the faster side's saturated request rate, light load to overload
+AUTO_FRACTIONS = (0.25, 0.5, 0.75, 1.0, 1.5)
+SEARCH_SHARE = 0.7  # of max_time_s for the searches when a sweep follows them
 
 
 @dataclass
 class ServingSpec:
-    """A case's `serving:` block: the highest request rate each side sustains within an SLO."""
+    """A case's `serving:` block: the highest request rate each side sustains within an SLO, searched `repeats`
+    times per side, and optionally a sweep of offered rates."""
 
     slo: dict[str, float] = field(metadata={"help": f"bounds in seconds on any of {', '.join(SLO_METRICS)}"})
     start_rate: float = field(default=4.0, metadata={"help": "first rate probed, requests per second"})
     rel_tol: float = field(default=0.15, metadata={"help": "stop when failing / meeting rate <= 1 + rel_tol"})
+    repeats: int = field(default=3, metadata={
+        "help": "searches per side, baseline and optimized alternating; each after the first starts at that side's "
+                "last answer and brackets in steps of 1 + 2 rel_tol; the spread is min-max over the repeats"})
+    rates: Any = field(default=None, metadata={
+        "help": "a sweep after the searches: offered rates (req/s) both sides serve, or 'auto': "
+                f"{', '.join(f'{f:g}' for f in AUTO_FRACTIONS)} x the faster side's saturated request rate"})
     serves: int = field(default=1, metadata={"help": "timed serves of the trace per probe (after a short warm-up)"})
     min_duration_s: float = field(default=10.0, metadata={
         "help": "each probe's arrivals span at least this long: requests = max(the trace's, rate x this); a short "
                 "trace drains its queue before an overload shows in the latencies"})
-    max_time_s: float = field(default=300.0, metadata={"help": "time for the whole search, both sides"})
+    max_time_s: float = field(default=300.0, metadata={
+        "help": f"time for the whole block, both sides (the searches get {SEARCH_SHARE:g} of it when a sweep follows)"})
 
     def __post_init__(self):
         unknown = [k for k in self.slo if k not in SLO_METRICS]
@@ -163,8 +175,13 @@ class ServingSpec:
         for name in ("start_rate", "rel_tol", "max_time_s", "min_duration_s"):
             if not getattr(self, name) > 0:
                 raise ParamError(name, f"must be > 0 (got {getattr(self, name)})")
-        if self.serves < 1:
-            raise ParamError("serves", f"must be >= 1 (got {self.serves})")
+        for name in ("serves", "repeats"):
+            if getattr(self, name) < 1:
+                raise ParamError(name, f"must be >= 1 (got {getattr(self, name)})")
+        ok_list = isinstance(self.rates, list) and self.rates and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in self.rates)
+        if self.rates not in (None, "auto") and not ok_list:
+            raise ParamError("rates", f"give 'auto' or a list of positive request rates (got {self.rates!r})")
 
 
 def quantile_of(metric: str) -> float | None:
@@ -188,9 +205,12 @@ def point_record(rate: float, probe: dict[str, Any], slo: dict[str, float]) -> d
             "meets_slo": probe["status"] == "ok" and meets_slo(metrics, slo), "too_few_requests": flagged}
 
 
-def search_side(spec: ServingSpec, probe: Callable[[float], dict[str, Any]], deadline: float) -> dict[str, Any]:
-    """`sustainable_rate` for one side (`probe(rate)` serves the trace at that rate in a fresh process), then the
-    offline point (every request at t = 0: the saturated throughput) if time is left."""
+def search_side(spec: ServingSpec, probe: Callable[[float], dict[str, Any]], deadline: float,
+                start: float | None = None, step: float = 2.0,
+                clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """`sustainable_rate` for one side from `start` (default: the spec's start_rate) in steps of `step`
+    (`probe(rate)` serves the trace at that rate in a fresh process), then the offline point (every request at
+    t = 0: the saturated throughput) if time is left."""
     points: list[dict[str, Any]] = []
     failure: dict[str, Any] = {}
 
@@ -202,43 +222,125 @@ def search_side(spec: ServingSpec, probe: Callable[[float], dict[str, Any]], dea
             failure.update(points[-1])
         return points[-1]["meets_slo"]
 
-    started = time.monotonic()
+    started = clock()
     limits = (spec.start_rate * RATE_RANGE[0], spec.start_rate * RATE_RANGE[1])
-    found = sustainable_rate(meets, spec.start_rate, spec.rel_tol, limits, deadline)
+    found = sustainable_rate(meets, start or spec.start_rate, spec.rel_tol, limits, deadline, clock, step)
     if failure:
         found.update(complete=False, stopped=f"probe at {failure['rate']:.3g} req/s {failure['status']}: "
                                              f"{failure.get('error') or ''}"[:300])
     offline = None  # rate None in the record: every request at t = 0 (JSON has no infinity)
-    if time.monotonic() < deadline and not failure:
+    if clock() < deadline and not failure:
         offline = {**point_record(math.inf, probe(math.inf), spec.slo), "rate": None}
     return {**found, "points": sorted(points, key=lambda p: p["rate"]), "offline": offline,
-            "elapsed_s": time.monotonic() - started}
+            "elapsed_s": clock() - started}
 
 
-def summarize(spec: ServingSpec, sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The case's serving record: both searches, the optimized / baseline ratio of sustainable rates and of the
-    saturated (offline) token throughput."""
+def searches_of(side: dict[str, Any]) -> list[dict[str, Any]]:
+    """A side's searches (a record written before `repeats` existed is its one search)."""
+    return side.get("searches") or [side]
+
+
+def saturated(search: dict[str, Any], key: str = "tokens_per_s_total") -> float | None:
+    """A search's offline throughput (`key` of its offline point's metrics), None without one."""
+    return ((search.get("offline") or {}).get("metrics") or {}).get(key)
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None]
+    return {"median": statistics.median(values) if values else None,
+            "range": [min(values), max(values)] if values else None, "n": len(values)}
+
+
+def side_record(searches: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's repeated searches: the median sustainable rate and saturated throughput (tokens/s and
+    requests/s), each with its min-max range and the number of searches that gave it."""
+    rate = _spread([s.get("rate") for s in searches])
+    tokens = _spread([saturated(s) for s in searches])
+    return {"rate": rate["median"], "rate_range": rate["range"], "found": rate["n"], "repeats": len(searches),
+            "saturated_tokens_per_s": tokens["median"], "saturated_range": tokens["range"],
+            "saturated_requests_per_s": _spread([saturated(s, "requests_per_s") for s in searches])["median"],
+            "searches": searches}
+
+
+def paired_ratio(base: list[float | None], opt: list[float | None]) -> dict[str, Any]:
+    """optimized / baseline per repeat (repeat i of both sides ran one after the other): median and min-max."""
+    ratios = _spread([o / b if b and o else None for b, o in zip(base, opt)])
+    return {"ratio": ratios["median"], "range": ratios["range"], "repeats": ratios["n"]}
+
+
+def sweep_rates(spec: ServingSpec, sides: dict[str, dict[str, Any]]) -> list[float]:
+    """The sweep's offered rates: the spec's list, or for 'auto' `AUTO_FRACTIONS` of the faster side's saturated
+    request rate (empty when no side measured one)."""
+    if spec.rates != "auto":
+        return list(spec.rates or [])
+    top = max([s.get("saturated_requests_per_s") or 0 for s in sides.values()], default=0)
+    return [f * top for f in AUTO_FRACTIONS] if top else []
+
+
+def summarize(spec: ServingSpec, sides: dict[str, dict[str, Any]],
+              sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The case's serving record: each side's searches (`side_record`), the optimized / baseline ratios of
+    sustainable rate and saturated token throughput per repeat (median, range), and the sweep if any."""
     base, opt = sides.get("baseline", {}), sides.get("optimized", {})
-    out: dict[str, Any] = {"slo": spec.slo, "rel_tol": spec.rel_tol, "sides": sides, "rate_ratio": None,
-                           "saturation_ratio": None}
-    if base.get("rate") and opt.get("rate"):
-        out["rate_ratio"] = opt["rate"] / base["rate"]
-    tput = [((s.get("offline") or {}).get("metrics") or {}).get("tokens_per_s_total") for s in (base, opt)]
-    if all(tput):
-        out["saturation_ratio"] = tput[1] / tput[0]
+    out: dict[str, Any] = {"slo": spec.slo, "rel_tol": spec.rel_tol, "sides": sides, "sweep": sweep,
+                           "rate_ratio": None, "rate_ratio_range": None, "saturation_ratio": None,
+                           "saturation_ratio_range": None}
+    if base and opt:
+        rates = paired_ratio([s.get("rate") for s in searches_of(base)], [s.get("rate") for s in searches_of(opt)])
+        tput = paired_ratio([saturated(s) for s in searches_of(base)], [saturated(s) for s in searches_of(opt)])
+        out.update(rate_ratio=rates["ratio"], rate_ratio_range=rates["range"], ratio_repeats=rates["repeats"],
+                   saturation_ratio=tput["ratio"], saturation_ratio_range=tput["range"])
     return out
 
 
+def serve_searches(spec: ServingSpec, probe: Callable[[str, float, float], dict[str, Any]],
+                   clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """The whole `serving:` block: `spec.repeats` searches per side, baseline and optimized alternating (each
+    with an equal share of the time left for the searches; a later one starts at that side's last answer and
+    brackets in steps of 1 + 2 rel_tol), then the sweep, both sides at each rate. `probe(side, rate, deadline)`
+    serves the trace at `rate` (infinity: offline) in a fresh process. Returns `summarize`'s record."""
+    end = clock() + spec.max_time_s
+    searches_end = clock() + spec.max_time_s * (SEARCH_SHARE if spec.rates else 1)
+    order = [side for _ in range(spec.repeats) for side in ("baseline", "optimized")]
+    searches: dict[str, list[dict[str, Any]]] = {"baseline": [], "optimized": []}
+    for i, side in enumerate(order):
+        deadline = clock() + (searches_end - clock()) / (len(order) - i)
+        last = (searches[side] or [{}])[-1].get("rate")
+        side_probe = functools.partial(probe, side, deadline=deadline)
+        searches[side].append(search_side(spec, side_probe, deadline, start=last,
+                                          step=1 + 2 * spec.rel_tol if last else 2.0, clock=clock))
+    sides = {side: side_record(found) for side, found in searches.items()}
+    sweep = None
+    if spec.rates:
+        rates = sweep_rates(spec, sides)
+        sweep = {"rates": rates, "points": {side: [] for side in sides}}
+        for rate in rates:
+            for side in sides:
+                sweep["points"][side].append(point_record(rate, probe(side, rate, deadline=end), spec.slo))
+    return summarize(spec, sides, sweep)
+
+
+def _with_range(x: float, span: list[float] | None, unit: str = "") -> str:
+    if not span or span[0] == span[1]:
+        return f"{x:.3g}{unit}"
+    return f"{x:.3g}{unit} [{span[0]:.3g}-{span[1]:.3g}]"
+
+
 def headline(record: dict[str, Any] | None) -> str:
-    """'sustainable rate at the SLO: 3.2 -> 7.5 req/s (2.34x); saturated throughput 1.8x'; '' when none."""
+    """'sustainable rate at the SLO: 10.4 [10.1-11] -> 14.7 [14.2-15] req/s (1.41x [1.35-1.46], 3 repeats);
+    saturated throughput 1.73x [1.7-1.76]' (median [min-max] over repeats); '' when none."""
     if not record:
         return ""
-    rates = [record["sides"][k].get("rate") for k in ("baseline", "optimized") if k in record["sides"]]
-    text = "sustainable rate at the SLO: " + " → ".join("none" if r is None else f"{r:.3g}" for r in rates) + " req/s"
+    rates = [record["sides"][k] for k in ("baseline", "optimized") if k in record["sides"]]
+    text = "sustainable rate at the SLO: " + " → ".join(
+        "none" if s.get("rate") is None else _with_range(s["rate"], s.get("rate_range")) for s in rates) + " req/s"
     if record.get("rate_ratio"):
-        text += f" ({record['rate_ratio']:.3g}x)"
+        repeats = record.get("ratio_repeats") or 1
+        text += f" ({_with_range(record['rate_ratio'], record.get('rate_ratio_range'), 'x')}"
+        text += f", {repeats} repeats)" if repeats > 1 else ")"
     if record.get("saturation_ratio"):
-        text += f"; saturated throughput {record['saturation_ratio']:.3g}x"
+        saturation = _with_range(record["saturation_ratio"], record.get("saturation_ratio_range"), "x")
+        text += f"; saturated throughput {saturation}"
     return text
 
 

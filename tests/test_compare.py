@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import compare as cmp
+from harness import compare_page
 from harness.errors import InputError
 from harness.export import to_pytest_benchmark
 
@@ -64,7 +65,7 @@ def test_environment_differences_are_highlighted():
     assert rows["device"]["differs"] and rows["torch"]["differs"]
     assert not rows["python"]["differs"]
     assert not rows["hostname"]["differs"]  # always differs between machines: shown, not highlighted
-    html = cmp.render_compare(cmp.compare([CPU, GPU]))
+    html = compare_page.render_compare(cmp.compare([CPU, GPU]))
     assert '<tr class="diff"><td><code>device</code>' in html
 
 
@@ -131,7 +132,7 @@ def test_comparison_escapes_strings(tmp_path):
     r["environment"]["cpu"]["model"] = "<b>cpu</b>"
     p = tmp_path / "evil.json"
     p.write_text(json.dumps(copy.deepcopy(r)))
-    html = cmp.render_compare(cmp.compare([CPU, p]))
+    html = compare_page.render_compare(cmp.compare([CPU, p]))
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert "<b>cpu</b>" not in html
 
@@ -145,7 +146,7 @@ def test_two_real_runs_with_no_common_case_list_every_case_as_partial():
     ids = {c["id"] for f in files for c in json.loads((REAL / f).read_text())["cases"]}
     assert set(result["partial"]) == ids
     assert all(v is None for row in result["rows"] for v in row["versus"])
-    html = cmp.render_compare(result)
+    html = compare_page.render_compare(result)
     assert "items/s" in html and "tokens/s" in html and "sequences/s" in html
     assert "RuntimeError: this plugin always raises" in html
 
@@ -207,7 +208,7 @@ def test_the_gate_fails_a_broken_candidate_whatever_its_timings(tmp_path, capsys
     assert cmp.main([CPU, _edited(tmp_path, "check2.json", broken_check)]) == 0  # no gate asked for
     table = capsys.readouterr().out
     assert "checks FAILED" in table
-    html = cmp.render_compare(cmp.compare([CPU, _edited(tmp_path, "check3.json", broken_check)]))
+    html = compare_page.render_compare(cmp.compare([CPU, _edited(tmp_path, "check3.json", broken_check)]))
     assert "Status and invariant checks per run" in html and "(failed: " in html
 
 
@@ -310,3 +311,19 @@ def test_runs_of_one_process_need_a_change_beyond_process_to_process_variation(t
         repeated[-1].write_text(json.dumps(r))
     row = next(r for r in cmp.compare(repeated)["rows"] if r["side"] == "optimized" and r["versus"][1])
     assert row["versus"][1]["verdict"] == "slower"
+
+
+def test_compare_sets_each_machines_capacity_and_serving_searches_side_by_side(tmp_path):
+    reference = Path(__file__).parent.parent / "reports" / "reference"
+    serve, sized = reference / "epyc-2core-serving" / "results.json", reference / "epyc-2core-capacity" / "results.json"
+    result = cmp.compare([serve, serve, sized])  # a serving record written before repeats existed still reads
+    kinds = {(r["case"], r["kind"]): r for r in result["searches"]}
+    serving_row = next(r for (_, kind), r in kinds.items() if kind == "serving")
+    assert serving_row["headlines"][0] == serving_row["headlines"][1] and serving_row["headlines"][2] is None
+    assert serving_row["headlines"][0].startswith("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x)")
+    capacity_rows = [r for (_, kind), r in kinds.items() if kind == "capacity"]
+    assert len(capacity_rows) == 3 and all(r["headlines"][:2] == [None, None] for r in capacity_rows)
+    text = compare_page.format_table(result)
+    assert "  #0 sustainable rate at the SLO: 10.4 → 14.7 req/s" in text and "  #2 n/a" in text
+    html = compare_page.render_compare(result)
+    assert 'id="searches"' in html and html.count("<svg") >= 2 + 3 + len(result["runs"]) - 1

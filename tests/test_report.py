@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from markupsafe import escape as html_escape
 
-from harness import compare, cost
+from harness import compare, compare_page, cost
 from harness.errors import InputError
 from harness.report import fmt_bytes, memory_saved, render_report, short_reason, verdict_text, write_report
 
@@ -189,7 +189,7 @@ def test_comparison_page_shows_inconclusive_with_its_reason(tmp_path):
     result = compare.compare([DATA / "results-cpu.json", DATA / "results-gpu.json"])
     row = next(r for r in result["rows"] if r["case"] == "decode-nano(batch=16)/kv_cache" and r["side"] == "optimized")
     assert row["versus"][1]["verdict"] == "inconclusive"
-    html = compare.render_compare(result)
+    html = compare_page.render_compare(result)
     assert '<span class="inconclusive">' in html
     assert str(html_escape(row["versus"][1]["reason"])) in html
 

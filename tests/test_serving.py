@@ -135,8 +135,8 @@ cases:
     plugins: [{continuous_batching: {requests: 10, rate: 50.0, slots: 4, prompt_max: 16, output_max: 12}}]
     baseline: [{continuous_batching: {requests: 10, rate: 50.0, slots: 4, prompt_max: 16, output_max: 12,
                                       scheduler: static}}]
-    serving: {slo: {ttft_p90_s: 0.05, tpot_p50_s: 0.02}, start_rate: 50, rel_tol: 1.0, max_time_s: 20,
-              min_duration_s: 0.1}
+    serving: {slo: {ttft_p90_s: 0.05, tpot_p50_s: 0.02}, start_rate: 50, rel_tol: 1.0, max_time_s: 30,
+              min_duration_s: 0.1, repeats: 1, rates: [25]}
 """
 
 
@@ -153,18 +153,24 @@ def test_a_serving_search_runs_each_probe_in_a_fresh_process_and_is_reported(tmp
     record = json.loads((tmp_path / "out" / "results.json").read_text())["cases"][0]["serving"]
     assert set(record["sides"]) == {"baseline", "optimized"}
     for side in record["sides"].values():
-        points = side["points"]
+        assert side["repeats"] == 1
+        points = side["searches"][0]["points"]
         # at least the trace's 10 requests, more where rate x min_duration_s asks for more
         assert points and all(p["status"] == "ok" and p["metrics"]["requests_served"] == max(10, -(-p["rate"] // 10))
                               for p in points)
         assert all(p["too_few_requests"] == [] for p in points)
         met = [p["rate"] for p in points if p["meets_slo"]]
         assert side["rate"] == (max(met) if met else None)
-        assert all(r < side["failing"] for r in met) if side["failing"] else True
-        assert side["offline"] is None or side["offline"]["rate"] is None
+        failing = side["searches"][0]["failing"]
+        assert all(r < failing for r in met) if failing else True
+        assert side["searches"][0]["offline"] is None or side["searches"][0]["offline"]["rate"] is None
+    # the sweep: both sides at the listed rate, after the searches
+    assert record["sweep"]["rates"] == [25]
+    assert [len(p) for p in record["sweep"]["points"].values()] == [1, 1]
     assert "sustainable rate at the SLO" in proc.stderr
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Serving under load: the highest rate within the SLO" in page
+    assert "Sweep: both sides at each offered rate" in page
 
 
 def test_a_probe_that_fails_or_cannot_run_ends_the_search():
@@ -181,3 +187,94 @@ def test_a_probe_that_fails_or_cannot_run_ends_the_search():
     assert calls == [8.0, 4.0]  # no halving down to the lower limit, no offline point after a failure
     assert side["rate"] is None and not side["complete"] and side["offline"] is None
     assert side["stopped"] == "probe at 4 req/s skipped: too slow to arrive"
+
+
+def synthetic_server(capacity: dict[str, float], saturated: dict[str, list[float]]):
+    """probe(side, rate, deadline) for a server whose p90 TTFT is p99_latency at that side's capacity; the
+    offline point's throughput per repeat from `saturated`; records every call."""
+    calls = []
+
+    def probe(side, rate, deadline):
+        calls.append((side, rate))
+        if rate == float("inf"):
+            n = sum(1 for s, r in calls if s == side and r == rate) - 1
+            return {"status": "ok", "metrics": {"tokens_per_s_total": saturated[side][n], "requests_served": 100,
+                                                "requests_per_s": saturated[side][n] / 10, "ttft_p90_s": 1.0}}
+        return {"status": "ok", "metrics": {"ttft_p90_s": p99_latency(rate, capacity[side]), "requests_served": 100,
+                                            "requests_per_s": min(rate, capacity[side]),
+                                            "goodput_requests_per_s": min(rate, capacity[side]) / 2}}
+    return probe, calls
+
+
+def test_repeated_searches_alternate_the_sides_and_give_medians_with_their_spread():
+    spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 4.0, "rel_tol": 0.05,
+                                              "repeats": 3})
+    probe, calls = synthetic_server({"baseline": 20.0, "optimized": 50.0},
+                                    {"baseline": [100.0, 110.0, 90.0], "optimized": [200.0, 240.0, 225.0]})
+    record = serving.serve_searches(spec, probe)
+    # thresholds: p99_latency(r, c) <= 0.02  <=>  r <= c / 2
+    offline_at = [i for i, (_, r) in enumerate(calls) if r == float("inf")]
+    assert [calls[i][0] for i in offline_at] == ["baseline", "optimized"] * 3  # each search ends offline, alternating
+    for side, threshold in (("baseline", 10.0), ("optimized", 25.0)):
+        found = record["sides"][side]
+        assert [s["complete"] for s in found["searches"]] == [True] * 3 and found["found"] == 3
+        assert all(s["rate"] <= threshold < s["failing"] <= s["rate"] * 1.05 for s in found["searches"])
+        assert found["rate_range"][0] <= found["rate"] <= found["rate_range"][1]
+        # a later search starts at the last answer: fewer probes than the first
+        first, *later = [len(s["points"]) for s in found["searches"]]
+        assert all(n < first for n in later)
+    assert record["rate_ratio"] == pytest.approx(2.5, rel=0.1) and record["ratio_repeats"] == 3
+    # saturated ratio paired per repeat: 200/100, 240/110, 225/90 -> median 2.18, range [2, 2.5]
+    assert record["saturation_ratio"] == pytest.approx(240 / 110)
+    assert record["saturation_ratio_range"] == pytest.approx([2.0, 2.5])
+    assert record["sides"]["optimized"]["saturated_tokens_per_s"] == 225.0
+    text = serving.headline(record)
+    assert "3 repeats" in text and "saturated throughput 2.18x [2-2.5]" in text
+
+
+def test_a_later_search_starts_at_the_last_answer():
+    spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 1.0, "rel_tol": 0.05,
+                                              "repeats": 2})
+    probe, calls = synthetic_server({"baseline": 20.0, "optimized": 20.0},
+                                    {"baseline": [1.0, 1.0], "optimized": [1.0, 1.0]})
+    record = serving.serve_searches(spec, probe)
+    first = record["sides"]["baseline"]["searches"][0]["rate"]
+    second_start = [r for s, r in calls if s == "baseline" and r != float("inf")][len(
+        record["sides"]["baseline"]["searches"][0]["points"])]
+    assert second_start == first
+
+
+def test_an_auto_sweep_serves_both_sides_from_light_load_to_past_saturation():
+    spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 4.0, "repeats": 1,
+                                              "rates": "auto"})
+    probe, calls = synthetic_server({"baseline": 20.0, "optimized": 50.0},
+                                    {"baseline": [100.0], "optimized": [400.0]})
+    record = serving.serve_searches(spec, probe)
+    top = 40.0  # the faster side's saturated requests/s
+    assert record["sweep"]["rates"] == [f * top for f in serving.AUTO_FRACTIONS]
+    swept = calls[-2 * len(serving.AUTO_FRACTIONS):]
+    assert swept == [(side, f * top) for f in serving.AUTO_FRACTIONS for side in ("baseline", "optimized")]
+    goodput = [p["metrics"]["goodput_requests_per_s"] for p in record["sweep"]["points"]["baseline"]]
+    assert goodput == [min(f * top, 20.0) / 2 for f in serving.AUTO_FRACTIONS]
+    listed = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "repeats": 1, "rates": [3, 6]})
+    assert serving.serve_searches(listed, synthetic_server({"baseline": 20.0, "optimized": 50.0},
+                                                           {"baseline": [1.0], "optimized": [1.0]})[0]
+                                  )["sweep"]["rates"] == [3, 6]
+
+
+@pytest.mark.parametrize("field, value", [("rates", "fast"), ("rates", []), ("rates", [1, -2]), ("repeats", 0)])
+def test_bad_serving_blocks_name_their_field(field, value):
+    with pytest.raises(ParamError) as err:
+        build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, field: value})
+    assert err.value.field == field
+
+
+def test_a_record_written_before_repeats_still_reads():
+    old = {"rate": 10.4, "failing": 11.3, "points": [], "offline": {"metrics": {"tokens_per_s_total": 438.0}}}
+    assert serving.searches_of(old) == [old]
+    record = serving.summarize(build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.5}}),
+                               {"baseline": old, "optimized": {**old, "rate": 14.7,
+                                                               "offline": {"metrics": {"tokens_per_s_total": 760.0}}}})
+    assert record["rate_ratio"] == pytest.approx(14.7 / 10.4)
+    assert serving.headline(record) == ("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x); "
+                                        "saturated throughput 1.74x")
