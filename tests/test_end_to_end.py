@@ -43,7 +43,8 @@ def test_suite_runs_end_to_end(tmp_path):
         assert case["status"] == "ok" and case["checks"] and all(ch["passed"] for ch in case["checks"])
         for side in ("baseline", "metrics"):
             stats = case[side]["latency"]
-            assert stats["rounds"] == len(stats["data"]) >= 6 and stats["min"] <= stats["median"] <= stats["max"]
+            # min_pairs blocks of at least one sample each (a busy machine can leave one per block)
+            assert stats["rounds"] == len(stats["data"]) >= 5 and stats["min"] <= stats["median"] <= stats["max"]
             assert all(v > 0 for v in case[side]["throughput"].values())
         assert case["comparison"]["ci95"][0] <= case["comparison"]["speedup"] <= case["comparison"]["ci95"][1]
         m, cmp = case["measurement"], case["comparison"]
