@@ -5,7 +5,7 @@ A case with `capacity: {dim: batch, budget_gb: 8}` asks, for its baseline and it
 last fit and the first miss (`search`), over multiples of the smallest step both sides accept (a batch that
 splits over the ranks and micro-batches: `CapacitySpec.step`, found when the suite is loaded).
 
-Each probe runs in a fresh process (`harness.runner.run_capacity`), so an out-of-memory error cannot poison the next
+Each probe runs in a fresh process (`harness.searches.run_capacity`), so an out-of-memory error cannot poison the next
 one: the side is built at that value, one step runs (compile and lazy init), then its peak is measured over one
 more step (`measure_probe`). On CUDA the budget is enforced by the allocator
 (`torch.cuda.set_per_process_memory_fraction`): a probe fits when it does not run out of memory and its peak is
@@ -209,3 +209,16 @@ def side_value(side: dict[str, Any]) -> str:
         failing = side.get("smallest_failing")
         return f"< {failing}" if failing else "none probed"
     return str(side["largest"]) if side.get("complete") else f"≥ {side['largest']}"
+
+
+def resolve_step(accepts: Callable[[int], bool], limit: int) -> tuple[int, int] | None:
+    """The step (the smallest value whose first three multiples `accepts`) and the largest accepted multiple of
+    it up to `limit` (by bisection); None when no step in 1..64 works."""
+    step = next((s for s in range(1, 65) if all(accepts(k * s) for k in (1, 2, 3))), None)
+    if step is None:
+        return None
+    low, high = 1, limit // step
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if accepts(middle * step) else (low, middle - 1)
+    return step, low * step

@@ -32,8 +32,15 @@ from torch import nn
 
 from harness.accounting import buffer_bytes, embedding_bytes, kv_step_bytes, regime, weight_bytes
 from harness.checks import near_ties
+from harness.generate import (
+    decode_one_token,
+    generate_cached,
+    generate_no_cache,
+    make_sampler,
+    static_cache,
+)
 from harness.hookspecs import hookimpl
-from harness.model import GPT, PRESETS, ModelArgs, StaticCache, kv_cache_bytes
+from harness.model import GPT, PRESETS, ModelArgs, kv_cache_bytes
 from harness.optimization import ParamError
 from harness.stats import percentile
 from harness.workload import Run, RunContext, Workload, sync
@@ -108,62 +115,6 @@ def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int, tokeni
         return data.prompts(n, length, seed)
     x, _ = data.get_batch(data.tokenized_split(tokenizer), n, length, torch.Generator().manual_seed(seed))
     return x
-
-
-def make_sampler(spec: GenerateSpec, seed: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """logits [B, V] -> tokens [B]; a fresh seeded generator per call of this function (one per generate)."""
-    if spec.sampling == "greedy":
-        return lambda logits: logits.argmax(dim=-1)
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        return torch.multinomial(probabilities(logits, spec), 1, generator=gen).squeeze(-1)
-    return sample
-
-
-def probabilities(logits: torch.Tensor, spec: GenerateSpec) -> torch.Tensor:
-    """Sampling distribution: softmax(logits / temperature), restricted to the top_k tokens if set."""
-    logits = logits.float() / spec.temperature
-    if spec.top_k is not None:
-        kth = torch.topk(logits, min(spec.top_k, logits.size(-1)), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.softmax(logits, dim=-1)
-
-
-def generate_no_cache(model: nn.Module, prompts: torch.Tensor, n: int, sampler, pad=None) -> torch.Tensor:
-    """Baseline decode: recompute the whole prefix for every new token. prompts [B, P] -> [B, n];
-    `pad` [B]: left-padding tokens per prompt (a ragged batch), None for equal-length prompts."""
-    idx = prompts
-    for _ in range(n):
-        tok = sampler(model(idx, pad=pad)[:, -1])  # [B]
-        idx = torch.cat([idx, tok[:, None]], dim=1)
-    return idx[:, prompts.size(1):]
-
-
-def decode_one_token(model: nn.Module, tok: torch.Tensor, input_pos: torch.Tensor, cache, pad=None) -> torch.Tensor:
-    """tok [B, 1] at input_pos [1] -> logits [B, V], appending to the cache."""
-    return model(tok, cache=cache, input_pos=input_pos, pad=pad)[:, -1]
-
-
-def generate_cached(model: nn.Module, prompts: torch.Tensor, n: int, sampler, cache, decode, pad=None) -> torch.Tensor:
-    """Prefill the prompt into `cache`, then decode one token per forward. prompts [B, P] -> [B, n];
-    `pad` as in `generate_no_cache`."""
-    P = prompts.size(1)
-    pos = torch.arange(P, device=prompts.device)
-    tok = sampler(model(prompts, cache=cache, input_pos=pos, pad=pad)[:, -1])  # [B]
-    out = [tok]
-    for i in range(n - 1):
-        tok = sampler(decode(model, tok[:, None], pos[-1:] + 1 + i, cache, pad))
-        out.append(tok)
-    return torch.stack(out, dim=1)
-
-
-def static_cache(model: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
-    """A static KV cache for `model`: our GPT's is built in the run's dtype (a quantized model's weights are not
-    in it); a user model (hf:) builds its own."""
-    if isinstance(model, GPT):
-        return StaticCache(model.args, batch, max_len, dtype, device)
-    return model.new_cache("static", batch, max_len)
 
 
 class GenerateRun(Run):

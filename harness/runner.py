@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import shlex
 import signal
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, capacity, serving, stats
+from harness import __version__, capacity, searches, serving, stats
 from harness.results import SCHEMA_VERSION, load, write_json
 from harness.suite import CaseSpec, Suite
 
@@ -110,57 +109,6 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     else:
         record.update(status="crashed", error=f"worker exited with {status} and wrote no result{_tail(log_path)}")
     return record
-
-
-def probe_result(record: dict[str, Any]) -> dict[str, Any]:
-    """A probe's figures with its status (ok, oom, failed, timeout, crashed) and error, if any."""
-    return {"status": record["status"], **(record.get("probe") or {}),
-            **({"error": record["error"]} if record.get("error") else {})}
-
-
-def run_capacity(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
-                 plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
-    """The capacity search of a case (`capacity:`), both sides, each probe a fresh process; half the time
-    budget per side. Returns the record `harness.capacity.summarize` makes."""
-    spec = capacity.CapacitySpec(**case.capacity)
-    sides = {}
-    for side in ("baseline", "optimized") if not case.alone else ("optimized",):
-        def probe(value: int, side=side) -> dict[str, Any]:
-            at = dataclasses.replace(case, workload_spec={**case.workload_spec, spec.dim: value})
-            return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
-                "side": side, "value": value, "budget_bytes": spec.budget_bytes}))
-
-        sides[side] = capacity.search_side(spec, probe, time.monotonic() + spec.max_time_s / 2)
-    return capacity.summarize(spec, sides)
-
-
-def run_serving(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
-                plugins_dirs: list[str], inline: bool = False) -> dict[str, Any]:
-    """The serving block of a case (`serving:`): `repeats` searches per side, baseline and optimized alternating,
-    for the highest request rate within the SLO (each probe a fresh process serving the trace at that rate:
-    continuous_batching's `rate`; infinity: every request at t = 0), each search then its offline point; then the
-    sweep of `rates`, both sides at each rate (`harness.serving.serve_searches`)."""
-    spec = serving.ServingSpec(**case.serving)
-
-    def probe(side: str, rate: float, deadline: float) -> dict[str, Any]:
-        # arrivals spanning min_duration_s (offline: as many requests as the start rate's trace)
-        trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
-        requests = max([u.params.get("requests", 16) for u in case.plugins if u.name == "continuous_batching"]
-                       + [math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate))])
-        arrivals_s = 0.0 if math.isinf(rate) else requests / rate
-        if time.monotonic() + arrivals_s * (1 + spec.serves) > deadline:
-            return {"status": "skipped", "error": f"{requests} requests at {rate:.3g} req/s arrive over "
-                                                  f"{arrivals_s:.0f} s per serve, more than the time left"}
-
-        def at_rate(uses: list) -> list:
-            return [dataclasses.replace(u, params={**u.params, **trace, "requests": requests})
-                    if u.name == "continuous_batching" else u for u in uses]
-
-        at = dataclasses.replace(case, plugins=at_rate(case.plugins), baseline=at_rate(case.baseline))
-        return probe_result(run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe={
-            "kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves}))
-
-    return serving.serve_searches(spec, probe)
 
 
 def _launch(command: list[str], log_path: Path, timeout: float, result_path: Path) -> str:
@@ -259,13 +207,19 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
         results["status"] = "running"
     else:
         results = new_results(suite, env, out_dir.name, plugins_dirs)
-    done = {c["id"] for c in results["cases"] if c.get("status") not in ("interrupted",)}
+    wants = {c.id: [k for k in ("serving", "capacity") if getattr(c, k)] for c in suite.cases}
+    done = {c["id"] for c in results["cases"] if c.get("status") not in ("interrupted",)
+            and not (c.get("status") == "ok" and any(k not in c for k in wants.get(c["id"], [])))}  # search cut short
     results["cases"] = [c for c in results["cases"] if c["id"] in done]
     cases = [c for c in suite.cases if not only or any(p.name in only for p in c.plugins)]
     todo = [c for c in cases if c.id not in done]
     if done and resume:
         progress(f"resuming: {len(cases) - len(todo)} of {len(cases)} cases already done")
     started, durations = time.perf_counter(), []
+
+    def probe_case(at: CaseSpec, probe: dict[str, Any]) -> dict[str, Any]:
+        return run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe=probe)
+
     try:
         for i, case in enumerate(todo):
             eta = f", about {_fmt(sum(durations) / len(durations) * (len(todo) - i))} left" if durations else ""
@@ -284,12 +238,12 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
             progress("    " + one_line(record))
             if case.serving and record["status"] == "ok":
                 progress(f"    serving: the highest rate within the SLO {case.serving['slo']}, each side")
-                record["serving"] = run_serving(case, suite, env, threads, workdir, plugins_dirs, inline)
+                record["serving"] = searches.run_serving(case, probe_case)
                 progress("    " + serving.headline(record["serving"]))
             if case.capacity and record["status"] == "ok":
                 progress(f"    capacity: the largest {case.capacity['dim']} within "
                          f"{case.capacity['budget_gb']:g} GiB, each side")
-                record["capacity"] = run_capacity(case, suite, env, threads, workdir, plugins_dirs, inline)
+                record["capacity"] = searches.run_capacity(case, probe_case)
                 progress("    " + capacity.headline(record["capacity"]))
             durations.append(time.perf_counter() - t0)
             write_json(str(results_path), results)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from harness.capacity import CapacitySpec
+from harness.capacity import CapacitySpec, resolve_step
 from harness.errors import InputError
 from harness.optimization import ParamError, build_params
 from harness.plugins import Registry
@@ -180,21 +180,6 @@ def _measure(doc: _Doc, values: dict) -> MeasureSettings:
         settings = build_params(MeasureSettings, values)
     except ParamError as exc:
         raise doc.error(("measure", exc.field) if exc.field else ("measure",), str(exc)) from None
-    for key in ("warmup_min_iters", "min_pairs"):
-        value = getattr(settings, key)
-        if value is not None and value < 1:
-            raise doc.error(("measure", key), f"must be at least 1 (got {value})")
-    for key in ("min_samples", "max_samples"):  # a spread, quartiles and percentiles need two samples per side
-        value = getattr(settings, key)
-        if value is not None and value < 2:
-            raise doc.error(("measure", key), f"must be at least 2 samples per side (got {value})")
-    for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s"):
-        value = getattr(settings, key)
-        if value is not None and value <= 0:
-            raise doc.error(("measure", key), f"must be positive (got {value})")
-    if not 0 < settings.busy_threshold <= 1:
-        raise doc.error(("measure", "busy_threshold"), "must be a fraction of the machine in (0, 1] "
-                                                       f"(got {settings.busy_threshold})")
     return settings
 
 
@@ -402,12 +387,8 @@ def _capacity(doc: _Doc, path: tuple, raw: Any, spec_cls: type, wspec: dict, sid
             return False
         return True
 
-    step = next((s for s in range(1, 65) if all(accepts(k * s) for k in (1, 2, 3))), None)
-    if step is None:
+    resolved = resolve_step(accepts, capacity.limit)
+    if resolved is None:
         raise doc.error(path + ("dim",), f"no {dim} in 1..192 that both sides accept")
-    low, high = 1, capacity.limit // step  # the largest accepted multiple of step, by bisection
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if accepts(middle * step) else (low, middle - 1)
-    capacity.step, capacity.limit = step, low * step
+    capacity.step, capacity.limit = resolved
     return dataclasses.asdict(capacity)

@@ -15,6 +15,7 @@ from typing import Any
 from pytest_benchmark.timers import compute_timer_precision
 
 from harness.load import BUSY_THRESHOLD
+from harness.optimization import ParamError
 from harness.stats import MIN_EFFECT, MIN_PAIRS
 
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
@@ -43,6 +44,20 @@ class MeasureSettings:
     energy: bool = True  # measure an NVML energy window after timing (GPU only)
     min_effect: float = MIN_EFFECT  # smallest speedup called "faster"/"slower"
     memory_limit_gb: float | None = None  # CPU address-space cap for the case process (RLIMIT_AS)
+
+    def __post_init__(self) -> None:
+        for key in ("warmup_min_iters", "min_pairs"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ParamError(key, f"must be at least 1 (got {getattr(self, key)})")
+        for key in ("min_samples", "max_samples"):  # a spread, quartiles and percentiles need two samples per side
+            if getattr(self, key) is not None and getattr(self, key) < 2:
+                raise ParamError(key, f"must be at least 2 samples per side (got {getattr(self, key)})")
+        for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ParamError(key, f"must be positive (got {getattr(self, key)})")
+        if not 0 < self.busy_threshold <= 1:
+            raise ParamError("busy_threshold",
+                             f"must be a fraction of the machine in (0, 1] (got {self.busy_threshold})")
 
     def resolved(self, cuda: bool) -> MeasureSettings:
         """A copy with the device-dependent defaults filled in."""

@@ -33,7 +33,8 @@ import torch
 
 from harness import Check, Optimization, ParamError, hookimpl, stats
 from harness.checks import TIE_RULE, diverges_at_tie, near_ties
-from harness.inference import decode_one_token, generate_cached, held_out
+from harness.generate import decode_one_token, generate_cached
+from harness.inference import held_out
 from harness.model import GPT
 from harness.serving import arrival_times, read_lengths
 

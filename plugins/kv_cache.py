@@ -9,7 +9,7 @@ import torch
 
 from harness import Check, Optimization, hookimpl
 from harness.checks import tokens_check
-from harness.inference import decode_one_token
+from harness.generate import decode_one_token
 
 
 @dataclass

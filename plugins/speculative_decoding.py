@@ -13,7 +13,8 @@ import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
 from harness.checks import tokens_check
-from harness.inference import load_model, probabilities, static_cache
+from harness.generate import probabilities, static_cache
+from harness.inference import load_model
 
 
 @dataclass

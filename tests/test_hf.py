@@ -110,7 +110,7 @@ def test_without_transformers_says_how_to_install(monkeypatch, tmp_path):
 @torch.no_grad()
 @pytest.mark.parametrize("cache_kind", ["none", "dynamic", "static"])
 def test_left_padded_batch_equals_each_prompt_alone(hf_dir, cache_kind):
-    from harness.inference import decode_one_token, generate_cached, generate_no_cache
+    from harness.generate import decode_one_token, generate_cached, generate_no_cache
 
     _, path = hf_dir
     model = load_model(f"hf:{path}", "cpu")
