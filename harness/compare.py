@@ -41,7 +41,7 @@ def _sides(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if "baseline" in case:
         return [(label, case[key]) for label, key in SIDES if isinstance(case.get(key), dict)]
     # a foreign pytest-benchmark entry: one side
-    return [("", case["metrics"])] if isinstance(case.get("metrics"), dict) else []
+    return [("", case["optimized"])] if isinstance(case.get("optimized"), dict) else []
 
 
 def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: float | None) -> dict[str, Any]:
@@ -152,10 +152,10 @@ def pair_ratios_of(case: dict[str, Any]) -> list[float]:
     cmp = case.get("comparison") or {}
     if cmp.get("per_pair"):
         return list(cmp["per_pair"])
-    if not all(isinstance(case.get(k), dict) for k in ("baseline", "metrics")):
+    if not all(isinstance(case.get(k), dict) for k in ("baseline", "optimized")):
         return []
     return stats.pair_ratios(stats.split_blocks(case["baseline"]["latency"]),
-                             stats.split_blocks(case["metrics"]["latency"]))
+                             stats.split_blocks(case["optimized"]["latency"]))
 
 
 def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:

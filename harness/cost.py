@@ -128,7 +128,7 @@ def training_vs_inference(results: dict[str, Any], price: float | None, train_to
     for case in results.get("cases", []):
         if case.get("status") != "ok" or case.get("kind") not in units:
             continue
-        for side_name, key in (("baseline", "baseline"), ("optimized", "metrics")):
+        for side_name, key in (("baseline", "baseline"), ("optimized", "optimized")):
             throughput = (case.get(key) or {}).get("throughput") or {}
             unit = next((u for u in units[case["kind"]] if throughput.get(u)), None)
             if unit and throughput[unit] > best.get(case["kind"], (0.0,))[0]:

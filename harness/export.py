@@ -34,7 +34,7 @@ from harness.report import (
     unit_label,
     verdict_text,
 )
-from harness.results import finite, read_json, validate, write_text
+from harness.results import SCHEMA_VERSION, finite, read_json, validate, write_text
 
 FORMATS = ("pytest-benchmark", "csv", "markdown")
 
@@ -59,6 +59,7 @@ def machine_info(env: dict[str, Any]) -> dict[str, Any]:
 
 def to_pytest_benchmark(results: dict[str, Any]) -> dict[str, Any]:
     """The run as a pytest-benchmark JSON document (what `--benchmark-json` writes)."""
+    results = validate(results)
     env = results.get("environment") or {}
     git = env.get("git") or {}
     benchmarks = []
@@ -115,7 +116,7 @@ def _side_from_bench(bench: dict[str, Any]) -> dict[str, Any]:
 
 def from_pytest_benchmark(data: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
     """A pytest-benchmark JSON document as a results dict: our exports regroup into their cases; a foreign
-    benchmark becomes a one-sided case (only `metrics`) named by its fullname."""
+    benchmark becomes a one-sided case (only `optimized`) named by its fullname."""
     where = None if path is None else str(path)
     if not isinstance(data.get("benchmarks"), list):
         raise InputError("pytest-benchmark JSON without a benchmarks list", path=where, field="benchmarks")
@@ -131,13 +132,13 @@ def from_pytest_benchmark(data: dict[str, Any], path: str | Path | None = None) 
             "error": None, "measurement": {"timer": (bench.get("options") or {}).get("timer")},
             "comparison": info.get("comparison"), "checks": info.get("checks") or [],
             "warnings": info.get("warnings") or []})
-        key = "baseline" if info.get("harness_case") and info.get("harness_side") == "baseline" else "metrics"
+        key = "baseline" if info.get("harness_case") and info.get("harness_side") == "baseline" else "optimized"
         case[key] = _side_from_bench(bench)
     mi = data.get("machine_info") or {}
     env = mi.get("harness_environment") or {
         "hostname": mi.get("node"), "os": f"{mi.get('system')}-{mi.get('release')}", "python": mi.get("python_version"),
         "cpu": {"model": (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor")}, "device": "unknown"}
-    return {"schema_version": 1, "run_id": Path(path).stem if path else "pytest-benchmark",
+    return {"schema_version": SCHEMA_VERSION, "run_id": Path(path).stem if path else "pytest-benchmark",
             "imported_from": "pytest-benchmark", "started": data.get("datetime"), "finished": data.get("datetime"),
             "status": "complete", "suite": {"name": Path(path).name if path else "pytest-benchmark"},
             "environment": env, "cases": list(cases.values())}
@@ -163,6 +164,7 @@ def to_csv(results: dict[str, Any]) -> str:
     """One row per case, failed ones included with empty measurements; the headline figures (TTFT, TPOT,
     serving percentiles, goodput, MFU, MBU; `harness.report.HEADLINE`) in seconds or fractions, empty where the
     case has none."""
+    results = validate(results)
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -178,7 +180,7 @@ def to_csv(results: dict[str, Any]) -> str:
                        memory_ratio=cmp.get("memory_ratio"))
             units = throughput_units(c)
             if units:
-                row.update(throughput_unit=units[0], optimized_throughput=c["metrics"]["throughput"].get(units[0]),
+                row.update(throughput_unit=units[0], optimized_throughput=c["optimized"]["throughput"].get(units[0]),
                            baseline_throughput=(c.get("baseline") or {}).get("throughput", {}).get(units[0]))
             for side, key in SIDES:
                 if not isinstance(c.get(key), dict):
@@ -198,6 +200,7 @@ def _md(s: Any) -> str:
 
 def to_markdown(results: dict[str, Any]) -> str:
     """A PR-ready summary: one row per case with verdict, interval, throughput, memory and checks."""
+    results = validate(results)
     env = results.get("environment") or {}
     lines = [f"### {_md(results['suite'].get('name'))}: {_md(device_name(env))}", "",
              f"run `{_md(results.get('run_id'))}`, torch {_md(env.get('torch'))}, commit "
@@ -209,8 +212,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     failed = []
     for c in results["cases"]:
         if timed_alone(c):
-            rates = "<br>".join(f"{fmt_num(x)} {unit_label(u)}" for u, x in c["metrics"]["throughput"].items())
-            lines.append(f"| {_md(c['id'])} | timed alone | median {fmt_time(c['metrics']['latency']['median'])} | "
+            rates = "<br>".join(f"{fmt_num(x)} {unit_label(u)}" for u, x in c["optimized"]["throughput"].items())
+            lines.append(f"| {_md(c['id'])} | timed alone | median {fmt_time(c['optimized']['latency']['median'])} | "
                          f"{rates or 'n/a'} | {_md(fmt_headline(c, '<br>')) or '—'} | n/a | — |")
             continue
         if not measured(c) or not isinstance(c.get("comparison"), dict) or c["comparison"].get("speedup") is None:
@@ -218,7 +221,7 @@ def to_markdown(results: dict[str, Any]) -> str:
             continue
         cmp, checks = c["comparison"], c.get("checks") or []
         ci = f" [{cmp['ci95'][0]:.2f}, {cmp['ci95'][1]:.2f}]" if cmp.get("ci95") else ""
-        base, opt = c["baseline"]["throughput"], c["metrics"]["throughput"]
+        base, opt = c["baseline"]["throughput"], c["optimized"]["throughput"]
         rates = "<br>".join(f"{fmt_num(base.get(u))} → {fmt_num(opt.get(u))} {unit_label(u)}"
                             for u in throughput_units(c)) or "n/a"
         passed = sum(1 for x in checks if x.get("passed"))

@@ -107,13 +107,13 @@ def _paired(runs: dict[str, Any], device: Any, measure: Any) -> dict[str, Any]:
 
     clock = Clock(device)
     settings = (measure or MeasureSettings()).resolved(clock.cuda)
-    steps = {"baseline": runs["baseline"].timed_step, "metrics": runs["optimized"].timed_step}
+    steps = {"baseline": runs["baseline"].timed_step, "optimized": runs["optimized"].timed_step}
     warm = {side: warm_up(fn, clock, settings) for side, fn in steps.items()}
     sizes = {s: block_size(warm_sample_s(w), settings) for s, w in warm.items()}
     iterations = {s: w.iterations for s, w in warm.items()}
     timing = paired_blocks(lambda s, n: [clock.time(steps[s], iterations[s]) for _ in range(n)], sizes, iterations,
                            settings)
-    return stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect)
+    return stats.compare(timing.blocks["baseline"], timing.blocks["optimized"], settings.min_effect)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from harness.charts import COLORS, MEMORY_CATEGORIES  # noqa: F401  (re-exported
 from harness.results import load, validate, write_text
 
 TEMPLATES = Path(__file__).parent / "templates"
-SIDES = (("baseline", "baseline"), ("optimized", "metrics"))  # (label, key in the case)
+SIDES = (("baseline", "baseline"), ("optimized", "optimized"))  # (label, key in the case)
 # Below this, a CPU peak (VmHWM delta) is allocator and page noise, not the step's memory: the worker leaves
 # comparison.memory_ratio null there (harness/worker.py); older files that carry a ratio are judged the same way.
 
@@ -38,9 +38,9 @@ def fmt_time(s: float | None) -> str:
 
 
 def fmt_warmup(w: Any) -> str:
-    """Warm-up time: one number, or one per side ({"baseline": s, "metrics": s}, as the worker records it)."""
+    """Warm-up time: one number, or one per side ({"baseline": s, "optimized": s}, as the worker records it)."""
     if isinstance(w, dict):
-        return ", ".join(f"{'optimized' if k == 'metrics' else k} {fmt_time(v)}" for k, v in w.items())
+        return ", ".join(f"{k} {fmt_time(v)}" for k, v in w.items())
     return fmt_time(w)
 
 
@@ -99,7 +99,7 @@ def headline(case: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     TPOT for a generation, TTFT / TPOT percentiles and goodput for a served trace, MFU / MBU where known. The
     report's summary, the CSV and the Markdown exports all show these."""
     extras = {key: (case.get(key) or {}).get("extra") or {} for _, key in SIDES}
-    return [(key, label, extras["baseline"].get(key), extras["metrics"].get(key)) for key, label in HEADLINE
+    return [(key, label, extras["baseline"].get(key), extras["optimized"].get(key)) for key, label in HEADLINE
             if any(isinstance(e.get(key), (int, float)) for e in extras.values())]
 
 
@@ -162,7 +162,7 @@ def measured(case: dict[str, Any]) -> bool:
 
 def timed_alone(case: dict[str, Any]) -> bool:
     """An ok case with `baseline: none`: only its optimized side was timed, there is no comparison."""
-    return case.get("status") == "ok" and bool(case.get("alone")) and isinstance(case.get("metrics"), dict)
+    return case.get("status") == "ok" and bool(case.get("alone")) and isinstance(case.get("optimized"), dict)
 
 
 def memory_resolved(case: dict[str, Any]) -> bool:
@@ -183,7 +183,7 @@ def memory_saved(case: dict[str, Any]) -> tuple[float, float] | None:
     if not memory_resolved(case):
         return None
     base = ((case.get("baseline") or {}).get("memory") or {}).get("peak_bytes")
-    opt = ((case.get("metrics") or {}).get("memory") or {}).get("peak_bytes")
+    opt = ((case.get("optimized") or {}).get("memory") or {}).get("peak_bytes")
     if not base or opt is None:
         return None
     return base - opt, (base - opt) / base
@@ -328,7 +328,7 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
         status = "ok, invariant FAILED"
     alone_peak = None
     if timed_alone(case):
-        mem = case["metrics"].get("memory") or {}
+        mem = case["optimized"].get("memory") or {}
         unresolved = mem.get("source") == "cpu_vmhwm" and (mem.get("peak_bytes") or 0) < stats.CPU_MEMORY_RESOLUTION
         alone_peak = "n/a (under measurement resolution)" if unresolved else fmt_bytes(mem.get("peak_bytes"))
     view = {"case": case, "anchor": f"case-{index}", "ok": ok, "status": status, "alone": timed_alone(case),
@@ -363,7 +363,7 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
 def render_report(results: dict[str, Any], price_per_hour: float | None = None,
                   prices: dict[str, float] | None = None) -> str:
     """One self-contained HTML page for a results dict (docs/results.md)."""
-    validate(results)
+    results = validate(results)
     env = results.get("environment") or {}
     price = cost.price_for(env, price_per_hour, prices)
     cases = [case_view(c, i, price and price[0]) for i, c in enumerate(results["cases"])]

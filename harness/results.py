@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a case's optimized side is "optimized" (1 called it "metrics"); `validate` reads both
 
 
 def finite(data: Any, where: str = "") -> tuple[Any, list[str]]:
@@ -68,7 +68,8 @@ def read_json(path: str | Path) -> Any:
 
 def validate(data: Any, path: str | Path | None = None) -> dict[str, Any]:
     """Check that `data` is a harness results file this harness can read (schema_version 1 up to
-    SCHEMA_VERSION; a newer one asks for a newer harness); raise InputError saying what is wrong."""
+    SCHEMA_VERSION; a newer one asks for a newer harness) and return it in the current schema (`upgrade`; the
+    input is not changed); raise InputError saying what is wrong."""
     where = None if path is None else str(path)
     if not isinstance(data, dict) or "cases" not in data or "schema_version" not in data:
         raise InputError("not a harness results file (no schema_version/cases)", path=where)
@@ -80,7 +81,25 @@ def validate(data: Any, path: str | Path | None = None) -> dict[str, Any]:
                          "upgrade harness", path=where, field="schema_version")
     if not isinstance(data["cases"], list):
         raise InputError("cases must be a list", path=where, field="cases")
-    return data
+    return upgrade(data)
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A results dict of any readable schema in the current one (a copy where anything changes): schema 1's
+    side key "metrics" becomes "optimized" in each case and in its measurement's per-side fields."""
+    if data["schema_version"] >= 2:
+        return data
+    return {**data, "cases": [_renamed(c) if isinstance(c, dict) else c for c in data["cases"]]}
+
+
+def _renamed(case: dict[str, Any]) -> dict[str, Any]:
+    case = {("optimized" if k == "metrics" else k): v for k, v in case.items()}
+    measurement = case.get("measurement")
+    if isinstance(measurement, dict):
+        case["measurement"] = {k: ({("optimized" if s == "metrics" else s): x for s, x in v.items()}
+                                   if isinstance(v, dict) and "metrics" in v and "baseline" in v else v)
+                               for k, v in measurement.items()}
+    return case
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -273,7 +273,7 @@ def combine_repeats(records: list[dict[str, Any]], min_effect: float) -> dict[st
     if bad is not None:
         return {**bad, "error": f"process {records.index(bad) + 1} of the repeats: {bad.get('error')}"}
     out = json.loads(json.dumps(records[0]))
-    for key in ("baseline", "metrics"):
+    for key in ("baseline", "optimized"):
         if not isinstance(out.get(key), dict):
             continue
         lat = out[key]["latency"]
@@ -320,7 +320,7 @@ def one_line(record: dict[str, Any]) -> str:
     load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
     load_text = f", foreign CPU {load:.0%}" if load is not None else ""
     if record.get("alone"):
-        lat = record["metrics"]["latency"]
+        lat = record["optimized"]["latency"]
         return (f"timed alone: median {lat['median'] * 1e3:.3g} ms, p90 {lat['p90'] * 1e3:.3g} ms over "
                 f"{lat['rounds']} samples{load_text}")
     word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")

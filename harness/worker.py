@@ -95,8 +95,8 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     workload = registry.workloads[case["workload_type"]]()
     spec = build_params(workload.Spec, case["workload_spec"])
     sides = {}
-    pairs = (("metrics", case["plugins"]),) if case.get("alone") else (("baseline", case["baseline"]),
-                                                                        ("metrics", case["plugins"]))
+    pairs = (("optimized", case["plugins"]),) if case.get("alone") else (("baseline", case["baseline"]),
+                                                                        ("optimized", case["plugins"]))
     for side, uses in pairs:
         opts = []
         for use in uses:
@@ -112,7 +112,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
 
     probe = job.get("probe")
     if probe:  # one side at one value of a capacity or serving search, in this fresh process
-        opts = sides["baseline" if probe["side"] == "baseline" else "metrics"]
+        opts = sides[probe["side"]]
         if probe.get("kind") == "serve":
             return {"status": "ok", "probe": serving.measure_serve_probe(workload, spec, opts, ctx, probe["serves"])}
         return capacity.measure_probe(workload, spec, opts, ctx, device, dist, probe["budget_bytes"])
@@ -146,8 +146,8 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             outputs["baseline"]["noise"] = noise
     checks = []
     if dist.rank == 0 and "baseline" in sides:
-        for opt in differing(sides["metrics"], sides["baseline"]):
-            checks += [c.as_dict() for c in opt.check(outputs["baseline"], outputs["metrics"])]
+        for opt in differing(sides["optimized"], sides["baseline"]):
+            checks += [c.as_dict() for c in opt.check(outputs["baseline"], outputs["optimized"])]
     outputs.clear()
     gc.collect()
 
@@ -214,7 +214,7 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
     def decided(blocks) -> bool:
         if "baseline" not in blocks:  # one side alone: its samples are the result, nothing to decide
             return True
-        return stats.compare(blocks["baseline"], blocks["metrics"], settings.min_effect)["verdict"] != "inconclusive"
+        return stats.compare(blocks["baseline"], blocks["optimized"], settings.min_effect)["verdict"] != "inconclusive"
 
     log(f"timing pairs of blocks ({', '.join(f'{s} {n} samples' for s, n in block_samples.items())})")
     timing = paired_blocks(run_block, block_samples, iterations, settings, seed, on_pair,
@@ -328,14 +328,15 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
         comparison = {"speedup": None, "ci95": None, "verdict": "n/a", "reason": "timed alone (baseline: none)",
                       "pairs": 0, "min_effect": settings.min_effect}
     else:
-        comparison = stats.compare(timing.blocks["baseline"], timing.blocks["metrics"], settings.min_effect, busy=busy)
-        unequal = different_work(runs["baseline"].units, runs["metrics"].units)
+        blocks = timing.blocks
+        comparison = stats.compare(blocks["baseline"], blocks["optimized"], settings.min_effect, busy=busy)
+        unequal = different_work(runs["baseline"].units, runs["optimized"].units)
         if unequal and comparison["verdict"] != "inconclusive":
             comparison.update(verdict="inconclusive", reason=unequal)
         if unequal:
             warnings.append(unequal)
     base_peak = (out.get("baseline") or {}).get("memory", {}).get("peak_bytes")
-    opt_peak = out["metrics"]["memory"].get("peak_bytes")
+    opt_peak = out["optimized"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
     if not cuda and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
         comparison["memory_ratio"] = None

@@ -33,15 +33,16 @@ def test_suite_runs_end_to_end(tmp_path):
     proc = harness_cli("run", suite, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 2 and all("metrics" not in c for c in results["cases"])
     cases = {c["id"]: c for c in results["cases"]}
     assert list(cases) == ["train/activation_checkpointing", "train/ddp", "gen/kv_cache(kind=static)",
                            "gen/kv_cache(kind=static) alone"]
     alone = cases.pop("gen/kv_cache(kind=static) alone")
-    assert alone["status"] == "ok" and "baseline" not in alone and alone["metrics"]["latency"]["median"] > 0
+    assert alone["status"] == "ok" and "baseline" not in alone and alone["optimized"]["latency"]["median"] > 0
     assert alone["comparison"]["verdict"] == "n/a" and alone["comparison"]["speedup"] is None
     for case in cases.values():
         assert case["status"] == "ok" and case["checks"] and all(ch["passed"] for ch in case["checks"])
-        for side in ("baseline", "metrics"):
+        for side in ("baseline", "optimized"):
             stats = case[side]["latency"]
             # min_pairs blocks of at least one sample each (a busy machine can leave one per block)
             assert stats["rounds"] == len(stats["data"]) >= 5 and stats["min"] <= stats["median"] <= stats["max"]
@@ -50,7 +51,7 @@ def test_suite_runs_end_to_end(tmp_path):
         m, cmp = case["measurement"], case["comparison"]
         assert m["pairs"] == cmp["pairs"] == len(cmp["per_pair"]) == len(m["order"]) >= 5
         assert set(m["order"]) <= {"BO", "OB"}
-        for side in ("baseline", "metrics"):
+        for side in ("baseline", "optimized"):
             assert len(case[side]["latency"]["blocks"]) == m["pairs"]
             assert sum(case[side]["latency"]["blocks"]) == len(case[side]["latency"]["data"])
         load = m["foreign_load"]
@@ -58,9 +59,9 @@ def test_suite_runs_end_to_end(tmp_path):
         assert cmp["verdict"] in ("faster", "slower", "no significant difference", "inconclusive")
         assert (cmp["verdict"] == "inconclusive") == bool(cmp["reason"])
     ddp = cases["train/ddp"]
-    assert ddp["processes"] == 2 and ddp["metrics"]["distributed"] and not ddp["baseline"]["distributed"]
-    assert ddp["metrics"]["throughput"]["tokens_per_s"] > 0 and ddp["measurement"]["processes"] == 2
-    ckpt = cases["train/activation_checkpointing"]["metrics"]["memory"]["breakdown"]
+    assert ddp["processes"] == 2 and ddp["optimized"]["distributed"] and not ddp["baseline"]["distributed"]
+    assert ddp["optimized"]["throughput"]["tokens_per_s"] > 0 and ddp["measurement"]["processes"] == 2
+    ckpt = cases["train/activation_checkpointing"]["optimized"]["memory"]["breakdown"]
     # AdamW: two fp32 moments per weight, plus a scalar step count per tensor
     assert ckpt["weights"] > 0 and 2 * ckpt["weights"] <= ckpt["optimizer_states"] < 2 * ckpt["weights"] + 1024
     html = (out / "report.html").read_text()

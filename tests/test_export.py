@@ -157,3 +157,17 @@ def test_exports_carry_the_headline_of_each_kind_of_case():
                 if line.startswith("| ")}
     assert "TTFT " in markdown[generation["id"]] and "TPOT " in markdown[generation["id"]]
     assert "TTFT p99 " in markdown[served["id"]] and "goodput req/s " in markdown[served["id"]]
+
+
+def test_a_schema_1_file_reads_as_the_current_schema_without_changing_the_input():
+    from harness.results import SCHEMA_VERSION, validate
+
+    path = Path(__file__).parent.parent / "reports/reference/epyc-2core-quick/results.json"
+    raw = json.loads(path.read_text())
+    assert raw["schema_version"] == 1 and SCHEMA_VERSION == 2
+    read = validate(raw)
+    ok = [c for c in read["cases"] if c["status"] == "ok"]
+    assert ok and all("optimized" in c and "metrics" not in c for c in ok)
+    assert all(set(c["measurement"]["warmup_s"]) == {"baseline", "optimized"} for c in ok)
+    assert all("metrics" in c for c in raw["cases"] if c["status"] == "ok")  # the input is left as it was
+    assert validate(read) is read  # already current

@@ -33,6 +33,6 @@ cases:
     assert [c["status"] for c in cases] == ["ok", "ok"]
     for case in cases:
         assert case["checks"] and all(ch["passed"] for ch in case["checks"])
-        assert case["metrics"]["info"]["model"].startswith("hf:")
+        assert case["optimized"]["info"]["model"].startswith("hf:")
     names = {ch["name"] for ch in cases[0]["checks"]}
     assert "tokens_identical_to_no_cache" in names

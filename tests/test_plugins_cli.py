@@ -65,7 +65,7 @@ def test_new_plugin_package_installs_and_runs_through_the_cli(tmp_path):
     (case,) = results["cases"]
     assert case["id"] == "gen/bf16_weights" and case["status"] == "ok"
     assert case["checks"][0]["name"] == "perplexity_change" and case["checks"][0]["passed"]
-    assert case["metrics"]["latency"]["median"] > 0 and case["comparison"]["verdict"]
+    assert case["optimized"]["latency"]["median"] > 0 and case["comparison"]["verdict"]
 
 
 def test_plugins_piped_into_a_reader_that_leaves_early_ends_quietly():

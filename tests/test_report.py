@@ -16,18 +16,19 @@ from markupsafe import escape as html_escape
 from harness import compare, compare_page, cost
 from harness.errors import InputError
 from harness.report import fmt_bytes, memory_saved, render_report, short_reason, verdict_text, write_report
+from harness.results import load
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def cpu() -> dict:
-    return json.loads((DATA / "results-cpu.json").read_text())
+    return load(DATA / "results-cpu.json")  # schema 1, read as the current schema
 
 
 @pytest.fixture(scope="module")
 def gpu() -> dict:
-    return json.loads((DATA / "results-gpu.json").read_text())
+    return load(DATA / "results-gpu.json")  # schema 1, read as the current schema
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +269,7 @@ def test_report_imports_no_torch():
 
 def test_cost_formulas(gpu):
     case = gpu["cases"][0]
-    side = case["metrics"]
+    side = case["optimized"]
     tps = side["throughput"]["tokens_per_s"]
     c = cost.side_cost(side, 3.6)
     assert c["usd_per_1m_tokens"] == pytest.approx(3.6 / (3600 * tps) * 1e6)
@@ -298,9 +299,9 @@ def test_price_lookup_and_unknown_device(cpu, gpu, tmp_path):
 def test_training_vs_inference_breakeven(gpu):
     b = cost.training_vs_inference(gpu, 2.0, train_tokens=1e9)
     train_tps = max(c[k]["throughput"]["tokens_per_s"] for c in gpu["cases"] if c["kind"] == "training"
-                    for k in ("baseline", "metrics"))
+                    for k in ("baseline", "optimized"))
     qps = max(c[k]["throughput"]["samples_per_s"] for c in gpu["cases"] if c["kind"] == "inference"
-              for k in ("baseline", "metrics"))
+              for k in ("baseline", "optimized"))
     assert b["training_bill_usd"] == pytest.approx(2.0 / (3600 * train_tps) * 1e9)
     assert b["usd_per_query"] == pytest.approx(2.0 / (3600 * qps))
     assert b["breakeven_queries"] == pytest.approx(b["training_bill_usd"] / b["usd_per_query"])
@@ -321,12 +322,12 @@ REAL = DATA / "real"
 
 @pytest.fixture(scope="module")
 def faulty() -> dict:
-    return json.loads((REAL / "faulty-cpu.json").read_text())
+    return load(REAL / "faulty-cpu.json")  # schema 1, read as the current schema
 
 
 @pytest.fixture(scope="module")
 def bf16() -> dict:
-    return json.loads((REAL / "bf16-weights-cpu.json").read_text())
+    return load(REAL / "bf16-weights-cpu.json")
 
 
 def test_real_faulty_run_renders_every_case_and_failure(faulty):
@@ -347,7 +348,7 @@ def test_real_tiny_cpu_peaks_are_not_reported_as_savings(faulty):
     assert memory_saved(noop) is None
     assert "saves" not in render_report(faulty)
     big = copy.deepcopy(noop)
-    big["baseline"]["memory"]["peak_bytes"], big["metrics"]["memory"]["peak_bytes"] = 40 * 2**20, 30 * 2**20
+    big["baseline"]["memory"]["peak_bytes"], big["optimized"]["memory"]["peak_bytes"] = 40 * 2**20, 30 * 2**20
     big["comparison"]["memory_ratio"] = 0.75
     assert memory_saved(big) == (10 * 2**20, 0.25)
     big["comparison"]["memory_ratio"] = None  # the worker said: not resolved
@@ -368,7 +369,7 @@ def test_minimal_schema_conformant_case_renders(bf16):
     for key in ("note", "log", "processes", "checks", "warnings", "measurement"):
         case.pop(key)
     case["comparison"]["memory_ratio"] = None
-    for side in (case["baseline"], case["metrics"]):
+    for side in (case["baseline"], case["optimized"]):
         side.update(energy=None, extra={}, info={}, memory={"peak_bytes": None, "source": "cpu_vmhwm"})
         side.pop("threads"), side.pop("distributed"), side["latency"].pop("p90")
     html = render_report(r)
@@ -376,11 +377,11 @@ def test_minimal_schema_conformant_case_renders(bf16):
 
 
 def test_cost_is_quoted_per_the_workloads_unit(faulty, bf16):
-    items = cost.side_cost(faulty["cases"][0]["metrics"], 3.6)
-    rate = faulty["cases"][0]["metrics"]["throughput"]["items_per_s"]
+    items = cost.side_cost(faulty["cases"][0]["optimized"], 3.6)
+    rate = faulty["cases"][0]["optimized"]["throughput"]["items_per_s"]
     assert items["unit"] == "items" and items["usd_per_1m_units"] == pytest.approx(3.6 / (3600 * rate) * 1e6)
     assert items["usd_per_1m_tokens"] is None  # items are not tokens
-    tokens = cost.side_cost(bf16["cases"][0]["metrics"], 3.6)
+    tokens = cost.side_cost(bf16["cases"][0]["optimized"], 3.6)
     assert tokens["unit"] == "tokens" and tokens["usd_per_1m_tokens"] == tokens["usd_per_1m_units"]
     html = render_report(faulty, price_per_hour=3.6)
     assert "per 1M items" in html

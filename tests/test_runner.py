@@ -26,10 +26,10 @@ def test_faulty_plugins_are_recorded_and_the_suite_goes_on(tmp_path):
     assert status["toy/exhausts_memory"]["status"] == "oom"
     assert status["toy/segfaults"]["status"] == "crashed" and "SIGSEGV" in status["toy/segfaults"]["error"]
     for failed in ("toy/raises", "toy/exits", "toy/hangs", "toy/exhausts_memory", "toy/segfaults"):
-        assert "metrics" not in status[failed] and "baseline" not in status[failed]  # absent, not zero
+        assert "optimized" not in status[failed] and "baseline" not in status[failed]  # absent, not zero
     healthy = status["toy/noop"]
     assert healthy["status"] == "ok" and healthy["checks"][0]["passed"]
-    assert healthy["metrics"]["latency"]["median"] > 0 and healthy["baseline"]["latency"]["rounds"] >= 6
+    assert healthy["optimized"]["latency"]["median"] > 0 and healthy["baseline"]["latency"]["rounds"] >= 6
     assert healthy["comparison"]["verdict"] in ("no significant difference", "faster", "slower", "inconclusive")
     assert (healthy["comparison"]["verdict"] == "inconclusive") == bool(healthy["comparison"]["reason"])
     broken = status["toy/wrong_scale"]
@@ -61,7 +61,7 @@ def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     command = err.split("finish with: ")[1].splitlines()[0]  # the printed advice, run as printed
     assert shlex.split(command) == ["harness", "--plugins-dir", str(FAULTY_PLUGINS), "run", str(suite), "--out",
                                     str(out), "--resume"]
-    first_median = kept["cases"][0]["metrics"]["latency"]["median"]
+    first_median = kept["cases"][0]["optimized"]["latency"]["median"]
 
     suite.write_text(suite.read_text().replace("plugins: [hangs]", "plugins: [hangs]\n    timeout_s: 3"))
     resumed = harness_cli(*shlex.split(command)[1:])
@@ -69,7 +69,7 @@ def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     assert "1 of 3 cases already done" in resumed.stderr
     final = json.loads(results_path.read_text())
     assert [c["id"] for c in final["cases"]] == ["toy/noop", "toy/hangs", "toy/wrong_scale"]
-    assert final["cases"][0]["metrics"]["latency"]["median"] == first_median  # not redone
+    assert final["cases"][0]["optimized"]["latency"]["median"] == first_median  # not redone
     assert final["status"] == "complete"
 
 
@@ -109,7 +109,7 @@ def test_repeat_runs_fresh_processes_and_combines_their_pairs(tmp_path):
     assert case["comparison"]["pairs"] == sum(r["pairs"] for r in repeats) == case["measurement"]["pairs"]
     speeds = [r["speedup"] for r in repeats]
     assert min(speeds) <= case["comparison"]["speedup"] <= max(speeds)
-    for side in ("baseline", "metrics"):
+    for side in ("baseline", "optimized"):
         latency = case[side]["latency"]
         assert sum(latency["blocks"]) == len(latency["data"]) and len(latency["blocks"]) == case["measurement"]["pairs"]
     bad = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "bad", "--repeat", "0")
