@@ -3,6 +3,8 @@ decode step per cache kind, and the regime an MBU implies (docs/measurement.md, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -77,3 +79,21 @@ def regime(mbu: float | None) -> str | None:
     if mbu is None:
         return None
     return "launch-bound" if mbu < 0.10 else "bandwidth-bound" if mbu >= 0.50 else "mixed"
+
+
+def zero_bytes(n: int, trainable: int, world: int, stage: str | None) -> dict[str, Any]:
+    """Per-rank bytes at rest of fp32 AdamW training (16 bytes/param) by the ZeRO formulas (Rajbhandari et al.
+    2020, ZeRO, section 5): n parameters, `trainable` of them with gradients and Adam states (LoRA: fewer),
+    `world` ranks, `stage` None / "zero1" / "fsdp_grad_op" / "fsdp_full".
+
+    No sharding: 4 n weights + 4 t grads + 8 t Adam states; zero1 shards the states (8 t / N); FSDP2 shards all
+    three (/ N at rest). fsdp_grad_op (~ZeRO-2) differs from fsdp_full (~ZeRO-3) only inside the step: it
+    keeps the gathered 4 n weights from forward to backward."""
+    fsdp = stage in ("fsdp_grad_op", "fsdp_full")
+    psi_t = "Psi" if trainable == n else "Psi_t"
+    return {"formula": f"fp32 AdamW, Psi={n}{f', Psi_t={trainable} trainable' * (trainable != n)}, N={world}, "
+                       f"stage={stage or 'none'}: weights 4Psi{'/N' * fsdp} + grads 4{psi_t}{'/N' * fsdp} + "
+                       f"Adam states 8{psi_t}{'/N' * bool(stage)} per rank at rest",
+            "weights": 4 * n // world if fsdp else 4 * n,
+            "gradients": 4 * trainable // world if fsdp else 4 * trainable,
+            "optimizer_states": 8 * trainable // world if stage else 8 * trainable}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 from collections.abc import Callable
@@ -107,3 +108,22 @@ def peak_of(fn: Callable[[], Any], device: Any, cpu_repeats: int = 2) -> dict[st
     if None in peaks:
         return {"peak": None, "source": "unavailable (no /proc/self/status)"}
     return {"peak": min(peaks), "source": "cpu_vmhwm"}
+
+
+@contextlib.contextmanager
+def saved_for_backward(model: Any):
+    """Yield a dict, storage address -> bytes, of every tensor autograd saves for backward inside the block,
+    `model`'s parameters excluded (they are weights, not activations), each storage once."""
+    import torch  # here: the report imports this module without torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved

@@ -3,10 +3,12 @@
 The model is a built-in preset, a trained reference, or a user's local Hugging Face model (`hf:PATH`, behind
 `harness.hf.HFCausalLM`: the same `forward(idx, targets)`, decoder layers as `blocks`, dropout off).
 
-Optimizations change a `TrainRun` through its attributes: `autocast_dtype` (None = fp32), `scaler` (a
-GradScaler for fp16), `model` (wrapped by DDP / FSDP / torch.compile; `raw_model` stays the plain GPT, whose
-parameter names every check uses), `optimizer` (rebuilt with `make_optimizer`), the local batch slice
-(`shard_batches`) and `sharding` (the ZeRO stage, for the memory formula).
+Optimizations change a `TrainRun` by setting its typed knobs (`TrainKnobs`: precision, loss scaling,
+micro-batches, optimizer implementation, ZeRO stage, activation counting), by wrapping `model` (DDP / FSDP /
+torch.compile / peft; `raw_model` stays the plain model, whose parameter names every check uses), by rebuilding
+`optimizer` with `make_optimizer`, and by slicing the local batch (`shard_batches`). The step is nanoGPT's:
+micro-batches with `no_sync` on all but the last, each loss / k scaled by a GradScaler (disabled unless fp16),
+then one optimizer step.
 """
 
 from __future__ import annotations
@@ -21,14 +23,42 @@ import torch
 import torch.distributed as dist
 
 from harness import data
+from harness.accounting import zero_bytes
 from harness.hookspecs import hookimpl
-from harness.memory import tensor_bytes
+from harness.memory import saved_for_backward, tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import ParamError
 from harness.reference import load_model, model_facts
 from harness.workload import Run, RunContext, Workload
 
 PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
+
+
+@dataclass
+class TrainKnobs:
+    """What a training optimization may set on a `TrainRun` (listed in docs/plugins.md); core reads them."""
+
+    tf32: bool = field(default=False, metadata={
+        "help": "TF32 matmuls on CUDA, set around each step (tf32; the workload's `tf32` field sets the default)"})
+    autocast_dtype: torch.dtype | None = field(default=None, metadata={
+        "help": "forward and loss under torch.autocast in this dtype; None: the weights' dtype (mixed_precision)"})
+    grad_scaler: torch.amp.GradScaler | None = field(default=None, metadata={
+        "help": "loss scaling (fp16 mixed_precision); None: a disabled GradScaler, which changes nothing"})
+    micro_batches: int = field(default=1, metadata={
+        "help": "k: the local batch split in k micro-batches, loss / k each, DDP's all-reduce on the last only, "
+                "one optimizer step (gradient_accumulation)"})
+    optimizer_impl: str | None = field(default=None, metadata={
+        "help": "AdamW's implementation: fused / foreach / for_loop; None: the device's best (optimizer_impl)"})
+    sharding: str | None = field(default=None, metadata={
+        "help": "ZeRO stage the memory formula applies: zero1 / fsdp_grad_op / fsdp_full (zero)"})
+    count_activations: bool = field(default=True, metadata={
+        "help": "count saved-for-backward bytes in outputs(); off where the hooks would change the step "
+                "(torch_compile: graph breaks; FSDP: gathered weights)"})
+
+
+def no_sync(model: torch.nn.Module):
+    """DDP's `no_sync()` (skip the gradient all-reduce of this backward), or nothing for other models."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
 @dataclass
@@ -89,19 +119,15 @@ class TrainRun(Run):
     def __init__(self, spec: TrainSpec, ctx: RunContext):
         super().__init__(ctx)
         self.spec, self.device = spec, torch.device(ctx.device)
-        self.tf32 = spec.tf32  # TF32 matmuls on CUDA, set around each step (both sides share the process)
+        self.knobs = TrainKnobs(tf32=spec.tf32)
+        self.no_scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         torch.manual_seed(ctx.seed)
         self.raw_model = load_train_model(spec.model, self.device)
         self.args = self.raw_model.args  # ModelArgs, or HFArgs for an hf: model (the same shape fields)
         self.model: torch.nn.Module = self.raw_model
-        self.optimizer_impl: str | None = None  # "fused" / "foreach" / "for_loop"; None: the device's best
         self.optimizer = self.make_optimizer(self.raw_model.parameters())
-        self.autocast_dtype: torch.dtype | None = None
-        self.scaler: Any = None  # torch.amp.GradScaler when fp16
-        self.sharding: str | None = None  # "zero1" / "fsdp_grad_op" / "fsdp_full": which memory formula applies
         self.world = 1  # ranks sharing the global batch
-        self.count_activations = True  # measure saved-for-backward bytes in outputs() (off under compile)
-        self.saved: dict[int, int] | None = None
+        self.saved: dict[int, int] | None = None  # storage -> bytes saved for backward, while counted
         self.grad_bytes = 0
         self.facts: dict[str, Any] = {}  # what an optimization measured in apply() for its check, in outputs()
         self.global_batches = self.make_batches()  # [(x, y)] * steps, each [B, T] on the CPU
@@ -133,8 +159,8 @@ class TrainRun(Run):
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"lr": self.spec.lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
-        if self.optimizer_impl is not None:  # chosen by a plugin (optimizer_impl), which checks it exists here
-            impl = self.optimizer_impl
+        if self.knobs.optimizer_impl is not None:  # chosen by optimizer_impl, which checks it exists here
+            impl = self.knobs.optimizer_impl
             return {**kwargs, "fused": True} if impl == "fused" else {**kwargs, "foreach": impl == "foreach"}
         signature = inspect.signature(torch.optim.AdamW).parameters
         if self.device.type == "cuda" and "fused" in signature:
@@ -165,9 +191,9 @@ class TrainRun(Run):
     @property
     def precision_name(self) -> str:
         """The matmul precision of this run: "bfloat16" / "float16" (autocast), "tf32" or "fp32"."""
-        if self.autocast_dtype is not None:
-            return str(self.autocast_dtype).removeprefix("torch.")
-        return "tf32" if self.device.type == "cuda" and self.tf32 else "fp32"
+        if self.knobs.autocast_dtype is not None:
+            return str(self.knobs.autocast_dtype).removeprefix("torch.")
+        return "tf32" if self.device.type == "cuda" and self.knobs.tf32 else "fp32"
 
     @contextlib.contextmanager
     def precision(self):
@@ -176,36 +202,56 @@ class TrainRun(Run):
             yield
             return
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.knobs.tf32
         try:
             yield
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     def autocast(self):
-        if self.autocast_dtype is None:
+        if self.knobs.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.knobs.autocast_dtype)
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        """The loss scaler of this run: the knob's, else a disabled one (scale() and step() pass through)."""
+        return self.knobs.grad_scaler or self.no_scaler
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> torch.Tensor:
-        """Forward, loss, backward, optimizer step. With `keep_grads`, returns before the step (grads kept)."""
-        with self.precision():
-            with self.autocast():
-                _, loss = self.model(x, y)
-            if self.scaler is not None:
+        """nanoGPT's step on a local batch x, y [B, T]: `knobs.micro_batches` = k micro-batches, each forward
+        under autocast, its loss / k scaled and backward (DDP's all-reduce on the last one only), then one
+        optimizer step (with `keep_grads`, returns before it, gradients kept). Returns the batch's mean loss,
+        detached. `saved` then holds the largest micro-batch's saved-for-backward bytes: each micro-batch's are
+        freed by its backward before the next forward, so that is the peak, not the sum."""
+        k = self.knobs.micro_batches
+        if x.size(0) % k:  # the local batch under DDP: global batch / world_size
+            raise ParamError("micro_batches", f"the local batch of {x.size(0)} does not split into {k} "
+                                              f"micro-batches; make batch a multiple of world_size x {k}")
+        if k > 1:
+            self.info["micro_batch"] = x.size(0) // k
+        total, peak = torch.zeros((), device=x.device), {}
+        for i, (xm, ym) in enumerate(zip(x.chunk(k), y.chunk(k))):  # xm, ym: [B / k, T]
+            if self.saved is not None:
+                self.saved.clear()
+            with self.precision(), (contextlib.nullcontext() if i == k - 1 else no_sync(self.model)):
+                with self.autocast():
+                    _, loss = self.model(xm, ym)
+                loss = loss / k
                 self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            total += loss.detach().float()
+            if self.saved is not None and sum(self.saved.values()) > sum(peak.values()):
+                peak = dict(self.saved)
+        if self.saved is not None:
+            self.saved.clear()
+            self.saved.update(peak)
         if not keep_grads:
             self.optimizer_step()
-        return loss
+        return total
 
     def optimizer_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_done += 1
 
@@ -222,7 +268,7 @@ class TrainRun(Run):
                     loss, forward_backward_s = self.synced(functools.partial(self.train_step, x, y, keep_grads=True))
                 if saved is not None:
                     self.info["activation_bytes"] = sum(saved.values())
-                scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
                 grads = {n: full_tensor(p.grad) / scale for n, p in self.raw_model.named_parameters()
                          if p.grad is not None}
                 self.grad_bytes = tensor_bytes(p.grad for p in self.raw_model.parameters())
@@ -238,7 +284,7 @@ class TrainRun(Run):
                "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
                "memory_estimate": self.memory_estimate(), "facts": self.facts}
         out["first_batch_loss_after"] = self.first_batch_loss()  # after memory(): FSDP gathers weights for it
-        if self.scaler is not None:
+        if self.scaler.is_enabled():
             out["skipped_steps"] = self.skipped_steps()
         return out
 
@@ -256,26 +302,14 @@ class TrainRun(Run):
 
     @contextlib.contextmanager
     def count_saved_tensors(self):
-        """Yield a dict storage -> bytes of what autograd saves for backward (parameters excluded), or None.
-
-        Tensors saved inside a `torch.utils.checkpoint` region are dropped (its own hooks take them), so they do
-        not appear; the plugin adds the block inputs the checkpoint keeps to `self.saved` itself.
-        """
-        if not self.count_activations:
-            self.saved = None
+        """Yield what autograd saves for backward inside the block (`harness.memory.saved_for_backward`), or None
+        when `knobs.count_activations` is off; `saved` points at it meanwhile (activation_checkpointing adds the
+        block inputs its checkpoint keeps, whose own saved tensors the checkpoint's hooks take)."""
+        if not self.knobs.count_activations:
             yield None
             return
-        params = {p.untyped_storage().data_ptr() for p in self.raw_model.parameters()}
-        self.saved = {}
-
-        def pack(t: torch.Tensor):
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in params:
-                self.saved[storage.data_ptr()] = storage.nbytes()
-            return t
-
         try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with saved_for_backward(self.raw_model) as self.saved:
                 yield self.saved
         finally:
             self.saved = None
@@ -314,22 +348,9 @@ class TrainRun(Run):
         return out
 
     def memory_estimate(self) -> dict[str, Any]:
-        """Per-rank bytes at rest by the ZeRO formulas of EFFECTS.md, for fp32 AdamW (16 bytes/param).
-
-        Baseline 4Psi weights + 4Psi grads + 8Psi Adam states; zero1 shards the states (4 + 4 + 8/N);
-        FSDP2 shards all three (16/N at rest). fsdp_grad_op (~ZeRO-2) differs from fsdp_full (~ZeRO-3) only
-        inside the step: it keeps the gathered 4Psi weights from forward to backward. Frozen parameters
-        (LoRA) have no gradients or Adam states: those terms count the trainable Psi_t only.
-        """
-        n, w, stage = self.raw_model.num_params(), self.world, self.sharding
-        t = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
-        fsdp = stage in ("fsdp_grad_op", "fsdp_full")
-        psi_t = "Psi" if t == n else "Psi_t"
-        return {"formula": f"fp32 AdamW, Psi={n}{f', Psi_t={t} trainable' * (t != n)}, N={w}, "
-                           f"stage={stage or 'none'}: weights 4Psi{'/N' * fsdp} + grads 4{psi_t}{'/N' * fsdp} + "
-                           f"Adam states 8{psi_t}{'/N' * bool(stage)} per rank at rest",
-                "weights": 4 * n // w if fsdp else 4 * n, "gradients": 4 * t // w if fsdp else 4 * t,
-                "optimizer_states": 8 * t // w if stage else 8 * t}
+        """Per-rank bytes at rest by the ZeRO formulas (`harness.accounting.zero_bytes`) for this run."""
+        trainable = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
+        return zero_bytes(self.raw_model.num_params(), trainable, self.world, self.knobs.sharding)
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
         """tokens/s, samples/s, model TFLOP/s (6N + 12LHQT, recompute not counted), MFU, final loss."""
@@ -347,15 +368,15 @@ class TrainRun(Run):
         if self.distributed:
             out["tokens_per_s_per_process"] = tokens_s / self.world
             out["world_size"] = self.world
-        if self.scaler is not None:
+        if self.scaler.is_enabled():
             out["skipped_steps"] = self.skipped_steps()
         return out
 
     def peak_key(self) -> str:
         """Which peak of the environment's table this run's matmuls use."""
-        if self.autocast_dtype in PEAK_KEYS:
-            return PEAK_KEYS[self.autocast_dtype]
-        return "tf32_flops" if self.device.type == "cuda" and self.tf32 else "fp32_flops"
+        if self.knobs.autocast_dtype in PEAK_KEYS:
+            return PEAK_KEYS[self.knobs.autocast_dtype]
+        return "tf32_flops" if self.device.type == "cuda" and self.knobs.tf32 else "fp32_flops"
 
 
 class TrainWorkload(Workload):

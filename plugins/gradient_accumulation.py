@@ -3,15 +3,14 @@
 Each micro-batch's loss is scaled by 1/k, so the summed gradients are the gradient of the mean loss over the
 whole batch and the step equals the one-big-batch step: the same training at 1/k of the activation memory.
 Under DDP every micro-batch but the last runs in `model.no_sync()`, so gradients are all-reduced once per step.
+The loop is the training workload's own step (`TrainRun.train_step`, nanoGPT's); this plugin sets its
+`micro_batches` knob and checks the result.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from harness import Check, Optimization, ParamError, hookimpl
 from harness.checks import loss_check, noise_of, precision_mismatch, tensors_check
@@ -49,11 +48,6 @@ class AccumulationParams:
             raise ParamError("micro_batches", f"micro_batches must be >= 1 (got {self.micro_batches})")
 
 
-def no_sync(model: torch.nn.Module):
-    """DDP's `no_sync()` (skip the gradient all-reduce of this backward), or nothing for other models."""
-    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
-
-
 class GradientAccumulation(Optimization):
     """Accumulate gradients over k micro-batches of the global batch; one AdamW step on their mean."""
 
@@ -74,58 +68,13 @@ class GradientAccumulation(Optimization):
     def apply(self, run: Any) -> None:
         k = self.params.micro_batches
         if run.spec.batch % k:
-            raise ParamError(
-                "micro_batches",
-                f"the batch of {run.spec.batch} does not split into {k} equal "
-                f"micro-batches; use a micro_batches that divides the batch",
-            )
-        if run.sharding in ("fsdp_grad_op", "fsdp_full"):
-            raise ValueError(
-                "gradient_accumulation does not combine with FSDP here (it would reduce-scatter "
-                "every micro-batch); use it alone, with ddp or with zero1"
-            )
-        run.train_step = lambda x, y, keep_grads=False: self.train_step(run, x, y, keep_grads)
+            raise ParamError("micro_batches", f"the batch of {run.spec.batch} does not split into {k} equal "
+                                              "micro-batches; use a micro_batches that divides the batch")
+        if run.knobs.sharding in ("fsdp_grad_op", "fsdp_full"):
+            raise ValueError("gradient_accumulation does not combine with FSDP here (it would reduce-scatter "
+                             "every micro-batch); use it alone, with ddp or with zero1")
+        run.knobs.micro_batches = k  # TrainRun.train_step: loss / k per micro-batch, no_sync on all but the last
         run.info["micro_batches"] = k
-
-    def loss_scale(self) -> float:
-        return 1.0 / self.params.micro_batches
-
-    def train_step(self, run: Any, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> torch.Tensor:
-        """`TrainRun.train_step` over k micro-batches; returns the batch's mean loss (detached).
-
-        Activation bytes counted by `run.saved` are those of the largest micro-batch: a micro-batch's saved
-        tensors are freed by its backward before the next forward, so that is the peak, not the sum.
-        """
-        k = self.params.micro_batches
-        if x.size(0) % k:  # the local batch under DDP: global batch / world_size
-            raise ParamError(
-                "micro_batches",
-                f"the local batch of {x.size(0)} does not split into {k} "
-                f"micro-batches; make batch a multiple of world_size x {k}",
-            )
-        run.info["micro_batch"] = x.size(0) // k
-        total, peak = torch.zeros((), device=x.device), {}
-        for i, (xm, ym) in enumerate(zip(x.chunk(k), y.chunk(k))):  # xm, ym: [B / k, T]
-            if run.saved is not None:
-                run.saved.clear()
-            sync = contextlib.nullcontext() if i == k - 1 else no_sync(run.model)
-            with run.precision(), sync:
-                with run.autocast():
-                    _, loss = run.model(xm, ym)
-                loss = loss * self.loss_scale()
-                if run.scaler is not None:
-                    run.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            total += loss.detach().float()
-            if run.saved is not None and sum(run.saved.values()) > sum(peak.values()):
-                peak = dict(run.saved)
-        if run.saved is not None:
-            run.saved.clear()
-            run.saved.update(peak)
-        if not keep_grads:
-            run.optimizer_step()
-        return total * (1.0 / (k * self.loss_scale()))  # the mean loss whatever the scale (k * 1/k = 1)
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         mismatch = precision_mismatch("params_equal_one_big_batch", baseline, optimized)

@@ -52,10 +52,10 @@ class MixedPrecision(Optimization):
 
     def apply(self, run: Any) -> None:
         dtype = DTYPES[self.params.dtype]
-        run.autocast_dtype = dtype
+        run.knobs.autocast_dtype = dtype
         run.info["autocast"] = str(dtype).removeprefix("torch.")
         if dtype == torch.float16:
-            run.scaler = torch.amp.GradScaler(run.device.type)
+            run.knobs.grad_scaler = torch.amp.GradScaler(run.device.type)
         if run.device.type == "cuda" and dtype == torch.bfloat16:
             native = torch.cuda.is_bf16_supported(including_emulation=False)
             run.info["bf16"] = "native" if native else "emulated (no bf16 tensor cores: expect no speedup)"
@@ -87,7 +87,7 @@ class TF32(Optimization):
         return None
 
     def apply(self, run: Any) -> None:
-        run.tf32 = True
+        run.knobs.tf32 = True
         run.info["tf32"] = True
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

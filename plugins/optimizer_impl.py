@@ -77,7 +77,7 @@ class OptimizerImpl(Optimization):
                 f"{type(run.optimizer).__name__}: list optimizer_impl before zero in the case's plugins"
             )
         params = [p for group in run.optimizer.param_groups for p in group["params"]]
-        run.optimizer_impl = self.params.impl
+        run.knobs.optimizer_impl = self.params.impl
         run.optimizer = run.make_optimizer(params)
         run.info["optimizer"] = run.optimizer_kind
 

@@ -48,7 +48,7 @@ class TorchCompile(Optimization):
 
     def apply(self, run: Any) -> None:
         run.model = torch.compile(run.model, mode=self.params.mode)
-        run.count_activations = False  # saved-tensor hooks would force graph breaks
+        run.knobs.count_activations = False  # saved-tensor hooks would force graph breaks
         run.info["compile_mode"] = self.params.mode
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

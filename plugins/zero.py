@@ -80,7 +80,7 @@ class Zero(Optimization):
                 raise ValueError(f"zero stage {stage} shards with FSDP, which replaces DDP: do not apply ddp "
                                  "to the same side (use ddp as the baseline only)")
             self.shard_fsdp(run, reshard=stage == "fsdp_full")
-        run.sharding = stage
+        run.knobs.sharding = stage
         run.info["zero_stage"] = stage
 
     def shard_fsdp(self, run: Any, reshard: bool) -> None:
@@ -94,7 +94,7 @@ class Zero(Optimization):
             fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
         fully_shard(run.raw_model, mesh=mesh, reshard_after_forward=reshard)
         run.model = run.raw_model
-        run.count_activations = False  # autograd saves the gathered weights, which FSDP frees and re-gathers
+        run.knobs.count_activations = False  # autograd saves the gathered weights, which FSDP frees and re-gathers
         run.optimizer = run.make_optimizer(run.raw_model.parameters())  # over the sharded DTensor parameters
         run.info.update({"world_size": world, "fsdp": "fully_shard (FSDP2)", "reshard_after_forward": reshard})
 

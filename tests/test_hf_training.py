@@ -146,11 +146,9 @@ def test_precision_and_optimizer_checks_catch_a_wrong_learning_rate(hf_model, ba
 
 
 def test_accumulation_check_catches_a_missing_loss_division(hf_model, baseline):
-    class Unscaled(GradientAccumulation):
-        def loss_scale(self) -> float:
-            return 1.0
+    from tests.test_training_extras import NoLossScale
 
-    opt = Unscaled(AccumulationParams(micro_batches=2))
+    opt = NoLossScale(AccumulationParams(micro_batches=2))
     assert not all(c.passed for c in checks(opt, baseline, build(hf_model, [opt]).outputs()).values())
 
 

@@ -96,7 +96,7 @@ def test_extra_metrics_follow_the_definitions_and_mfu_needs_a_known_peak():
     peaked = build(peak={"fp32_flops": 1e12, "bf16_flops": 4e12})
     m = peaked.extra_metrics(0.5)
     assert m["mfu"] == pytest.approx(m["model_tflops"] * 1e12 / 1e12) and m["mfu_peak"] == "fp32_flops"
-    peaked.autocast_dtype = torch.bfloat16
+    peaked.knobs.autocast_dtype = torch.bfloat16
     assert peaked.extra_metrics(0.5)["mfu"] == pytest.approx(m["mfu"] / 4)
 
 

@@ -88,17 +88,27 @@ def test_accumulation_equals_one_big_batch_with_fewer_activation_bytes(baseline,
 class NoLossScale(GradientAccumulation):
     """Broken: sums the micro-batch gradients without the 1/k scale (k times the true gradient)."""
 
-    def loss_scale(self) -> float:
-        return 1.0
+    def apply(self, run):
+        super().apply(run)
+        k, step = self.params.micro_batches, run.train_step
+        run.train_step = lambda x, y, keep_grads=False: step(x, y, keep_grads) / k
+        forward = run.model.forward
+        run.model.forward = lambda idx, targets=None, **kw: (lambda out: (out[0], out[1] * k))(
+            forward(idx, targets, **kw))  # each micro-batch's loss k times larger: loss / k undone
 
 
 class StepPerMicroBatch(GradientAccumulation):
     """Broken: an optimizer step after every micro-batch (k small-batch steps instead of one)."""
 
-    def train_step(self, run, x, y, keep_grads=False):
-        k, plain = self.params.micro_batches, GradientAccumulation(AccumulationParams(1))
-        pairs = list(zip(x.chunk(k), y.chunk(k)))
-        return sum(plain.train_step(run, xm, ym, keep_grads and i == k - 1) for i, (xm, ym) in enumerate(pairs)) / k
+    def apply(self, run):
+        super().apply(run)
+        k, step = self.params.micro_batches, run.train_step
+        run.knobs.micro_batches = 1
+
+        def train_step(x, y, keep_grads=False):
+            pairs = list(zip(x.chunk(k), y.chunk(k)))
+            return sum(step(xm, ym, keep_grads and i == k - 1) for i, (xm, ym) in enumerate(pairs)) / k
+        run.train_step = train_step
 
 
 def test_accumulation_check_catches_a_missing_scale_and_a_step_per_micro_batch(baseline):

@@ -88,7 +88,7 @@ class NeverSteps(MixedPrecision):
 
     def apply(self, run):
         super().apply(run)
-        run.scaler = torch.amp.GradScaler("cpu", init_scale=1e38)
+        run.knobs.grad_scaler = torch.amp.GradScaler("cpu", init_scale=1e38)
 
 
 def test_grad_scaler_check_fails_when_every_step_is_skipped(baseline):
