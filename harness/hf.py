@@ -283,21 +283,21 @@ def library_generate(run, prompts: torch.Tensor, n: int, pad: torch.Tensor | Non
     B, P = prompts.shape
     kwargs = {"max_new_tokens": n, "do_sample": False, "num_beams": 1,
               "eos_token_id": model.args.vocab_size, "pad_token_id": 0, "return_dict_in_generate": True,
-              "disable_compile": not run.compiled_decode, **LIBRARY_CACHES[run.cache_kind]}
+              "disable_compile": not run.knobs.compiled_decode, **LIBRARY_CACHES[run.knobs.cache_kind]}
     if pad is not None:
         kwargs["attention_mask"] = (torch.arange(P, device=prompts.device)[None, :] >= pad[:, None]).long()
-    if run.assistant is not None:
-        kwargs["assistant_model"] = run.assistant.hf
+    if run.knobs.assistant is not None:
+        kwargs["assistant_model"] = run.knobs.assistant.hf
     if run.token_times is not None:
         times: list[float] = []
         run.token_times.append(times)
         kwargs["streamer"] = TokenClock(times, prompts.device)
     out = model.hf.generate(prompts, **kwargs)
-    cache = out.past_key_values if run.cache_kind != "none" else None
-    run.last_cache = HFCache(cache, run.cache_kind) if cache is not None else None
+    cache = out.past_key_values if run.knobs.cache_kind != "none" else None
+    run.last_cache = HFCache(cache, run.knobs.cache_kind) if cache is not None else None
     layers = getattr(cache, "layers", None)
     # the positions the cache holds: P + n - 1 when dynamic (the last token is never fed back); a static cache as
     # transformers sized it (P + n - 1 in 5.x, where the harness's own holds P + n)
-    length = layers[0].keys.shape[-2] if run.cache_kind == "static" and layers else P + n - 1
+    length = layers[0].keys.shape[-2] if run.knobs.cache_kind == "static" and layers else P + n - 1
     run._cache_shape = (B, length)
     return out.sequences[:, P:]

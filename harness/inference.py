@@ -117,14 +117,34 @@ def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int, tokeni
     return x
 
 
+@dataclass
+class GenerateKnobs:
+    """What an inference optimization may set on a `GenerateRun` (listed in docs/plugins.md); core reads them.
+    Plugins also wrap or replace `model`, and may replace `prompts` [B, P] with `pad` [B] (left padding)."""
+
+    cache_kind: str = field(default="none", metadata={
+        "help": "KV cache: none (recompute the prefix) / dynamic (grown by concatenation) / static (kv_cache)"})
+    decode: Callable[..., torch.Tensor] = field(default=decode_one_token, metadata={
+        "help": "the one-token decode step (model, tok [B, 1], input_pos [1], cache, pad) -> logits [B, V]; "
+                "kv_cache compiles it for CUDA graphs"})
+    compiled_decode: bool = field(default=False, metadata={
+        "help": "decoder: library: let transformers compile its static-cache decode step (kv_cache)"})
+    generate_fn: Callable[..., torch.Tensor] | None = field(default=None, metadata={
+        "help": "replaces the whole generate: fn(run, prompts [B, P], n) -> [B, n] (speculative_decoding)"})
+    assistant: Any = field(default=None, metadata={
+        "help": "decoder: library: a draft model for transformers' assisted generation (speculative_decoding)"})
+    layout: str = field(default="batched", metadata={
+        "help": "batched: one forward for the batch; sequential: one sequence at a time (per-sequence figures "
+                "follow it; batching, speculative_decoding)"})
+    metric_fns: list[Callable[[float], dict[str, Any]]] = field(default_factory=list, metadata={
+        "help": "extra fn(median_s) -> dict merged into the case's metrics (quantization, speculative_decoding)"})
+    server: Any = field(default=None, metadata={
+        "help": "a request-trace server whose serve(), outputs() and metrics() replace the step, outputs and "
+                "metrics (continuous_batching)"})
+
+
 class GenerateRun(Run):
-    """One generation case. Plugins replace: `model`, `cache_kind` ("none" / "dynamic" / "static"), `decode`
-    (the one-token step, e.g. CUDA-graphed), `generate_fn(run, prompts, n) -> [B, n]` (e.g. speculative),
-    `layout` ("batched": one forward for the batch, "sequential": one sequence at a time), `prompts` and `pad`
-    (left-padding tokens per prompt [B] when the prompts have different lengths; None when all are full).
-    `metric_fns` are extra `fn(median_s) -> dict` merged into `extra_metrics`. With `decoder: library`
-    (`harness.hf.library_generate`) `compiled_decode` (transformers compiles a static cache's decode step) and
-    `assistant` (a draft model: assisted generation) say what the library's generate() does."""
+    """One generation case: prompts in, exactly `new_tokens` out, with this run's `knobs` (`GenerateKnobs`)."""
 
     def __init__(self, spec: GenerateSpec, ctx: RunContext):
         super().__init__(ctx)
@@ -136,16 +156,9 @@ class GenerateRun(Run):
         eval_len = min(EVAL_LEN, (self.model.args.block_size or EVAL_LEN + 1) - 1)  # a short-context user model
         self.eval_tokens = self.held_out(EVAL_SEQS, eval_len + 1, ctx.seed + 1)
         self.new_tokens = spec.new_tokens
-        self.cache_kind = "none"
-        self.decode = decode_one_token
-        self.generate_fn: Callable[..., torch.Tensor] | None = None
-        self.compiled_decode = False
-        self.assistant: nn.Module | None = None
-        self.layout = "batched"
+        self.knobs = GenerateKnobs()
         self.last_cache = None
         self._static_caches: dict[tuple[int, int], Any] = {}
-        self.metric_fns: list[Callable[[float], dict[str, Any]]] = []
-        self.server: Any = None  # a request-trace server (continuous_batching) replaces step/outputs/metrics
         self.token_times: list[list[float]] | None = None  # per sequence (or batch), when each token was ready
         self.info.update(model=spec.model, dtype=spec.dtype, sampling=spec.sampling, decoder=spec.decoder)
 
@@ -172,10 +185,10 @@ class GenerateRun(Run):
     def new_cache(self, batch: int, max_len: int):
         """A cache of `cache_kind`; static caches are allocated once per shape and reused (positions are
         overwritten before they are read, and later ones are masked), as a server pre-allocates them."""
-        if self.cache_kind == "none":
+        if self.knobs.cache_kind == "none":
             self.last_cache = None
             return None
-        if self.cache_kind == "static":
+        if self.knobs.cache_kind == "static":
             key = (batch, max_len)
             if key not in self._static_caches:
                 self._static_caches[key] = static_cache(self.model, batch, max_len, self.dtype, self.device)
@@ -183,20 +196,20 @@ class GenerateRun(Run):
         else:
             self.last_cache = self.model.new_cache("dynamic", batch, max_len)
         # a full generate leaves max_len positions in a static cache, max_len - 1 in a dynamic one
-        self._cache_shape = (batch, max_len if self.cache_kind == "static" else max_len - 1)
+        self._cache_shape = (batch, max_len if self.knobs.cache_kind == "static" else max_len - 1)
         return self.last_cache
 
     @torch.inference_mode()
     def generate(self, prompts: torch.Tensor, n: int, pad: torch.Tensor | None = None) -> torch.Tensor:
         """prompts [B, P] (left-padded by `pad` [B]) -> new tokens [B, n], with this run's layout, generate
         function, cache and sampler. One at a time, each prompt runs without its padding."""
-        if self.layout == "sequential" and prompts.size(0) > 1:
+        if self.knobs.layout == "sequential" and prompts.size(0) > 1:
             starts = pad.tolist() if pad is not None else [0] * prompts.size(0)
             return torch.cat([self.generate(p[None, s:], n) for p, s in zip(prompts, starts)], dim=0)
-        if self.generate_fn is not None:
+        if self.knobs.generate_fn is not None:
             if pad is not None:
                 raise ValueError("this plugin's generate function takes equal-length prompts (no prompt_min)")
-            return self.generate_fn(self, prompts, n)
+            return self.knobs.generate_fn(self, prompts, n)
         if self.spec.decoder == "library":
             from harness.hf import library_generate
 
@@ -204,14 +217,14 @@ class GenerateRun(Run):
         sampler = make_sampler(self.spec, self.ctx.seed, self.device)
         if self.token_times is not None:
             sampler = self.clocked(sampler)
-        if self.cache_kind == "none":
+        if self.knobs.cache_kind == "none":
             return generate_no_cache(self.model, prompts, n, sampler, pad)
         cache = self.new_cache(prompts.size(0), prompts.size(1) + n)
-        return generate_cached(self.model, prompts, n, sampler, cache, self.decode, pad)
+        return generate_cached(self.model, prompts, n, sampler, cache, self.knobs.decode, pad)
 
     def step(self) -> None:
-        if self.server is not None:
-            self.server.serve()
+        if self.knobs.server is not None:
+            self.knobs.server.serve()
         else:
             self.generate(self.prompts, self.new_tokens, self.pad)
 
@@ -224,8 +237,8 @@ class GenerateRun(Run):
         return {"perplexity": float(torch.exp(nll)), "top1": logits.argmax(-1).cpu()}
 
     def outputs(self) -> dict[str, Any]:
-        if self.server is not None:
-            return {**self.server.outputs(), **self.quality(), "weight_bytes": weight_bytes(self.model)}
+        if self.knobs.server is not None:
+            return {**self.knobs.server.outputs(), **self.quality(), "weight_bytes": weight_bytes(self.model)}
         tokens, seconds = self.synced(lambda: self.generate(self.prompts, self.new_tokens, self.pad))
         if self.first_call_s is None:  # the run's first work: compile, capture, lazy init
             self.first_call_s = seconds
@@ -269,11 +282,11 @@ class GenerateRun(Run):
         return out
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
-        if self.server is not None:
-            return self.server.metrics(median_s)
+        if self.knobs.server is not None:
+            return self.knobs.server.metrics(median_s)
         n, B = self.new_tokens, self.batch
         ttft = self.time_first_token()
-        seq_s = median_s / B if self.layout == "sequential" else median_s
+        seq_s = median_s / B if self.knobs.layout == "sequential" else median_s
         wb = weight_bytes(self.model)
         out: dict[str, Any] = {
             "ttft_s": ttft, "tpot_s": (seq_s - ttft) / (n - 1) if n > 1 else None, "e2e_s": median_s,
@@ -283,8 +296,8 @@ class GenerateRun(Run):
         if kv:
             out.update(kv_bytes_measured=kv["measured"], kv_bytes_formula=kv["formula"])
         if out["tpot_s"] and out["tpot_s"] > 0:
-            rows = 1 if self.layout == "sequential" else B  # sequences in one decode step
-            kv_moved = kv_step_bytes(self.model.args, rows, self.cache_kind, self.prompts.size(1), n,
+            rows = 1 if self.knobs.layout == "sequential" else B  # sequences in one decode step
+            kv_moved = kv_step_bytes(self.model.args, rows, self.knobs.cache_kind, self.prompts.size(1), n,
                                      self.dtype.itemsize) if kv else 0
             out["kv_bytes_per_decode_step"] = kv_moved
             out["achieved_bandwidth_bytes_s"] = (wb + kv_moved) / out["tpot_s"]
@@ -293,7 +306,7 @@ class GenerateRun(Run):
             out["mbu"] = out["achieved_bandwidth_bytes_s"] / bw if bw else None
             out["regime"] = regime(out["mbu"])
         out.update(self.inter_token_latencies())
-        for fn in self.metric_fns:
+        for fn in self.knobs.metric_fns:
             out.update(fn(median_s))
         return out
 
@@ -335,7 +348,7 @@ class GenerateRun(Run):
     def time_first_token(self, repeats: int = 3) -> float:
         """Median synchronized time of generating one token (prefill + first sample); keeps `last_cache`."""
         cache, shape = self.last_cache, getattr(self, "_cache_shape", None)
-        if self.layout == "sequential":  # the first prompt alone, without its padding
+        if self.knobs.layout == "sequential":  # the first prompt alone, without its padding
             seconds = self.median_time(lambda: self.generate(
                 self.prompts[:1, int(self.pad[0]) if self.pad is not None else 0:], 1), repeats)
         else:

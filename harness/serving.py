@@ -350,12 +350,12 @@ def measure_serve_probe(workload, spec, opts: list, ctx, serves: int) -> dict[st
     `serves` times timed; returns the server's metrics over the timed serves (continuous_batching's
     TraceServer.metrics) and the requests they hold."""
     run = workload.build(spec, opts, ctx)
-    if getattr(run, "server", None) is None:
+    if getattr(getattr(run, "knobs", None), "server", None) is None:
         raise ValueError("a serving search needs a side that serves a request trace (continuous_batching)")
-    trace = run.server.trace
-    run.server.trace = trace[:WARMUP_REQUESTS]
+    trace = run.knobs.server.trace
+    run.knobs.server.trace = trace[:WARMUP_REQUESTS]
     run.step()
-    run.server.trace = trace
+    run.knobs.server.trace = trace
     run.timed = True
     times = []
     for _ in range(serves):
@@ -363,5 +363,5 @@ def measure_serve_probe(workload, spec, opts: list, ctx, serves: int) -> dict[st
         times.append(seconds)
     run.timed = False
     metrics = run.extra_metrics(statistics.median(times))
-    metrics["requests_served"] = len(run.server.records)
+    metrics["requests_served"] = len(run.knobs.server.records)
     return {"status": "ok", "metrics": metrics}

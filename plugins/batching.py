@@ -61,8 +61,8 @@ class Batching(Optimization):
             run.prompts = run.held_out(self.params.batch_size, run.spec.prompt_len, run.ctx.seed)
         if self.params.prompt_min is not None:
             self.make_ragged(run)
-        run.layout = self.params.mode
-        run.info.update(layout=run.layout, batch=run.batch)
+        run.knobs.layout = self.params.mode
+        run.info.update(layout=run.knobs.layout, batch=run.batch)
 
     def make_ragged(self, run: Any) -> None:
         """Seeded prompt lengths in prompt_min..prompt_len; each prompt keeps its last tokens, left-padded."""

@@ -296,7 +296,7 @@ class ContinuousBatching(Optimization):
         if p.prompt_max + p.output_max > run.model.args.block_size:
             raise ParamError("output_max", f"prompt_max + output_max exceeds the context {run.model.args.block_size}")
         trace = make_trace(p, run.ctx.seed, run.spec.prompts == "synthetic", run.model.args.vocab_size)
-        run.server = TraceServer(run, trace, p)
+        run.knobs.server = TraceServer(run, trace, p)
         run.units = {"tokens": sum(r.out_len for r in trace), "requests": len(trace)}
         run.info.update(scheduler=p.scheduler, slots=p.slots, requests=p.requests, rate=p.rate,
                         trace_span_s=trace[-1].arrival)

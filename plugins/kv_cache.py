@@ -33,14 +33,14 @@ class KVCache(Optimization):
         return None
 
     def apply(self, run: Any) -> None:
-        run.cache_kind = "dynamic" if self.params.kind == "dynamic" else "static"
+        run.knobs.cache_kind = "dynamic" if self.params.kind == "dynamic" else "static"
         if self.params.kind == "static_cuda_graphs":
             if run.device.type != "cuda":
                 raise ValueError("kv_cache kind static_cuda_graphs needs a CUDA device")
             # gpt-fast: compile the one-token step; reduce-overhead records it into a CUDA graph on first calls,
             # which the static cache's fixed shapes (reused across generates) make possible.
-            run.decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
-            run.compiled_decode = True  # decoder: library lets transformers compile its own decode step
+            run.knobs.decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+            run.knobs.compiled_decode = True  # decoder: library lets transformers compile its own decode step
         run.info["kv_cache"] = self.params.kind
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

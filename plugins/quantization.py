@@ -182,7 +182,7 @@ class Quantization(Optimization):
                       f"torch._weight_int8pack_mm for <= {FUSED_MAX_ROWS} rows, else int8 weight cast + F.linear "
                       "x scales (gpt-fast)" if fused else "int8 weight cast + F.linear x scales (gpt-fast)")
             start = dict(Int8WeightOnlyLinear.calls)
-            run.metric_fns.append(lambda median_s: {"int8_kernel_calls": {
+            run.knobs.metric_fns.append(lambda median_s: {"int8_kernel_calls": {
                 k: Int8WeightOnlyLinear.calls[k] - start[k] for k in start}})
         else:
             run.model, kernel = torchao_quantize(run.model, method)

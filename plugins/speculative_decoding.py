@@ -158,10 +158,10 @@ class SpeculativeDecoding(Optimization):
                 self.stats["tokens"] += n
             return torch.tensor([row], device=prompts.device)
 
-        run.generate_fn = generate
-        run.layout = "sequential"  # rows are decoded one after another: TPOT and tokens/s per sequence say so
-        run.cache_kind = "static"
-        run.metric_fns.append(lambda median_s: self.metrics(run))
+        run.knobs.generate_fn = generate
+        run.knobs.layout = "sequential"  # rows are decoded one after another: TPOT and tokens/s per sequence say so
+        run.knobs.cache_kind = "static"
+        run.knobs.metric_fns.append(lambda median_s: self.metrics(run))
         run.info.update(draft=self.params.draft, gamma=gamma, draft_params=sum(p.numel() for p in draft.parameters()))
 
     def assisted(self, run: Any, draft: Any) -> None:
@@ -170,8 +170,8 @@ class SpeculativeDecoding(Optimization):
         counts are the library's own and not reported; the cost ratio c is."""
         draft.hf.generation_config.num_assistant_tokens = self.params.gamma
         draft.hf.generation_config.num_assistant_tokens_schedule = "constant"
-        run.assistant, run.layout, run.cache_kind = draft, "sequential", "dynamic"
-        run.metric_fns.append(lambda median_s: {
+        run.knobs.assistant, run.knobs.layout, run.knobs.cache_kind = draft, "sequential", "dynamic"
+        run.knobs.metric_fns.append(lambda median_s: {
             "cost_ratio_c": self.forward_time(draft, run) / self.forward_time(run.model, run)})
         run.info.update(draft=self.params.draft, gamma=self.params.gamma, assisted_generation="transformers",
                         draft_params=sum(p.numel() for p in draft.parameters()))

@@ -267,7 +267,7 @@ def test_library_assisted_generation_keeps_the_targets_greedy_tokens(hf_dir, hf_
     opt = SpeculativeDecoding(SpeculativeParams(draft=f"hf:{hf_draft_dir}", gamma=3))
     opt.validate(spec, [opt])
     run = GenerateWorkload().build(spec, [opt], ctx)
-    assert run.info["assisted_generation"] == "transformers" and run.layout == "sequential"
+    assert run.info["assisted_generation"] == "transformers" and run.knobs.layout == "sequential"
     assert [c.passed for c in opt.check(base.outputs(), run.outputs())] == [True]
 
 

@@ -24,7 +24,7 @@ def test_every_cache_kind_gives_the_no_cache_tokens():
     expected = run.outputs()["tokens"]
     assert expected.shape == (2, 12) and run.last_cache is None
     for kind in ("dynamic", "static"):
-        run.cache_kind = kind
+        run.knobs.cache_kind = kind
         out = run.outputs()
         assert torch.equal(out["tokens"], expected), kind
         assert out["kv_cache"]["measured"] == out["kv_cache"]["formula"]
@@ -40,7 +40,7 @@ def test_generated_tokens_continue_the_prompt_greedily():
 
 def test_units_and_metrics():
     run = build(batch=2, prompt_len=8, new_tokens=5)
-    run.cache_kind = "static"
+    run.knobs.cache_kind = "static"
     run.outputs()
     assert run.units == {"tokens": 10, "sequences": 2}
     m = run.extra_metrics(0.5)
@@ -55,8 +55,8 @@ def test_units_and_metrics():
 
 def test_itl_gaps_are_within_sequences_and_show_a_stall():
     run = build(batch=2, prompt_len=8, new_tokens=6)
-    run.layout = "sequential"
-    decode, calls = run.decode, []
+    run.knobs.layout = "sequential"
+    decode, calls = run.knobs.decode, []
 
     def stalled(*args):  # the 3rd decode step of every sequence stalls for 50 ms
         calls.append(1)
@@ -64,7 +64,7 @@ def test_itl_gaps_are_within_sequences_and_show_a_stall():
             time.sleep(0.05)
         return decode(*args)
 
-    run.cache_kind, run.decode = "dynamic", stalled
+    run.knobs.cache_kind, run.knobs.decode = "dynamic", stalled
     m = run.inter_token_latencies()
     assert m["itl_gaps"] == 2 * 5  # 5 gaps per sequence, none across the two sequences
     assert m["itl_max_s"] >= 0.05 > m["itl_p50_s"]
@@ -73,7 +73,7 @@ def test_itl_gaps_are_within_sequences_and_show_a_stall():
 def test_sequential_layout_gives_same_tokens_and_per_sequence_latency():
     run = build(batch=3, prompt_len=8, new_tokens=4)
     batched = run.outputs()["tokens"]
-    run.layout = "sequential"
+    run.knobs.layout = "sequential"
     assert torch.equal(run.outputs()["tokens"], batched)
     assert run.extra_metrics(0.3)["tokens_per_s_per_seq"] == pytest.approx(4 / 0.1)
 
@@ -161,7 +161,7 @@ def test_kv_bytes_moved_per_decode_step_follow_the_cache_kind():
     build = lambda kind: GenerateWorkload().build(  # noqa: E731
         GenerateSpec(model="nano", batch=2, prompt_len=8, new_tokens=6, prompts="synthetic"), [], CTX)
     run = build("static")
-    run.cache_kind = "static"
+    run.knobs.cache_kind = "static"
     run.outputs()
     m = run.extra_metrics(0.05)
     assert m["kv_bytes_per_decode_step"] == kv_step_bytes(run.model.args, 2, "static", 8, 6, 4)

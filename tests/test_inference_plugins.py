@@ -136,13 +136,13 @@ def test_speculative_batch_is_a_sequential_layout():
     """Rows decoded one after another: per-sequence time is e2e / batch, so TPOT does not double at batch 2."""
     one = pair(sd.SpeculativeDecoding(sd.SpeculativeParams(draft="micro", gamma=2)), [KVCache()], batch=1)[1]
     checks, two = pair(sd.SpeculativeDecoding(sd.SpeculativeParams(draft="micro", gamma=2)), [KVCache()], batch=2)
-    assert two.layout == "sequential" and all(passed(checks).values())
+    assert two.knobs.layout == "sequential" and all(passed(checks).values())
     m1, m2 = one.extra_metrics(0.10), two.extra_metrics(0.20)  # batch 2 takes twice as long, as sequential rows do
     assert m2["tokens_per_s_per_seq"] == pytest.approx(m1["tokens_per_s_per_seq"])
     assert m2["tokens_per_s_total"] == pytest.approx(m1["tokens_per_s_total"])
     assert m2["tpot_s"] == pytest.approx((0.10 - m2["ttft_s"]) / 11)
     with pytest.raises(ValueError, match="one sequence at a time"):
-        two.layout = "batched"
+        two.knobs.layout = "batched"
         two.generate(two.prompts, 2)
 
 
@@ -156,7 +156,7 @@ def test_batching_equals_one_at_a_time():
     seq = GenerateWorkload().build(spec, [KVCache(), Batching(BatchingParams(batch_size=4, mode="sequential"))], CTX)
     opt = Batching(BatchingParams(batch_size=4))
     run = GenerateWorkload().build(spec, [KVCache(), opt], CTX)
-    assert seq.layout == "sequential" and seq.batch == run.batch == 4 and run.units["tokens"] == 48
+    assert seq.knobs.layout == "sequential" and seq.batch == run.batch == 4 and run.units["tokens"] == 48
     assert passed(opt.check(seq.outputs(), run.outputs())) == {"tokens_identical_to_one_at_a_time": True}
 
 
@@ -245,7 +245,7 @@ def test_continuous_batching_serves_every_request_as_alone():
     run.step()
     m = run.extra_metrics(0.5)
     assert m["requests"] == 6 and m["ttft_p50_s"] >= 0 and 0 <= m["slo_attainment"] <= 1
-    assert run.units == {"tokens": sum(r.out_len for r in run.server.trace), "requests": 6}
+    assert run.units == {"tokens": sum(r.out_len for r in run.knobs.server.trace), "requests": 6}
 
 
 def test_continuous_batching_statistics_cover_the_timed_serves_only():
@@ -253,10 +253,10 @@ def test_continuous_batching_statistics_cover_the_timed_serves_only():
     assert run.extra_metrics(0.5).get("ttft_p50_s") is None  # outputs() served the trace, untimed
     run.step()  # warm-up and memory-probe serves are untimed too
     run.step()
-    assert run.server.records == [] and run.server.decode_steps == 0
+    assert run.knobs.server.records == [] and run.knobs.server.decode_steps == 0
     run.timed = True
     run.step()
-    assert len(run.server.records) == 6
+    assert len(run.knobs.server.records) == 6
 
 
 def test_continuous_batching_one_token_requests_have_no_tpot():
@@ -270,7 +270,7 @@ def test_continuous_batching_one_token_requests_have_no_tpot():
     mixed = serve_pair(output_min=1, output_max=2)[1]
     mixed.timed = True
     mixed.step()
-    tpots = [r["tpot"] for r in mixed.server.records if r["tpot"] is not None]
+    tpots = [r["tpot"] for r in mixed.knobs.server.records if r["tpot"] is not None]
     assert 0 < len(tpots) < 6 and min(tpots) > 0
     assert mixed.extra_metrics(0.5)["tpot_mean_s"] == pytest.approx(sum(tpots) / len(tpots))
 

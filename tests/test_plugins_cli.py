@@ -94,3 +94,27 @@ def test_defaults_from_a_factory_and_required_parameters_are_shown_as_such():
     assert "targets: list | None = None" in text and "MISSING" not in text and " object at 0x" not in text
     lora = next(r for r in json.loads(harness_cli("plugins", "--json").stdout)["plugins"] if r["name"] == "lora")
     assert next(p for p in lora["params"] if p["name"] == "targets")["default"] is None
+
+
+def knob_table() -> str:
+    """The knobs table of docs/plugins.md, from the knob dataclasses' fields and help texts."""
+    import dataclasses
+
+    from harness.inference import GenerateKnobs
+    from harness.training import TrainKnobs
+
+    rows = ["| run | knob | type | default | what it does (set by) |", "|---|---|---|---|---|"]
+    for run, cls in (("TrainRun", TrainKnobs), ("GenerateRun", GenerateKnobs)):
+        for f in dataclasses.fields(cls):
+            if f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = getattr(f.default, "__name__", None) or repr(f.default)
+            kind = str(f.type).replace("|", "\\|")
+            rows.append(f"| {run} | `{f.name}` | `{kind}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_plugin_guide_lists_every_knob_a_plugin_may_set():
+    guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    assert knob_table() in guide, "docs/plugins.md's knobs table is stale: paste tests.test_plugins_cli.knob_table()"

@@ -103,7 +103,7 @@ def test_idle_slots_are_not_decoded():
     """Offline: all 5 requests at t = 0 on 4 slots. Each decode iteration decodes only the slots in use, so the
     rows decoded are exactly the tokens after each request's first (which its prefill gives)."""
     opt, run, out = served(arrivals="offline")
-    server = run.server
+    server = run.knobs.server
     assert server.decode_rows == sum(r.out_len - 1 for r in server.trace)
     assert server.decode_rows < server.decode_steps * 4  # some iterations ran with idle slots, not decoded
     assert all(c.passed for c in opt.check({}, out)), opt.check({}, out)
@@ -111,7 +111,7 @@ def test_idle_slots_are_not_decoded():
 
 def test_a_concurrency_cap_of_one_serves_one_request_at_a_time():
     opt, run, out = served(arrivals="offline", max_concurrency=1)
-    server = run.server
+    server = run.knobs.server
     assert server.decode_rows == server.decode_steps  # never two slots in use
     ttfts = [r["ttft"] for r in server.records]
     assert max(ttfts) < 0.5 * sum(r["e2e"] for r in server.records)  # TTFT counts from when it was sent
@@ -121,7 +121,7 @@ def test_a_concurrency_cap_of_one_serves_one_request_at_a_time():
 def test_a_token_budget_admits_one_prompt_per_iteration_and_outputs_stay_equal():
     opt, run, out = served(arrivals="offline", max_batched_tokens=4)
     assert all(c.passed for c in opt.check({}, out))
-    assert run.server.decode_rows == sum(r.out_len - 1 for r in run.server.trace)
+    assert run.knobs.server.decode_rows == sum(r.out_len - 1 for r in run.knobs.server.trace)
 
 
 SERVING_SUITE = """\
