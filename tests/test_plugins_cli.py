@@ -4,6 +4,7 @@ package written by `harness new-plugin`, installed, and run through the CLI."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from harness.plugins import get_plugin_manager, load_registry
 from tests.conftest import FAULTY_PLUGINS, harness_cli
