@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,3 +302,29 @@ def library_generate(run, prompts: torch.Tensor, n: int, pad: torch.Tensor | Non
     length = layers[0].keys.shape[-2] if run.knobs.cache_kind == "static" and layers else P + n - 1
     run._cache_shape = (B, length)
     return out.sequences[:, P:]
+
+
+def config_facts(path: str):
+    """`harness.reference.ModelFacts` of a local folder from its config.json, read as plain JSON (no weights, no
+    transformers); ParamError("model") for a folder without a readable one."""
+    from harness.optimization import ParamError
+    from harness.reference import ModelFacts
+
+    where = Path(path).expanduser()
+    config = where / "config.json"
+    if not config.is_file():
+        raise ParamError("model", f"'hf:{path}': no config.json in {where} (hf: takes a local folder written by "
+                                  "save_pretrained; nothing is downloaded)")
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise ParamError("model", f"'hf:{path}': {config} is not readable JSON ({exc})") from None
+    cfg = {**(cfg.get("text_config") or {}), **cfg}
+    block = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("n_ctx") or 0
+    return ModelFacts(int(block), int(cfg.get("vocab_size") or 0),
+                      any((where / name).is_file() for name in TOKENIZER_FILES))
+
+
+def load(path: str, device, dtype, seed: int = 0) -> nn.Module:
+    """The `hf:` model loader: `load_hf` (random seeds do not apply: the weights are the folder's)."""
+    return load_hf(path, device, dtype)

@@ -17,6 +17,13 @@ def register_workloads(register):
 
 
 @hookspec
+def register_model_loaders(register):
+    """Register model sources for a suite's `model: PREFIX:NAME`: call ``register(prefix, load, facts, help)``
+    with `load(name, device, dtype, seed) -> nn.Module` and `facts(name) -> harness.reference.ModelFacts`
+    (`harness.reference.ModelLoader` says what each must do). Core registers `reference:` and `hf:` this way."""
+
+
+@hookspec
 def harness_environment(env):
     """Add keys to the environment block (a dict) recorded in every results file."""
 

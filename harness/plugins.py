@@ -99,6 +99,13 @@ def load_registry(plugins_dirs: list[str | Path] = ()) -> Registry:
                 impl.function(register=lambda cls, table=table, source=source: _add(registry, table, cls, source))
             except Exception as exc:
                 registry.errors[impl.plugin_name] = f"{hook.name}: {type(exc).__name__}: {exc}"
+    from harness.reference import register_model_loader  # here: it imports torch
+
+    for impl in pm.hook.register_model_loaders.get_hookimpls():
+        try:
+            impl.function(register=register_model_loader)
+        except Exception as exc:
+            registry.errors[impl.plugin_name] = f"register_model_loaders: {type(exc).__name__}: {exc}"
     return registry
 
 

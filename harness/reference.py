@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import data
+from harness import data, hf
 from harness.errors import InputError
+from harness.hookspecs import hookimpl
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import ParamError
 
@@ -261,61 +262,96 @@ class ModelFacts:
     tokenizer: bool = False
 
 
-def model_facts(spec: str) -> ModelFacts:
-    """`ModelFacts` of a preset, a reference or a local hf: folder (its config.json, read as plain JSON);
-    ParamError("model") when the name or folder cannot be resolved. Used to validate a suite before any case
-    runs."""
-    if spec.startswith("hf:"):
-        from harness.hf import TOKENIZER_FILES
+@dataclass(frozen=True)
+class ModelLoader:
+    """A source of models for a suite's `model: PREFIX:NAME`: `load(name, device, dtype, seed)` returns a module
+    with the harness model interface (`forward(idx, targets=None, cache=None, input_pos=None, pad=None)`,
+    `args` with block_size / vocab_size, `num_params()`; see harness.hf.HFCausalLM for a wrapper) in eval mode;
+    `facts(name)` returns its `ModelFacts` without loading weights (ParamError("model") for a bad name)."""
 
-        where = Path(spec[3:]).expanduser()
-        config = where / "config.json"
-        if not config.is_file():
-            raise ParamError("model", f"'{spec}': no config.json in {where} (hf: takes a local folder written by "
-                                      "save_pretrained; nothing is downloaded)")
-        try:
-            cfg = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise ParamError("model", f"'{spec}': {config} is not readable JSON ({exc})") from None
-        cfg = {**(cfg.get("text_config") or {}), **cfg}
-        block = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("n_ctx") or 0
-        return ModelFacts(int(block), int(cfg.get("vocab_size") or 0),
-                          any((where / name).is_file() for name in TOKENIZER_FILES))
-    if spec.startswith("reference:"):
-        name = spec.removeprefix("reference:")
-        if name not in REFERENCES:
-            raise ParamError("model", f"unknown reference '{name}'; known: {', '.join(REFERENCES)}")
-        args = REFERENCES[name].model_args()
-        return ModelFacts(args.block_size, args.vocab_size)
-    if spec in PRESETS:
-        return ModelFacts(PRESETS[spec].block_size, PRESETS[spec].vocab_size)
-    raise ParamError("model", f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}), "
-                              f"reference:NAME ({', '.join(REFERENCES)}) or hf:PATH")
+    load: Callable[..., nn.Module]
+    facts: Callable[[str], ModelFacts]
+    help: str = ""
+
+
+LOADERS: dict[str, ModelLoader] = {}  # prefix -> loader; a bare name is a preset
+
+
+def register_model_loader(prefix: str, load: Callable[..., nn.Module], facts: Callable[[str], ModelFacts],
+                          help: str = "") -> None:
+    """Add a model source for `model: PREFIX:NAME` (the `register` of the register_model_loaders hook);
+    ValueError if another loader has the prefix."""
+    loader = ModelLoader(load, facts, help)
+    if LOADERS.get(prefix, loader) != loader:
+        raise ValueError(f"model prefix '{prefix}:' is registered twice")
+    LOADERS[prefix] = loader
+
+
+def _split(spec: str) -> tuple[ModelLoader | None, str]:
+    """The loader and name of a `model:` field: (None, spec) for a preset's bare name."""
+    prefix, colon, name = spec.partition(":")
+    if not colon:
+        if spec in PRESETS:
+            return None, spec
+        raise ParamError("model", f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}) or "
+                                  + ", ".join(f"{p}:{loader.help or 'NAME'}" for p, loader in LOADERS.items()))
+    if prefix not in LOADERS:
+        raise ParamError("model", f"unknown model source '{prefix}:' in '{spec}'; known: "
+                                  f"{', '.join(p + ':' for p in LOADERS)} (a plugin adds one with "
+                                  "register_model_loaders)")
+    return LOADERS[prefix], name
+
+
+def model_facts(spec: str) -> ModelFacts:
+    """`ModelFacts` of a preset or of PREFIX:NAME (`LOADERS`); ParamError("model") when the name cannot be
+    resolved. Used to validate a suite before any case runs."""
+    loader, name = _split(spec)
+    if loader is None:
+        return ModelFacts(PRESETS[name].block_size, PRESETS[name].vocab_size)
+    return loader.facts(name)
 
 
 def load_model(spec: str, device="cpu", dtype=None, seed: int = 0) -> nn.Module:
-    """Resolve a suite's `model:` field, in eval mode (call `.train()` to train):
-    a preset name ("nano", "cpu", "small", ...: random init from `seed`), "reference:NAME" (trained reference,
-    cached), or "hf:PATH" (a local Hugging Face causal LM, see `harness.hf`)."""
+    """Resolve a suite's `model:` field, in eval mode (call `.train()` to train): a preset name ("nano", "cpu",
+    "small", ...: random init from `seed`) or PREFIX:NAME through its `ModelLoader`: "reference:NAME" (trained
+    reference, cached), "hf:PATH" (a local Hugging Face causal LM, see `harness.hf`), or a plugin's prefix."""
     dtype = resolve_dtype(dtype)
-    if spec.startswith("hf:"):
-        from harness.hf import load_hf
-
-        return load_hf(spec[3:], device, dtype)
-    if spec.startswith("reference:"):
-        model = load_reference(spec[len("reference:"):], device)
-    elif spec in PRESETS:
-        dev = torch.device(device)
-        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            with dev:  # initialise in place: a `large` model is not built on the CPU first
-                model = GPT(ModelArgs.from_name(spec))
-        model.eval()
-    else:
-        raise InputError(f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}), "
-                         f"reference:NAME ({', '.join(REFERENCES)}) or hf:PATH")
+    try:
+        loader, name = _split(spec)
+    except ParamError as exc:
+        raise InputError(str(exc)) from None
+    if loader is not None:
+        return loader.load(name, device, dtype, seed)
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        with dev:  # initialise in place: a `large` model is not built on the CPU first
+            model = GPT(ModelArgs.from_name(name))
+    model.eval()
     return model.to(dtype=dtype) if dtype is not None else model
+
+
+def _reference_facts(name: str) -> ModelFacts:
+    if name not in REFERENCES:
+        raise ParamError("model", f"unknown reference '{name}'; known: {', '.join(REFERENCES)}")
+    args = REFERENCES[name].model_args()
+    return ModelFacts(args.block_size, args.vocab_size)
+
+
+def _reference_load(name: str, device, dtype, seed: int) -> nn.Module:
+    _reference_facts(name)
+    model = load_reference(name, device)
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
+@hookimpl
+def register_model_loaders(register):
+    register("reference", _reference_load, _reference_facts, f"NAME ({', '.join(REFERENCES)})")
+    register("hf", hf.load, hf.config_facts, "PATH")
+
+
+register_model_loaders(register_model_loader)  # core's sources, through the same hook plugins use
 
 
 def main_train_reference(names: list[str], device: str = "cpu", force: bool = False) -> int:

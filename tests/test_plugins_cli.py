@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.plugins import get_plugin_manager, load_registry
 from tests.conftest import FAULTY_PLUGINS, harness_cli
 
@@ -119,3 +121,26 @@ def knob_table() -> str:
 def test_the_plugin_guide_lists_every_knob_a_plugin_may_set():
     guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
     assert knob_table() in guide, "docs/plugins.md's knobs table is stale: paste tests.test_plugins_cli.knob_table()"
+
+
+def test_a_plugin_adds_a_model_source_that_suites_and_workloads_resolve(tmp_path):
+    from harness.inference import GenerateSpec, GenerateWorkload
+    from harness.optimization import ParamError
+    from harness.reference import LOADERS, load_model, model_facts
+    from harness.workload import RunContext
+
+    load_registry([FAULTY_PLUGINS])
+    assert {"reference", "hf", "tiny"} <= set(LOADERS)
+    assert model_facts("tiny:3").vocab_size == 256 and len(load_model("tiny:3").blocks) == 3
+    run = GenerateWorkload().build(GenerateSpec(model="tiny:1", prompts="synthetic", prompt_len=4, new_tokens=3),
+                                   [], RunContext(device="cpu", env={}, seed=0))
+    assert run.outputs()["tokens"].shape == (1, 3)
+    with pytest.raises(ParamError, match="tiny:N takes a layer count"):
+        model_facts("tiny:many")
+    with pytest.raises(ParamError, match="unknown model source 'tinny:'.*tiny:"):
+        model_facts("tinny:2")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ndevice: cpu\nworkloads:\n  g: {type: generate, model: 'tiny:x', prompts: synthetic}\n"
+                     "cases:\n  - {workload: g, plugins: [{kv_cache: {kind: static}}]}\n")
+    proc = harness_cli("validate", suite, "--plugins-dir", FAULTY_PLUGINS)
+    assert proc.returncode == 2 and "s.yaml:4" in proc.stderr and "tiny:N takes a layer count" in proc.stderr
