@@ -53,6 +53,9 @@ class Optimization:
     # When set: the baseline side must apply this optimization too (with its own parameters), because the
     # optimization changes the work itself (a request trace, a batch); the text says how, as validate's error.
     baseline_needs: ClassVar[str | None] = None
+    # optimizations this one must be listed before on a side: it changes the model or optimizer they wrap or
+    # rebuild (checked by the suite loader: file:line, exit 2, before any case runs)
+    before: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()

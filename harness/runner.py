@@ -66,6 +66,14 @@ def worker_command(case: CaseSpec, job_path: Path, result_path: Path) -> list[st
     return [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
 
 
+def job_for(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, plugins_dirs: list[str],
+            probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job file a worker runs (`python -m harness.worker JOB RESULT`, under torchrun on any number of nodes)."""
+    return {"case": dataclasses.asdict(case), "env": env, "threads": threads,
+            "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
+            "runner_pid": os.getpid(), "probe": probe}
+
+
 def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
              plugins_dirs: list[str], inline: bool = False, probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one case in a fresh process (or in this one with `inline`) and return its result record; with
@@ -77,10 +85,7 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
         safe += f".{probe.get('kind', 'capacity')}-{probe['side']}-{probe['value']}"
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
-    job = {"case": dataclasses.asdict(case), "env": env, "threads": threads,
-           "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
-           "runner_pid": os.getpid(), "probe": probe}
-    write_json(str(job_path), job)
+    write_json(str(job_path), job_for(case, suite, env, threads, plugins_dirs, probe))
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
     status = None

@@ -322,8 +322,12 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
             processes = max(processes, opt.processes())
             if key == "plugins":
                 labels.append(opt.label())
-        for ppath, opt in built:
+        for i, (ppath, opt) in enumerate(built):
             try:
+                late = [o.name for _, o in built[:i] if o.name in opt.before]
+                if late:
+                    raise ParamError("", f"'{opt.name}' changes what {', '.join(late)} wrap(s): list it before "
+                                         f"{', '.join(late)} in the case's plugins")
                 opt.validate(spec, [o for _, o in built])
             except ParamError as exc:
                 raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None

@@ -138,6 +138,7 @@ class LoRA(Optimization):
     """LoRA fine-tuning: adapters on the targeted linears, every other parameter frozen."""
 
     name = "lora"
+    before = ("ddp", "zero", "torch_compile")  # they wrap the model lora changes
     kind = "training"
     description = "Low-rank adapters (frozen base); starts equal to the base model, base weights never change."
     Params = LoRAParams
@@ -150,10 +151,6 @@ class LoRA(Optimization):
         elif self.params.targets is not None and not set(self.params.targets) <= set(TARGETS):
             raise ParamError("targets", f"targets of the built-in GPT are among {', '.join(TARGETS)} "
                                         f"(got {self.params.targets})")
-        wrappers = [o.name for o in plugins[:plugins.index(self)] if o.name in ("ddp", "zero", "torch_compile")]
-        if wrappers:
-            raise ParamError("", f"lora must be applied to the plain model: list it before {', '.join(wrappers)} "
-                                 "in the case's plugins")
 
     def apply(self, run: Any) -> None:
         if run.model is not run.raw_model:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, ParamError, hookimpl
+from harness import Check, Optimization, hookimpl
 from harness.checks import loss_check, noise_of, tensors_check
 
 # The implementations evaluate the same formula with other op orders (fused on CPU computes the step in one
@@ -59,16 +59,13 @@ class OptimizerImpl(Optimization):
     """Pick AdamW's implementation (fused / foreach / for_loop); the same update as the baseline's."""
 
     name = "optimizer_impl"
+    before = ("zero",)  # zero wraps the plain AdamW this rebuilds
     kind = "training"
     description = "AdamW fused, foreach or for-loop; parameters after K steps equal the baseline's implementation."
     Params = OptimizerImplParams
 
     def supports(self, env: dict[str, Any]) -> str | None:
         return impl_works(self.params.impl, str(env.get("device", "cpu")).split(":")[0])
-
-    def validate(self, spec: Any, plugins: list) -> None:
-        if any(o.name == "zero" for o in plugins[:plugins.index(self)]):
-            raise ParamError("", "optimizer_impl rebuilds a plain AdamW: list it before zero in the case's plugins")
 
     def apply(self, run: Any) -> None:
         if type(run.optimizer) is not torch.optim.AdamW:

@@ -75,3 +75,47 @@ def test_worker_destroys_the_process_group_a_plugin_made_even_when_the_case_fail
     assert worker.main([str(job), str(tmp_path / "result.json")]) == 3
     assert not dist.is_initialized()
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+MULTI_NODE_SUITE = """\
+name: two-nodes
+device: cpu
+measure: {min_pairs: 3, min_samples: 3, min_time_s: 0.05, max_time_s: 1, warmup_min_s: 0.02, warmup_max_s: 0.2}
+workloads:
+  train: {type: train, model: micro, batch: 4, seq_len: 16, steps: 2}
+cases:
+  - {workload: train, plugins: [ddp]}
+"""
+
+
+@pytest.mark.slow
+def test_the_readme_multi_node_recipe_runs_a_ddp_case_across_two_torchrun_agents(tmp_path):
+    """README: copy the runner's job file to every node and start `torchrun --nnodes 2 ... --rdzv-backend c10d
+    -m harness.worker JOB RESULT` on each; here two agents on this machine meet on the loopback address."""
+    import json
+    import socket
+
+    from harness import env as envmod
+    from harness.plugins import load_registry
+    from harness.results import write_json
+    from harness.runner import job_for
+    from harness.suite import load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(MULTI_NODE_SUITE)
+    suite = load_suite(path, load_registry())
+    job, result = tmp_path / "job.json", tmp_path / "result.json"
+    write_json(job, job_for(suite.cases[0], suite, envmod.detect("cpu", 2), 2, []))
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "harness-test",
+                                "-m", "harness.worker", str(job), str(result)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [a.communicate(timeout=300)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    record = json.loads(result.read_text())
+    assert record["status"] == "ok" and record["checks"] and all(c["passed"] for c in record["checks"])
+    assert record["optimized"]["distributed"] and record["optimized"]["info"]["world_size"] == 2
