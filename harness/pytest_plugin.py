@@ -21,6 +21,7 @@ import pytest
 
 from harness.optimization import build_params
 from harness.plugins import load_registry
+from harness.sides import Unsupported, build_sides, repeat_noise_pass, run_checks
 from harness.workload import RunContext
 
 
@@ -53,22 +54,17 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
     wl = registry.workloads[workload]()
     ctx = RunContext(device=torch.device(env["device"]), env=env, seed=seed,
                      threads=torch.get_num_threads())
-    sides = {}
-    for name, uses in (("baseline", baseline), ("optimized", plugins)):
-        opts = []
-        for opt_name, params in _uses(uses):
-            cls = registry.optimizations[opt_name]
-            opt = cls(build_params(cls.Params, params))
-            reason = opt.supports(env)
-            if reason:
-                pytest.skip(f"{opt_name}: {reason}")
-            opts.append(opt)
-        sides[name] = opts
-    runs = {name: wl.build(build_params(wl.Spec, spec or {}), opts, ctx) for name, opts in sides.items()}
-    base_out, opt_out = runs["baseline"].outputs(), runs["optimized"].outputs()
-    from harness.worker import differing  # the worker's rule: the baseline's own plugins are not what is tested
-
-    checks = [c.as_dict() for o in differing(sides["optimized"], sides["baseline"]) for c in o.check(base_out, opt_out)]
+    try:
+        sides = build_sides(registry, {"baseline": _uses(baseline), "optimized": _uses(plugins)}, env)
+    except Unsupported as exc:
+        pytest.skip(str(exc))
+    workload_spec = build_params(wl.Spec, spec or {})
+    runs = {name: wl.build(workload_spec, opts, ctx) for name, opts in sides.items()}
+    outputs = {name: run.outputs() for name, run in runs.items()}
+    noise = repeat_noise_pass(wl, workload_spec, sides["baseline"], ctx, outputs["baseline"])  # CUDA only
+    if noise is not None:
+        outputs["baseline"]["noise"] = noise
+    checks = run_checks(sides, outputs)  # the worker's checks, the worker's way
     failed = [c for c in checks if not c["passed"]]
     assert not failed, f"invariant checks failed: {failed}"
 

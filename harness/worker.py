@@ -22,12 +22,9 @@ from harness.distributed import Distributed
 from harness.optimization import build_params
 from harness.plugins import load_registry
 from harness.results import write_json
+from harness.sides import Unsupported, build_sides, repeat_noise_pass, run_checks
 from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
 from harness.workload import RunContext
-
-
-class Unsupported(Exception):
-    """An optimization does not support this environment; the case is recorded as "unsupported"."""
 
 
 def log(message: str) -> None:
@@ -94,19 +91,9 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
 
     workload = registry.workloads[case["workload_type"]]()
     spec = build_params(workload.Spec, case["workload_spec"])
-    sides = {}
     pairs = (("optimized", case["plugins"]),) if case.get("alone") else (("baseline", case["baseline"]),
                                                                         ("optimized", case["plugins"]))
-    for side, uses in pairs:
-        opts = []
-        for use in uses:
-            cls = registry.optimizations[use["name"]]
-            opt = cls(build_params(cls.Params, use["params"]))
-            reason = opt.supports(env)
-            if reason:
-                raise Unsupported(f"{use['name']}: {reason}")
-            opts.append(opt)
-        sides[side] = opts
+    sides = build_sides(registry, {side: [(u["name"], u["params"]) for u in uses] for side, uses in pairs}, env)
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
                      world_size=dist.world_size, threads=rank_threads)
 
@@ -141,13 +128,13 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         peaks[side] = peak
         dist.barrier()
     if cuda and "baseline" in sides:
-        noise = baseline_repeat_noise(workload, spec, sides["baseline"], ctx, dist, outputs.get("baseline"))
+        log("repeating the baseline's correctness pass (CUDA kernels are not deterministic)")
+        noise = repeat_noise_pass(workload, spec, sides["baseline"], ctx, outputs.get("baseline"),
+                                  owned=owns(runs["baseline"], dist))
+        dist.barrier()
         if noise is not None and dist.rank == 0:
             outputs["baseline"]["noise"] = noise
-    checks = []
-    if dist.rank == 0 and "baseline" in sides:
-        for opt in differing(sides["optimized"], sides["baseline"]):
-            checks += [c.as_dict() for c in opt.check(outputs["baseline"], outputs["optimized"])]
+    checks = run_checks(sides, outputs) if dist.rank == 0 else []
     outputs.clear()
     gc.collect()
 
@@ -232,28 +219,6 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
     return timing, record, clocks_log
 
 
-def baseline_repeat_noise(workload, spec, baseline_opts, ctx, dist: Distributed, first: dict | None):
-    """On CUDA: a second correctness pass of a fresh baseline (same seed), and how far it lands from the first
-    (harness.training.repeat_noise: atomics in attention backward and reductions are not deterministic). The
-    checks then allow a multiple of that noise, and say so in their tolerance. None for workloads without
-    tensors to compare (generation compares tokens with the near-tie rule) or on ranks that do not own it."""
-    from harness.checks import repeat_noise
-    from harness.training import TrainRun
-
-    if workload.kind != "training":
-        return None
-    run = workload.build(spec, baseline_opts, ctx)
-    noise = None
-    if isinstance(run, TrainRun) and owns(run, dist):
-        log("repeating the baseline's correctness pass (CUDA kernels are not deterministic)")
-        second = run.outputs()
-        noise = repeat_noise(first, second) if first is not None else None
-    dist.barrier()
-    del run
-    gc.collect()
-    return noise
-
-
 def warm_runtime(workload, spec, baseline_opts, ctx, dist: Distributed) -> None:
     """Build the baseline once and run one step, then drop it, before anything is measured: one-time runtime
     set-up (thread pools, allocator arenas, kernel libraries, communicator buffers) is then not charged to the
@@ -265,13 +230,6 @@ def warm_runtime(workload, spec, baseline_opts, ctx, dist: Distributed) -> None:
     del run
     gc.collect()
     memory.current_bytes(ctx.device)  # trims the heap on CPU
-
-
-def differing(optimizations: list, baseline: list) -> list:
-    """The optimizations whose invariant this case tests: those not also applied, with the same parameters, to
-    the baseline (a shared KV cache is set-up common to both sides, not what is compared)."""
-    shared = {(o.name, repr(o.params)) for o in baseline}
-    return [o for o in optimizations if (o.name, repr(o.params)) not in shared]
 
 
 def owns(run, dist: Distributed) -> bool:

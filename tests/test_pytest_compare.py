@@ -26,3 +26,32 @@ def test_identical_sides_are_never_called_faster_or_slower():
     assert cmp["pairs"] >= 6 and len(cmp["per_pair"]) == cmp["pairs"]
     assert cmp["verdict"] in ("no significant difference", "inconclusive")
     assert cmp["ci95"][0] <= cmp["speedup"] <= cmp["ci95"][1]
+
+
+def test_harness_run_and_the_pytest_plugin_judge_a_case_by_the_same_checks(tmp_path):
+    """One case through the worker (as `harness run --inline` runs it) and through the pytest fixture: the same
+    sides (harness.sides.build_sides), the same checks with the same values (harness.sides.run_checks)."""
+    import json
+
+    from harness import env as envmod
+    from harness import worker
+    from harness.plugins import load_registry
+    from harness.results import write_json
+    from harness.runner import job_for
+    from harness.suite import load_suite
+
+    spec = {"model": "micro", "batch": 2, "seq_len": 16, "steps": 2}
+    suite_path = tmp_path / "s.yaml"
+    suite_path.write_text(
+        "name: s\ndevice: cpu\nmeasure: {min_pairs: 3, min_samples: 3, min_time_s: 0.05, max_time_s: 0.5,\n"
+        "          warmup_min_s: 0.02, warmup_max_s: 0.2}\n"
+        f"workloads:\n  train: {json.dumps({'type': 'train', **spec})}\n"
+        "cases:\n  - {workload: train, plugins: [{gradient_accumulation: {micro_batches: 2}}]}\n")
+    suite = load_suite(suite_path, load_registry())
+    job, result = tmp_path / "job.json", tmp_path / "result.json"
+    write_json(job, job_for(suite.cases[0], suite, envmod.detect("cpu", 1), 1, []))
+    worker.main([str(job), str(result)])
+    by_worker = json.loads(result.read_text())["checks"]
+    by_pytest = run_case(FakeBenchmark(), "train", spec, plugins=[{"gradient_accumulation": {"micro_batches": 2}}])
+    assert [c["name"] for c in by_worker] == [c["name"] for c in by_pytest["checks"]] != []
+    assert by_worker == json.loads(json.dumps(by_pytest["checks"]))
