@@ -165,6 +165,8 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
             raise doc.error(("cases",), f"two cases have the same id '{case.id}' (lines {seen[case.id]} and "
                                         f"{case.line}); give one of them different parameters")
         seen[case.id] = case.line
+    if budget_gb is not None and not any(c.capacity for c in cases):
+        raise InputError("--budget-gb sets the budget of capacity: blocks, and this suite has none", str(path))
     return Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
                  device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases,
                  overrides={k: v for k, v in (("model", model), ("budget_gb", budget_gb)) if v is not None})

@@ -127,6 +127,9 @@ def test_budget_and_model_overrides_apply_to_every_case_and_are_recorded(tmp_pat
         (tmp_path / "hf" / "config.json").write_text('{"n_positions": 32, "vocab_size": 300}')
         suite_with(tmp_path, "[activation_checkpointing]", "{dim: batch, budget_gb: 1}",
                    model=f"hf:{tmp_path / 'hf'}")
+    (tmp_path / "plain.yaml").write_text(SUITE.format(plugins="[activation_checkpointing]", capacity="null"))
+    with pytest.raises(InputError, match="--budget-gb sets the budget of capacity: blocks, and this suite has none"):
+        load_suite(tmp_path / "plain.yaml", load_registry(), budget_gb=1.0)
 
 
 CAPACITY_SUITE = """\
