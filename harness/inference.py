@@ -369,7 +369,7 @@ class GenerateWorkload(Workload):
         run = GenerateRun(spec, ctx)
         for opt in optimizations:
             opt.apply(run)
-        run.info.update(cache=run.cache_kind, layout=run.layout, batch=run.batch)
+        run.info.update(cache=run.knobs.cache_kind, layout=run.knobs.layout, batch=run.batch)
         return run
 
 
