@@ -61,7 +61,8 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
     workload_spec = build_params(wl.Spec, spec or {})
     runs = {name: wl.build(workload_spec, opts, ctx) for name, opts in sides.items()}
     outputs = {name: run.outputs() for name, run in runs.items()}
-    noise = repeat_noise_pass(wl, workload_spec, sides["baseline"], ctx, outputs["baseline"])  # CUDA only
+    noise = (repeat_noise_pass(wl, workload_spec, sides["baseline"], ctx, outputs["baseline"])
+             if ctx.device.type == "cuda" else None)
     if noise is not None:
         outputs["baseline"]["noise"] = noise
     checks = run_checks(sides, outputs)  # the worker's checks, the worker's way

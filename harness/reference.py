@@ -321,7 +321,10 @@ def load_model(spec: str, device="cpu", dtype=None, seed: int = 0) -> nn.Module:
     except ParamError as exc:
         raise InputError(str(exc)) from None
     if loader is not None:
-        return loader.load(name, device, dtype, seed)
+        try:
+            return loader.load(name, device, dtype, seed)
+        except ParamError as exc:  # a name the loader's facts refuse
+            raise InputError(str(exc)) from None
     dev = torch.device(device)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):

@@ -89,7 +89,8 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     side key "metrics" becomes "optimized" in each case and in its measurement's per-side fields."""
     if data["schema_version"] >= 2:
         return data
-    return {**data, "cases": [_renamed(c) if isinstance(c, dict) else c for c in data["cases"]]}
+    return {**data, "schema_version": SCHEMA_VERSION, "read_from_schema": data["schema_version"],
+            "cases": [_renamed(c) if isinstance(c, dict) else c for c in data["cases"]]}
 
 
 def _renamed(case: dict[str, Any]) -> dict[str, Any]:

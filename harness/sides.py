@@ -39,13 +39,14 @@ def differing(optimizations: list, baseline: list) -> list:
 
 def repeat_noise_pass(workload: Any, spec: Any, baseline_opts: list, ctx: Any, first: dict | None,
                       owned: bool = True) -> dict | None:
-    """On CUDA: a second correctness pass of a fresh baseline (same seed), and how far it lands from the first
-    (harness.checks.repeat_noise: atomics in attention backward and reductions are not deterministic). The
-    checks then allow a multiple of that noise, and say so in their tolerance. None for workloads without
-    tensors to compare (generation compares tokens with the near-tie rule) or where this rank does not own it."""
+    """A second correctness pass of a fresh baseline (same seed) and how far it lands from the first
+    (harness.checks.repeat_noise); the callers ask it on CUDA, where atomics in attention backward and reductions
+    are not deterministic. The checks then allow a multiple of that noise, and say so in their tolerance. None for
+    workloads without tensors to compare (generation compares tokens with the near-tie rule) or where this rank
+    does not own the run."""
     from harness.checks import repeat_noise
 
-    if workload.kind != "training" or ctx.device.type != "cuda":
+    if workload.kind != "training":
         return None
     run = workload.build(spec, baseline_opts, ctx)
     noise = repeat_noise(first, run.outputs()) if owned and first is not None else None

@@ -170,4 +170,5 @@ def test_a_schema_1_file_reads_as_the_current_schema_without_changing_the_input(
     assert ok and all("optimized" in c and "metrics" not in c for c in ok)
     assert all(set(c["measurement"]["warmup_s"]) == {"baseline", "optimized"} for c in ok)
     assert all("metrics" in c for c in raw["cases"] if c["status"] == "ok")  # the input is left as it was
+    assert read["schema_version"] == 2 and read["read_from_schema"] == 1
     assert validate(read) is read  # already current

@@ -142,5 +142,5 @@ def test_a_plugin_adds_a_model_source_that_suites_and_workloads_resolve(tmp_path
     suite = tmp_path / "s.yaml"
     suite.write_text("name: s\ndevice: cpu\nworkloads:\n  g: {type: generate, model: 'tiny:x', prompts: synthetic}\n"
                      "cases:\n  - {workload: g, plugins: [{kv_cache: {kind: static}}]}\n")
-    proc = harness_cli("validate", suite, "--plugins-dir", FAULTY_PLUGINS)
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "validate", suite)
     assert proc.returncode == 2 and "s.yaml:4" in proc.stderr and "tiny:N takes a layer count" in proc.stderr

@@ -71,7 +71,7 @@ def _fake_sides(costs: dict[str, float]):
 
 def test_pairs_run_both_sides_in_a_seeded_random_order():
     run_block, seen = _fake_sides({"baseline": 0.01, "metrics": 0.01})
-    settings = MeasureSettings(min_pairs=20, min_samples=1, min_time_s=0.01).resolved(False)
+    settings = MeasureSettings(min_pairs=20, min_samples=2, min_time_s=0.01).resolved(False)
     result = timing.paired_blocks(run_block, {"baseline": 2, "metrics": 3}, {"baseline": 1, "metrics": 1}, settings)
     assert len(result.orders) == 20 and result.stopped_by == "minimums"
     assert {tuple(o) for o in result.orders} == {("baseline", "metrics"), ("metrics", "baseline")}
@@ -85,16 +85,16 @@ def test_pairs_run_both_sides_in_a_seeded_random_order():
 
 def test_pairs_stop_at_the_time_budget():
     run_block, _ = _fake_sides({"baseline": 1.0, "metrics": 1.0})
-    settings = MeasureSettings(min_pairs=50, min_samples=1, max_time_s=5.0).resolved(False)
+    settings = MeasureSettings(min_pairs=50, min_samples=2, max_time_s=5.0).resolved(False)
     result = timing.paired_blocks(run_block, {"baseline": 1, "metrics": 1}, {"baseline": 1, "metrics": 1}, settings)
     assert result.stopped_by == "budget" and len(result.orders) == 5
-    short = MeasureSettings(min_pairs=50, min_samples=1, max_time_s=2.0).resolved(False)
+    short = MeasureSettings(min_pairs=50, min_samples=2, max_time_s=2.0).resolved(False)
     result = timing.paired_blocks(run_block, {"baseline": 1, "metrics": 1}, {"baseline": 1, "metrics": 1}, short)
     assert len(result.orders) == 5  # the budget never cuts a case below the pairs a verdict needs
 
 
 def test_until_conclusive_adds_pairs_only_while_undecided():
-    settings = MeasureSettings(min_pairs=10, min_samples=1, min_time_s=0.01, max_time_s=100.0,
+    settings = MeasureSettings(min_pairs=10, min_samples=2, min_time_s=0.01, max_time_s=100.0,
                                until_conclusive=True).resolved(False)
     checks = []
 

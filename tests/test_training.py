@@ -134,16 +134,15 @@ def test_tolerances_widen_to_the_baselines_own_repeat_noise():
     import torch
 
     from harness.checks import loss_check, repeat_noise, tensors_check
-    from harness.distributed import Distributed
+    from harness.sides import repeat_noise_pass
     from harness.training import TrainSpec, TrainWorkload
-    from harness.worker import baseline_repeat_noise
     from harness.workload import RunContext
 
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
     spec = TrainSpec(model="nano", batch=2, seq_len=16, steps=2)
     workload = TrainWorkload()
     first = workload.build(spec, [], ctx).outputs()
-    noise = baseline_repeat_noise(workload, spec, [], ctx, Distributed("cpu"), first)
+    noise = repeat_noise_pass(workload, spec, [], ctx, first)
     assert set(noise) == {"params", "grads", "loss"} and max(noise["params"].values()) == 0.0 == noise["loss"]
 
     base = {"w": torch.zeros(3)}
