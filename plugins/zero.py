@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import torch
 from harness_plugins.ddp import PARAM_ATOL, PARAM_RTOL, backend_reason, check_batch_splits, join_group, wrap_ddp
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from harness import Check, Optimization, ParamError, hookimpl
@@ -73,6 +72,8 @@ class Zero(Optimization):
         if stage == "zero1":
             if not isinstance(run.model, DistributedDataParallel):
                 wrap_ddp(run, self.params.world_size)
+            from torch.distributed.optim import ZeroRedundancyOptimizer  # here: importing it costs ~2 s
+
             run.optimizer = ZeroRedundancyOptimizer(run.raw_model.parameters(), optimizer_class=torch.optim.AdamW,
                                                     **run.optimizer_kwargs())
         else:
