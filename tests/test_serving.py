@@ -135,7 +135,7 @@ cases:
     plugins: [{continuous_batching: {requests: 10, rate: 50.0, slots: 4, prompt_max: 16, output_max: 12}}]
     baseline: [{continuous_batching: {requests: 10, rate: 50.0, slots: 4, prompt_max: 16, output_max: 12,
                                       scheduler: static}}]
-    serving: {slo: {ttft_p90_s: 0.05, tpot_p50_s: 0.02}, start_rate: 50, rel_tol: 1.0, max_time_s: 30,
+    serving: {slo: {ttft_p90_s: 0.05, tpot_p50_s: 0.02}, start_rate: 50, rel_tol: 1.0, max_time_s: 16,
               min_duration_s: 0.1, repeats: 1}
 """
 
