@@ -252,11 +252,19 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 
 def side_record(searches: list[dict[str, Any]]) -> dict[str, Any]:
-    """One side's repeated searches: the median sustainable rate and saturated throughput (tokens/s and
-    requests/s), each with its min-max range and the number of searches that gave it."""
+    """One side's repeated searches: the median sustainable rate with `rate_range` [the lowest rate any search
+    saw meet the SLO, the highest it saw fail] (where the threshold lay in every search: resolution and repeat
+    noise together), the median saturated throughput (tokens/s with its min-max, requests/s), the searches that
+    found a rate, and the probes run on a busy machine (foreign CPU above harness.load.BUSY_THRESHOLD)."""
+    from harness.load import BUSY_THRESHOLD
+
     rate = _spread([s.get("rate") for s in searches])
     tokens = _spread([saturated(s) for s in searches])
-    return {"rate": rate["median"], "rate_range": rate["range"], "found": rate["n"], "repeats": len(searches),
+    bounds = [s.get("failing") or s.get("rate") for s in searches if s.get("rate")]
+    points = [p for s in searches for p in s.get("points", []) + [s.get("offline")] if p]
+    busy = sum((p.get("metrics") or {}).get("foreign_cpu", 0) > BUSY_THRESHOLD for p in points)
+    return {"rate": rate["median"], "rate_range": [rate["range"][0], max(bounds)] if bounds else None,
+            "found": rate["n"], "repeats": len(searches), "busy_probes": busy,
             "saturated_tokens_per_s": tokens["median"], "saturated_range": tokens["range"],
             "saturated_requests_per_s": _spread([saturated(s, "requests_per_s") for s in searches])["median"],
             "searches": searches}
@@ -266,6 +274,18 @@ def paired_ratio(base: list[float | None], opt: list[float | None]) -> dict[str,
     """optimized / baseline per repeat (repeat i of both sides ran one after the other): median and min-max."""
     ratios = _spread([o / b if b and o else None for b, o in zip(base, opt)])
     return {"ratio": ratios["median"], "range": ratios["range"], "repeats": ratios["n"]}
+
+
+def rate_ratio(base: list[dict[str, Any]], opt: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sustainable-rate ratio per repeat (optimized / baseline search i): its median, and the range its
+    brackets allow, [min of opt rate / base failing, max of opt failing / base rate] over the repeats."""
+    pairs = [(b, o) for b, o in zip(base, opt) if b.get("rate") and o.get("rate")]
+    if not pairs:
+        return {"ratio": None, "range": None, "repeats": 0}
+    low = min(o["rate"] / (b.get("failing") or b["rate"]) for b, o in pairs)
+    high = max((o.get("failing") or o["rate"]) / b["rate"] for b, o in pairs)
+    return {"ratio": statistics.median(o["rate"] / b["rate"] for b, o in pairs), "range": [low, high],
+            "repeats": len(pairs)}
 
 
 def sweep_rates(spec: ServingSpec, sides: dict[str, dict[str, Any]]) -> list[float]:
@@ -286,7 +306,7 @@ def summarize(spec: ServingSpec, sides: dict[str, dict[str, Any]],
                            "rate_ratio": None, "rate_ratio_range": None, "saturation_ratio": None,
                            "saturation_ratio_range": None}
     if base and opt:
-        rates = paired_ratio([s.get("rate") for s in searches_of(base)], [s.get("rate") for s in searches_of(opt)])
+        rates = rate_ratio(searches_of(base), searches_of(opt))
         tput = paired_ratio([saturated(s) for s in searches_of(base)], [saturated(s) for s in searches_of(opt)])
         out.update(rate_ratio=rates["ratio"], rate_ratio_range=rates["range"], ratio_repeats=rates["repeats"],
                    saturation_ratio=tput["ratio"], saturation_ratio_range=tput["range"])
@@ -306,8 +326,11 @@ def serve_searches(spec: ServingSpec, probe: Callable[[str, float, float], dict[
     for i, side in enumerate(order):
         deadline = clock() + (searches_end - clock()) / (len(order) - i)
         last = (searches[side] or [{}])[-1].get("rate")
+        # a later search starts near the last answer, its grid moved by a fraction of rel_tol (k / repeats), so
+        # the repeats probe other rates than the first and their brackets narrow where the threshold lies
+        start = last * (1 + spec.rel_tol) ** (len(searches[side]) / spec.repeats) if last else None
         side_probe = functools.partial(probe, side, deadline=deadline)
-        searches[side].append(search_side(spec, side_probe, deadline, start=last,
+        searches[side].append(search_side(spec, side_probe, deadline, start=start,
                                           step=1 + 2 * spec.rel_tol if last else 2.0, clock=clock))
     sides = {side: side_record(found) for side, found in searches.items()}
     sweep = None
@@ -327,8 +350,9 @@ def _with_range(x: float, span: list[float] | None, unit: str = "") -> str:
 
 
 def headline(record: dict[str, Any] | None) -> str:
-    """'sustainable rate at the SLO: 10.4 [10.1-11] -> 14.7 [14.2-15] req/s (1.41x [1.35-1.46], 3 repeats);
-    saturated throughput 1.73x [1.7-1.76]' (median [min-max] over repeats); '' when none."""
+    """'sustainable rate at the SLO: 10.4 [10.4-11.8] -> 17.4 [17.4-19.9] req/s (1.68x [1.47-1.92], 3 repeats);
+    saturated throughput 1.46x [1.4-1.55]': medians over repeats, rates and their ratio with the range their
+    brackets allow (`side_record`, `rate_ratio`), throughput with its min-max; '' when none."""
     if not record:
         return ""
     rates = [record["sides"][k] for k in ("baseline", "optimized") if k in record["sides"]]
@@ -341,14 +365,18 @@ def headline(record: dict[str, Any] | None) -> str:
     if record.get("saturation_ratio"):
         saturation = _with_range(record["saturation_ratio"], record.get("saturation_ratio_range"), "x")
         text += f"; saturated throughput {saturation}"
-    return text
+    busy = sum(s.get("busy_probes") or 0 for s in rates)
+    return text + (f"; {busy} probe(s) on a busy machine" if busy else "")
 
 
-def measure_serve_probe(workload, spec, opts: list, ctx, serves: int) -> dict[str, Any]:
+def measure_serve_probe(workload, spec, opts: list, ctx, serves: int, runner_pid: int | None = None) -> dict[str, Any]:
     """Build one side with its trace at the probed rate (already in its plugin's parameters) in this fresh
     process, warm it up by serving the trace's first `WARMUP_REQUESTS` requests, then serve the whole trace
     `serves` times timed; returns the server's metrics over the timed serves (continuous_batching's
-    TraceServer.metrics) and the requests they hold."""
+    TraceServer.metrics), the requests they hold and the foreign CPU share of the machine meanwhile
+    (harness.load.LoadMeter: other processes than this one and the runner)."""
+    from harness.load import LoadMeter
+
     run = workload.build(spec, opts, ctx)
     if getattr(getattr(run, "knobs", None), "server", None) is None:
         raise ValueError("a serving search needs a side that serves a request trace (continuous_batching)")
@@ -357,11 +385,13 @@ def measure_serve_probe(workload, spec, opts: list, ctx, serves: int) -> dict[st
     run.step()
     run.knobs.server.trace = trace
     run.timed = True
-    times = []
+    meter, times = LoadMeter(runner_pid), []
+    before = meter.snapshot()
     for _ in range(serves):
         _, seconds = run.synced(run.step)
         times.append(seconds)
+    load = meter.window(before, meter.snapshot())
     run.timed = False
     metrics = run.extra_metrics(statistics.median(times))
-    metrics["requests_served"] = len(run.knobs.server.records)
+    metrics.update(requests_served=len(run.knobs.server.records), foreign_cpu=load["foreign_cpu"])
     return {"status": "ok", "metrics": metrics}

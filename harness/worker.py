@@ -101,7 +101,8 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     if probe:  # one side at one value of a capacity or serving search, in this fresh process
         opts = sides[probe["side"]]
         if probe.get("kind") == "serve":
-            return {"status": "ok", "probe": serving.measure_serve_probe(workload, spec, opts, ctx, probe["serves"])}
+            return {"status": "ok", "probe": serving.measure_serve_probe(workload, spec, opts, ctx, probe["serves"],
+                                                                          job.get("runner_pid"))}
         return capacity.measure_probe(workload, spec, opts, ctx, device, dist, probe["budget_bytes"])
 
     warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)

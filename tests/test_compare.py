@@ -314,13 +314,13 @@ def test_runs_of_one_process_need_a_change_beyond_process_to_process_variation(t
 
 
 def test_compare_sets_each_machines_capacity_and_serving_searches_side_by_side(tmp_path):
-    reference = Path(__file__).parent.parent / "reports" / "reference"
-    serve, sized = reference / "epyc-2core-serving" / "results.json", reference / "epyc-2core-capacity" / "results.json"
+    serve = Path(__file__).parent / "data" / "serving-before-repeats.json"  # last session's reference, one search
+    sized = Path(__file__).parent.parent / "reports" / "reference" / "epyc-2core-capacity" / "results.json"
     result = cmp.compare([serve, serve, sized])  # a serving record written before repeats existed still reads
     kinds = {(r["case"], r["kind"]): r for r in result["searches"]}
     serving_row = next(r for (_, kind), r in kinds.items() if kind == "serving")
     assert serving_row["headlines"][0] == serving_row["headlines"][1] and serving_row["headlines"][2] is None
-    assert serving_row["headlines"][0].startswith("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x)")
+    assert serving_row["headlines"][0].startswith("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x [1.3-1.54])")
     capacity_rows = [r for (_, kind), r in kinds.items() if kind == "capacity"]
     assert len(capacity_rows) == 3 and all(r["headlines"][:2] == [None, None] for r in capacity_rows)
     text = compare_page.format_table(result)

@@ -228,7 +228,7 @@ def test_repeated_searches_alternate_the_sides_and_give_medians_with_their_sprea
     assert "3 repeats" in text and "saturated throughput 2.18x [2-2.5]" in text
 
 
-def test_a_later_search_starts_at_the_last_answer():
+def test_a_later_search_starts_near_the_last_answer_on_another_grid():
     spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 1.0, "rel_tol": 0.05,
                                               "repeats": 2})
     probe, calls = synthetic_server({"baseline": 20.0, "optimized": 20.0},
@@ -237,7 +237,7 @@ def test_a_later_search_starts_at_the_last_answer():
     first = record["sides"]["baseline"]["searches"][0]["rate"]
     second_start = [r for s, r in calls if s == "baseline" and r != float("inf")][len(
         record["sides"]["baseline"]["searches"][0]["points"])]
-    assert second_start == first
+    assert second_start == pytest.approx(first * 1.05 ** (1 / 2))  # its grid moved by half a rel_tol step
 
 
 def test_an_auto_sweep_serves_both_sides_from_light_load_to_past_saturation():
@@ -269,10 +269,11 @@ def test_a_record_written_before_repeats_still_reads():
     old = {"rate": 10.4, "failing": 11.3, "points": [], "offline": {"metrics": {"tokens_per_s_total": 438.0}}}
     assert serving.searches_of(old) == [old]
     record = serving.summarize(build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.5}}),
-                               {"baseline": old, "optimized": {**old, "rate": 14.7,
+                               {"baseline": old, "optimized": {**old, "rate": 14.7, "failing": 16.0,
                                                                "offline": {"metrics": {"tokens_per_s_total": 760.0}}}})
     assert record["rate_ratio"] == pytest.approx(14.7 / 10.4)
-    assert serving.headline(record) == ("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x); "
+    # the ratio's range is what the brackets allow: 14.7 / 11.3 to 16 / 10.4
+    assert serving.headline(record) == ("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x [1.3-1.54]); "
                                         "saturated throughput 1.74x")
 
 
@@ -293,3 +294,19 @@ def test_the_report_shows_every_search_and_the_sweep():
     assert "optimized search 2: sustainable" in page and "baseline search 1: sustainable" in page
     assert "Sweep: both sides at each offered rate" in page and "offered rate (requests/s)" in page
     assert "2 repeats" in page
+
+
+def test_probes_on_a_busy_machine_are_counted_and_said():
+    spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 4.0, "repeats": 1})
+    probe, _ = synthetic_server({"baseline": 20.0, "optimized": 50.0}, {"baseline": [1.0], "optimized": [2.0]})
+
+    def loaded(side, rate, deadline):  # a neighbour takes 40 % of the machine during the optimized side's probes
+        out = probe(side, rate, deadline)
+        out["metrics"]["foreign_cpu"] = 0.4 if side == "optimized" else 0.0
+        return out
+
+    record = serving.serve_searches(spec, loaded)
+    busy = record["sides"]["optimized"]["busy_probes"]
+    assert record["sides"]["baseline"]["busy_probes"] == 0 and busy == len(
+        record["sides"]["optimized"]["searches"][0]["points"]) + 1  # every point and the offline one
+    assert serving.headline(record).endswith(f"; {busy} probe(s) on a busy machine")
