@@ -320,7 +320,8 @@ def test_compare_sets_each_machines_capacity_and_serving_searches_side_by_side(t
     kinds = {(r["case"], r["kind"]): r for r in result["searches"]}
     serving_row = next(r for (_, kind), r in kinds.items() if kind == "serving")
     assert serving_row["headlines"][0] == serving_row["headlines"][1] and serving_row["headlines"][2] is None
-    assert serving_row["headlines"][0].startswith("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x [1.3-1.54])")
+    assert serving_row["headlines"][0] == ("sustainable rate at the SLO: 10.4 → 14.7 req/s (1.41x); "
+                                           "saturated throughput 1.73x")
     capacity_rows = [r for (_, kind), r in kinds.items() if kind == "capacity"]
     assert len(capacity_rows) == 3 and all(r["headlines"][:2] == [None, None] for r in capacity_rows)
     text = compare_page.format_table(result)
