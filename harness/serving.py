@@ -13,7 +13,9 @@ shown beside the figure rather than hiding it.
 `sustainable_rate` finds the highest rate at which a server meets its SLO, assuming the SLO holds below some rate
 and fails above it: from a starting rate it doubles (or halves) until the answer is bracketed, then bisects on a
 log scale until the bracket's ratio is within `rel_tol` (MLPerf LoadGen's peak-performance search does the same
-kind of bracketing on the target QPS).
+kind of bracketing on the target QPS). `serve_searches` repeats it per side, the two sides alternating, and gives
+medians with the range the brackets allow; a sweep then serves both sides at a list of offered rates (vLLM's
+`--request-rate` sweep), for goodput against offered rate.
 """
 
 from __future__ import annotations
@@ -262,7 +264,7 @@ def side_record(searches: list[dict[str, Any]]) -> dict[str, Any]:
     tokens = _spread([saturated(s) for s in searches])
     bounds = [s.get("failing") or s.get("rate") for s in searches if s.get("rate")]
     points = [p for s in searches for p in s.get("points", []) + [s.get("offline")] if p]
-    busy = sum((p.get("metrics") or {}).get("foreign_cpu", 0) > BUSY_THRESHOLD for p in points)
+    busy = sum(((p.get("metrics") or {}).get("foreign_cpu") or 0) > BUSY_THRESHOLD for p in points)
     return {"rate": rate["median"], "rate_range": [rate["range"][0], max(bounds)] if bounds else None,
             "found": rate["n"], "repeats": len(searches), "busy_probes": busy,
             "saturated_tokens_per_s": tokens["median"], "saturated_range": tokens["range"],
