@@ -285,9 +285,10 @@ def capacity_chart(record: dict[str, Any], salt: str) -> str:
 
 
 def serving_chart(record: dict[str, Any], salt: str) -> str:
-    """A serving search (harness.serving): each bounded latency metric against the achieved request throughput
-    of every probed rate of every repeat (offline and sweep points included), one line per side, the SLO dashed
-    and each search's sustainable rate ringed; hollow markers where a percentile had too few requests."""
+    """A serving search (harness.serving): each bounded latency metric against the achieved request throughput,
+    one colour per side: every probe of every repeat (offline included) as a marker, each search's sustainable
+    rate ringed, the sweep's points joined by a line (a single search's probes too), the SLO dashed; hollow
+    markers where a percentile had too few requests."""
     from harness.serving import searches_of
 
     metrics = list(record["slo"])
@@ -297,19 +298,21 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
     for ax, metric in zip(axes, metrics):
         for key in ("baseline", "optimized"):
             searches = searches_of(record["sides"].get(key) or {})
-            points = [p for s in searches for p in s.get("points", []) + [s.get("offline")]] + sweep.get(key, [])
+            probes = [p for s in searches for p in s.get("points", []) + [s.get("offline")]]
             sustained = {s.get("rate") for s in searches} - {None}
-            shown = sorted(((p["metrics"].get("requests_per_s"), p["metrics"].get(metric), p) for p in points
-                            if p and p["status"] == "ok"), key=lambda t: t[0] or 0)
-            shown = [(x, y * 1e3, p) for x, y, p in shown if x is not None and y is not None]
-            if not shown:
-                continue
-            ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], color=COLORS[key], label=key, linewidth=1)
-            for x, y, p in shown:
-                ax.plot([x], [y], marker="o", color=COLORS[key],
-                        markerfacecolor="white" if metric in p["too_few_requests"] else COLORS[key])
-                if p["rate"] in sustained:
-                    ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", color=COLORS[key])
+            # the sweep's points (one per offered rate) joined by a line; the searches' probes as markers only
+            for points, line in ((sweep.get(key, []), True), (probes, len(searches) == 1)):
+                shown = sorted(((p["metrics"].get("requests_per_s"), p["metrics"].get(metric), p) for p in points
+                                if p and p["status"] == "ok"), key=lambda t: t[0] or 0)
+                shown = [(x, y * 1e3, p) for x, y, p in shown if x is not None and y is not None]
+                if line and shown:
+                    ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], color=COLORS[key], linewidth=1)
+                for x, y, p in shown:
+                    ax.plot([x], [y], marker="o", color=COLORS[key], linestyle="none",
+                            markerfacecolor="white" if metric in p["too_few_requests"] else COLORS[key])
+                    if p["rate"] in sustained and p in probes:
+                        ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", color=COLORS[key])
+            ax.plot([], [], color=COLORS[key], marker="o", label=key)
         ax.axhline(record["slo"][metric] * 1e3, color="black", linestyle="--", linewidth=1, label="SLO")
         ax.set_yscale("log")
         ax.set_xlabel("requests/s served")
