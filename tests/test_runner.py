@@ -44,8 +44,11 @@ def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     suite.write_text(text.split("cases:")[0] + "cases:\n  - workload: toy\n    plugins: [noop]\n"
                      "  - workload: toy\n    plugins: [hangs]\n  - workload: toy\n    plugins: [wrong_scale]\n")
     out = tmp_path / "run"
+    # SIGINT's default disposition in the runner, whatever this test process inherited (a shell's background job
+    # ignores SIGINT, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "--plugins-dir", str(FAULTY_PLUGINS), "run",
-                             str(suite), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                             str(suite), "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     results_path = out / "results.json"
     while time.time() < deadline:  # wait until the first case is written and the hang has started
