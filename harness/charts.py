@@ -301,7 +301,7 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
             probes = [p for s in searches for p in s.get("points", []) + [s.get("offline")]]
             sustained = {s.get("rate") for s in searches} - {None}
             # the sweep's points (one per offered rate) joined by a line; the searches' probes as markers only
-            for points, line in ((sweep.get(key, []), True), (probes, len(searches) == 1)):
+            for points, line, ring in ((sweep.get(key, []), True, False), (probes, len(searches) == 1, True)):
                 shown = sorted(((p["metrics"].get("requests_per_s"), p["metrics"].get(metric), p) for p in points
                                 if p and p["status"] == "ok"), key=lambda t: t[0] or 0)
                 shown = [(x, y * 1e3, p) for x, y, p in shown if x is not None and y is not None]
@@ -310,7 +310,7 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
                 for x, y, p in shown:
                     ax.plot([x], [y], marker="o", color=COLORS[key], linestyle="none",
                             markerfacecolor="white" if metric in p["too_few_requests"] else COLORS[key])
-                    if p["rate"] in sustained and p in probes:
+                    if ring and p["rate"] in sustained:
                         ax.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", color=COLORS[key])
             ax.plot([], [], color=COLORS[key], marker="o", label=key)
         ax.axhline(record["slo"][metric] * 1e3, color="black", linestyle="--", linewidth=1, label="SLO")

@@ -156,8 +156,9 @@ class ServingSpec:
     start_rate: float = field(default=4.0, metadata={"help": "first rate probed, requests per second"})
     rel_tol: float = field(default=0.15, metadata={"help": "stop when failing / meeting rate <= 1 + rel_tol"})
     repeats: int = field(default=3, metadata={
-        "help": "searches per side, baseline and optimized alternating; each after the first starts at that side's "
-                "last answer and brackets in steps of 1 + 2 rel_tol; the spread is min-max over the repeats"})
+        "help": "searches per side, baseline and optimized alternating; a later one starts near that side's last "
+                "answer on a grid moved by k / repeats of a rel_tol step; ranges are what the searches' brackets "
+                "allow"})
     rates: Any = field(default=None, metadata={
         "help": "a sweep after the searches: offered rates (req/s) both sides serve, or 'auto': "
                 f"{', '.join(f'{f:g}' for f in AUTO_FRACTIONS)} x the faster side's saturated request rate"})
@@ -318,9 +319,10 @@ def summarize(spec: ServingSpec, sides: dict[str, dict[str, Any]],
 def serve_searches(spec: ServingSpec, probe: Callable[[str, float, float], dict[str, Any]],
                    clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """The whole `serving:` block: `spec.repeats` searches per side, baseline and optimized alternating (each
-    with an equal share of the time left for the searches; a later one starts at that side's last answer and
-    brackets in steps of 1 + 2 rel_tol), then the sweep, both sides at each rate. `probe(side, rate, deadline)`
-    serves the trace at `rate` (infinity: offline) in a fresh process. Returns `summarize`'s record."""
+    with an equal share of the time left for the searches; a later one starts near that side's last answer on a
+    moved grid and brackets in steps of 1 + 2 rel_tol), then the sweep, both sides at each rate.
+    `probe(side, rate, deadline)` serves the trace at `rate` (infinity: offline) in a fresh process. Returns
+    `summarize`'s record."""
     end = clock() + spec.max_time_s
     searches_end = clock() + spec.max_time_s * (SEARCH_SHARE if spec.rates else 1)
     order = [side for _ in range(spec.repeats) for side in ("baseline", "optimized")]
@@ -352,9 +354,9 @@ def _with_range(x: float, span: list[float] | None, unit: str = "") -> str:
 
 
 def headline(record: dict[str, Any] | None) -> str:
-    """'sustainable rate at the SLO: 10.4 [10.4-11.8] -> 17.4 [17.4-19.9] req/s (1.68x [1.47-1.92], 3 repeats);
-    saturated throughput 1.46x [1.4-1.55]': medians over repeats, rates and their ratio with the range their
-    brackets allow (`side_record`, `rate_ratio`), throughput with its min-max; '' when none."""
+    """'sustainable rate at the SLO: A [lo-hi] -> B [lo-hi] req/s (Rx [lo-hi], 3 repeats); saturated throughput
+    Sx [lo-hi]': medians over repeats, the rates and their ratio with the range the searches' brackets allow
+    (`side_record`, `rate_ratio`), the throughput ratio with its min-max; '' when none."""
     if not record:
         return ""
     rates = [record["sides"][k] for k in ("baseline", "optimized") if k in record["sides"]]
