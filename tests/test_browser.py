@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -28,12 +29,27 @@ CSP = """<meta http-equiv="Content-Security-Policy" content="default-src 'none';
 script-src 'unsafe-inline'; img-src data:">"""
 
 
+def chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run headless Chromium once more if it hangs: a page that renders in ~4 s here hung past 120 s once in
+    CI (headless --screenshot with a virtual-time budget is known to stall at random); a page that hangs
+    twice fails the test. The whole process group is killed so no renderer outlives a try."""
+    for attempt in range(2):
+        proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / f'profile-{attempt}'}", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=60)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    raise AssertionError(f"chromium hung twice (60 s each) on {args[-1]}")
+
+
 def open_page(page: Path, tmp_path: Path) -> tuple[list[str], Path]:
     """Load `page`, save a screenshot; return the console lines Chromium logged and the screenshot path."""
     shot = Path(os.environ.get("HARNESS_SCREENSHOTS", tmp_path)) / f"{page.stem}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = chromium([f"--screenshot={shot}", page.resolve().as_uri()], tmp_path)
     assert shot.exists(), proc.stderr[-2000:]
     return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line], shot
 
@@ -43,8 +59,7 @@ def page_width(page: Path, tmp_path: Path) -> int:
     probe = tmp_path / f"{page.stem}-width.html"
     probe.write_text(page.read_text().replace(
         "</body>", "<script>document.title = 'W' + document.documentElement.scrollWidth;</script></body>"))
-    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                           probe.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = chromium(["--dump-dom", probe.resolve().as_uri()], tmp_path)
     return int(proc.stdout.split("<title>W")[1].split("<")[0])
 
 
