@@ -251,12 +251,14 @@ def cmd_plugins(args) -> int:
         for name, cls in sorted(table.items()):
             params_cls = cls.Params if what == "optimization" else cls.Spec
             rows.append({"name": name, "type": what, "kind": cls.kind, "description": cls.description,
-                         "params": describe_params(params_cls), "source": registry.sources[name]})
+                         "workloads": list(getattr(cls, "workloads", ())), "params": describe_params(params_cls),
+                         "source": registry.sources[name]})
     if args.json:
         print(json.dumps({"plugins": rows, "errors": registry.errors}, indent=1, default=str))
         return 0
     for row in rows:
-        print(f"{row['name']}  [{row['type']}, {row['kind']}]  from {row['source']}")
+        on = f" ({' / '.join(row['workloads'])} workloads)" if row["workloads"] else ""
+        print(f"{row['name']}  [{row['type']}, {row['kind']}{on}]  from {row['source']}")
         if row["description"]:
             print(f"    {row['description']}")
         for p in row["params"]:

@@ -138,9 +138,6 @@ class GenerateKnobs:
                 "follow it; batching, speculative_decoding)"})
     metric_fns: list[Callable[[float], dict[str, Any]]] = field(default_factory=list, metadata={
         "help": "extra fn(median_s) -> dict merged into the case's metrics (quantization, speculative_decoding)"})
-    server: Any = field(default=None, metadata={
-        "help": "a request-trace server whose serve(), outputs() and metrics() replace the step, outputs and "
-                "metrics (continuous_batching)"})
 
 
 class GenerateRun(Run):
@@ -223,10 +220,7 @@ class GenerateRun(Run):
         return generate_cached(self.model, prompts, n, sampler, cache, self.knobs.decode, pad)
 
     def step(self) -> None:
-        if self.knobs.server is not None:
-            self.knobs.server.serve()
-        else:
-            self.generate(self.prompts, self.new_tokens, self.pad)
+        self.generate(self.prompts, self.new_tokens, self.pad)
 
     @torch.inference_mode()
     def quality(self) -> dict[str, Any]:
@@ -237,8 +231,6 @@ class GenerateRun(Run):
         return {"perplexity": float(torch.exp(nll)), "top1": logits.argmax(-1).cpu()}
 
     def outputs(self) -> dict[str, Any]:
-        if self.knobs.server is not None:
-            return {**self.knobs.server.outputs(), **self.quality(), "weight_bytes": weight_bytes(self.model)}
         tokens, seconds = self.synced(lambda: self.generate(self.prompts, self.new_tokens, self.pad))
         if self.first_call_s is None:  # the run's first work: compile, capture, lazy init
             self.first_call_s = seconds
@@ -282,8 +274,6 @@ class GenerateRun(Run):
         return out
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
-        if self.knobs.server is not None:
-            return self.knobs.server.metrics(median_s)
         n, B = self.new_tokens, self.batch
         ttft = self.time_first_token()
         seq_s = median_s / B if self.knobs.layout == "sequential" else median_s

@@ -48,6 +48,8 @@ class Optimization:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # "training" or "inference"
+    # the workload types (`type:` in a suite) it applies to; empty: every workload of its kind
+    workloads: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     # When set: the baseline side must apply this optimization too (with its own parameters), because the

@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "harness_plugins.quantization",
     "harness_plugins.speculative_decoding",
     "harness_plugins.batching",
+    "harness_plugins.serve",
     "harness_plugins.continuous_batching",
     "harness_plugins.distillation",
 )

@@ -36,26 +36,23 @@ def run_capacity(case: CaseSpec, run: Callable[[CaseSpec, dict[str, Any]], dict[
 
 def run_serving(case: CaseSpec, run: Callable[[CaseSpec, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """The serving block of a case (`serving:`): `repeats` searches per side, baseline and optimized alternating,
-    for the highest request rate within the SLO (each probe a fresh process serving the trace at that rate:
-    continuous_batching's `rate`; infinity: every request at t = 0), each search then its offline point; then the
+    for the highest request rate within the SLO (each probe a fresh process serving the trace at that rate: the
+    `serve` workload's `rate`; infinity: every request at t = 0), each search then its offline point; then the
     sweep of `rates`, both sides at each rate (`harness.serving.serve_searches`)."""
     spec = serving.ServingSpec(**case.serving)
 
     def probe(side: str, rate: float, deadline: float) -> dict[str, Any]:
         # arrivals spanning min_duration_s (offline: as many requests as the start rate's trace)
         trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
-        requests = max([u.params.get("requests", 16) for u in case.plugins if u.name == "continuous_batching"]
-                       + [math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate))])
+        if not math.isinf(rate) and case.workload_spec.get("arrivals") == "offline":
+            trace["arrivals"] = "poisson"  # a rate probe of a workload whose own paired trace is offline
+        requests = max(case.workload_spec.get("requests", 16),
+                       math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate)))
         arrivals_s = 0.0 if math.isinf(rate) else requests / rate
         if time.monotonic() + arrivals_s * (1 + spec.serves) > deadline:
             return {"status": "skipped", "error": f"{requests} requests at {rate:.3g} req/s arrive over "
                                                   f"{arrivals_s:.0f} s per serve, more than the time left"}
-
-        def at_rate(uses: list) -> list:
-            return [dataclasses.replace(u, params={**u.params, **trace, "requests": requests})
-                    if u.name == "continuous_batching" else u for u in uses]
-
-        at = dataclasses.replace(case, plugins=at_rate(case.plugins), baseline=at_rate(case.baseline))
+        at = dataclasses.replace(case, workload_spec={**case.workload_spec, **trace, "requests": requests})
         return probe_result(run(at, {"kind": "serve", "side": side, "value": f"{rate:.4g}", "serves": spec.serves}))
 
     return serving.serve_searches(spec, probe)

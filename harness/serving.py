@@ -1,9 +1,6 @@
-"""Serving under load: request traces and the highest request rate that meets a latency SLO.
-
-Arrivals follow vLLM's `benchmark_serving`: inter-arrival gaps drawn from a gamma distribution with shape
-`burstiness` and scale 1 / (rate x burstiness), so the mean rate is `rate` whatever the burstiness; burstiness 1 is
-a Poisson process, below 1 burstier, above 1 more regular. An infinite rate is the offline scenario: every request
-at t = 0 (MLPerf's Offline; the maximum throughput).
+"""Serving under load: the highest request rate that meets a latency SLO, and sweeps of offered rates. The
+traces served come from harness.traces (Poisson / gamma / offline arrivals, lengths files); the server is the
+`serve` workload (plugins/serve.py).
 
 A percentile over too few requests means little: the q-th percentile of n samples has fewer than one sample above
 it when n < 1 / (1 - q) (p99 needs 100 requests, p90 10). `too_few_for` flags such a point; MLPerf's Server
@@ -20,71 +17,15 @@ medians with the range the brackets allow; a sweep then serves both sides at a l
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import math
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError
 from harness.optimization import ParamError
-
-
-def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
-    """`n` arrival times in seconds from 0: cumulative gamma(burstiness, 1 / (rate x burstiness)) gaps, the first
-    request after one gap; all 0.0 when `rate` is infinite (offline)."""
-    if math.isinf(rate):
-        return [0.0] * n
-    import torch  # here: the report imports this module and must not need torch
-
-    g = torch.Generator().manual_seed(seed)
-    gamma = torch.distributions.Gamma(torch.tensor(float(burstiness)), torch.tensor(rate * burstiness))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=g)))
-        gaps = gamma.sample((n,)).double()
-    return gaps.cumsum(0).tolist()
-
-
-def read_lengths(path: str | Path) -> list[tuple[int, int]]:
-    """(prompt_len, output_len) rows of a JSONL file ({"prompt_len": P, "output_len": N} per line) or a CSV file
-    with those two columns; InputError naming the file, line and field for a bad row."""
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read the lengths file: {exc.strerror or exc}", str(path)) from None
-    if path.suffix == ".csv":
-        rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((i, json.loads(line)))
-            except ValueError as exc:
-                raise InputError(f"not a JSON object: {exc}", str(path), i) from None
-    out = []
-    for line, row in rows:
-        values = []
-        for key in ("prompt_len", "output_len"):
-            try:
-                value = int(row[key])
-            except (KeyError, TypeError, ValueError):
-                got = row.get(key) if isinstance(row, dict) else row
-                raise InputError(f"needs a positive integer '{key}' (got {got!r})", str(path), line, key) from None
-            if value < 1:
-                raise InputError(f"'{key}' must be >= 1 (got {value})", str(path), line, key)
-            values.append(value)
-        out.append((values[0], values[1]))
-    if not out:
-        raise InputError("the lengths file has no rows", str(path))
-    return out
 
 
 def too_few_for(n: int, q: float) -> bool:
@@ -374,20 +315,18 @@ def headline(record: dict[str, Any] | None) -> str:
 
 
 def measure_serve_probe(workload, spec, opts: list, ctx, serves: int, runner_pid: int | None = None) -> dict[str, Any]:
-    """Build one side with its trace at the probed rate (already in its plugin's parameters) in this fresh
+    """Build one side of a `serve` workload with its trace at the probed rate (already in `spec`) in this fresh
     process, warm it up by serving the trace's first `WARMUP_REQUESTS` requests, then serve the whole trace
-    `serves` times timed; returns the server's metrics over the timed serves (continuous_batching's
-    TraceServer.metrics), the requests they hold and the foreign CPU share of the machine meanwhile
-    (harness.load.LoadMeter: other processes than this one and the runner)."""
+    `serves` times timed; returns the run's metrics over the timed serves (ServeRun.extra_metrics, with the
+    requests they hold) and the foreign CPU share of the machine meanwhile (harness.load.LoadMeter: other
+    processes than this one and the runner)."""
     from harness.load import LoadMeter
 
     run = workload.build(spec, opts, ctx)
-    if getattr(getattr(run, "knobs", None), "server", None) is None:
-        raise ValueError("a serving search needs a side that serves a request trace (continuous_batching)")
-    trace = run.knobs.server.trace
-    run.knobs.server.trace = trace[:WARMUP_REQUESTS]
-    run.step()
-    run.knobs.server.trace = trace
+    if not hasattr(run, "warm_up"):
+        raise ValueError(f"a serving search needs a workload that serves a request trace (type: serve), not "
+                         f"'{workload.name}'")
+    run.warm_up(WARMUP_REQUESTS)
     run.timed = True
     meter, times = LoadMeter(runner_pid), []
     before = meter.snapshot()
@@ -397,5 +336,5 @@ def measure_serve_probe(workload, spec, opts: list, ctx, serves: int, runner_pid
     load = meter.window(before, meter.snapshot())
     run.timed = False
     metrics = run.extra_metrics(statistics.median(times))
-    metrics.update(requests_served=len(run.knobs.server.records), foreign_cpu=load["foreign_cpu"])
+    metrics.update(foreign_cpu=load["foreign_cpu"])
     return {"status": "ok", "metrics": metrics}

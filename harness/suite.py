@@ -314,6 +314,9 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
             if key == "plugins" and cls.kind != kind:
                 raise doc.error(ppath, f"'{use.name}' is a {cls.kind} optimization but workload '{wname}' is "
                                        f"{kind}")
+            if cls.workloads and wtype not in cls.workloads:
+                raise doc.error(ppath, f"'{use.name}' applies to {' / '.join(cls.workloads)} workloads, but "
+                                       f"'{wname}' is type: {wtype}")
             try:
                 params = build_params(cls.Params, use.params)
             except ParamError as exc:
@@ -337,7 +340,7 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
     _check_sides(doc, path, built_opts, processes, alone=case.get("baseline") == "none")
     capacity = _capacity(doc, path + ("capacity",), case.get("capacity"), registry.workloads[wtype].Spec, wspec,
                          built_opts)
-    serving = _serving(doc, path + ("serving",), case.get("serving"), built_opts)
+    serving = _serving(doc, path + ("serving",), case.get("serving"), wname, wtype)
     timeout = case.get("timeout_s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
@@ -349,8 +352,8 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                     serving=serving)
 
 
-def _serving(doc: _Doc, path: tuple, raw: Any, sides: dict[str, list]):
-    """A case's `serving:` block (harness.serving), on a case whose sides both serve a request trace."""
+def _serving(doc: _Doc, path: tuple, raw: Any, wname: str, wtype: str):
+    """A case's `serving:` block (harness.serving), on a `serve` workload (its sides serve a request trace)."""
     if raw is None:
         return None
     _check_keys(doc, path, raw, tuple(f.name for f in dataclasses.fields(ServingSpec)), "serving")
@@ -358,11 +361,9 @@ def _serving(doc: _Doc, path: tuple, raw: Any, sides: dict[str, list]):
         spec = build_params(ServingSpec, raw)
     except ParamError as exc:
         raise doc.error(path + ((exc.field.split(".")[0],) if exc.field else ()), str(exc)) from None
-    for key, opts in sides.items():
-        if key == "plugins" or opts:
-            if not any(o.name == "continuous_batching" for o in opts):
-                raise doc.error(path, "a serving search needs both sides to serve a request trace: give them "
-                                      "continuous_batching (the baseline with scheduler: static)")
+    if wtype != "serve":
+        raise doc.error(path, f"a serving search needs a workload that serves a request trace (type: serve); "
+                              f"'{wname}' is type: {wtype}")
     return dataclasses.asdict(spec)
 
 

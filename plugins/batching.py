@@ -45,6 +45,7 @@ class Batching(Optimization):
 
     name = "batching"
     kind = "inference"
+    workloads = ("generate",)
     description = "static batching; each sequence's tokens must equal generating it alone"
     Params = BatchingParams
     baseline_needs = ("batching is measured against the same prompts one at a time: give the case "

@@ -75,6 +75,7 @@ class Distillation(Optimization):
 
     name = "distillation"
     kind = "inference"
+    workloads = ("generate",)
     description = "smaller student trained on the teacher's logits; speed, size and quality vs the teacher"
     Params = DistillationParams
 

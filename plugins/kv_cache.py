@@ -24,6 +24,7 @@ class KVCache(Optimization):
 
     name = "kv_cache"
     kind = "inference"
+    workloads = ("generate",)
     description = "KV cache (dynamic, static, static + CUDA graphs); tokens must equal the no-cache decode"
     Params = KVCacheParams
 

@@ -133,6 +133,7 @@ class Quantization(Optimization):
 
     name = "quantization"
     kind = "inference"
+    workloads = ("generate",)
     description = "int8/int4/fp8 weights; perplexity change within a bound, top-1 agreement and bytes reported"
     Params = QuantizationParams
 

@@ -102,6 +102,7 @@ class SpeculativeDecoding(Optimization):
 
     name = "speculative_decoding"
     kind = "inference"
+    workloads = ("generate",)
     description = "draft model proposes gamma tokens, target verifies in one forward; greedy output unchanged"
     Params = SpeculativeParams
     greedy = True  # set from the run's sampling in apply()

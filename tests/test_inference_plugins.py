@@ -3,6 +3,7 @@
 import pytest
 import torch
 from harness_plugins import continuous_batching as cb
+from harness_plugins import serve
 from harness_plugins import speculative_decoding as sd
 from harness_plugins.batching import Batching, BatchingParams
 from harness_plugins.distillation import Distillation, DistillationParams
@@ -226,15 +227,16 @@ def test_ragged_batching_errors_and_baseline_hint():
     assert not check.passed and check.values["hint"] == "give the baseline's batching entry the same prompt_min"
 
 
-CB = {"requests": 6, "rate": 200.0, "slots": 3, "prompt_min": 4, "prompt_max": 12, "output_min": 1,
-      "output_max": 10}
+CB = {"model": "nano", "prompts": "synthetic", "requests": 6, "rate": 200.0, "slots": 3, "prompt_min": 4,
+      "prompt_max": 12, "output_min": 1, "output_max": 10}
 
 
-def serve_pair(**params):
-    base = [cb.ContinuousBatching(cb.ContinuousBatchingParams(**{**CB, "scheduler": "static"}))]
-    opt = cb.ContinuousBatching(cb.ContinuousBatchingParams(**{**CB, **params}))
-    spec = GenerateSpec(**SPEC)
-    b, o = (GenerateWorkload().build(spec, plugins, CTX) for plugins in (base, [opt]))
+def serve_pair(**spec):
+    """The static-scheduler baseline and the continuous_batching side of one trace, as the worker builds them."""
+    spec = build_params(serve.ServeSpec, {**CB, **spec})
+    opt = cb.ContinuousBatching()
+    b, o = (serve.ServeWorkload().build(spec, plugins, CTX) for plugins in ([], [opt]))
+    assert (b.knobs.scheduler, o.knobs.scheduler) == ("static", "continuous")
     return opt.check(b.outputs(), o.outputs()), o
 
 
@@ -245,7 +247,7 @@ def test_continuous_batching_serves_every_request_as_alone():
     run.step()
     m = run.extra_metrics(0.5)
     assert m["requests"] == 6 and m["ttft_p50_s"] >= 0 and 0 <= m["slo_attainment"] <= 1
-    assert run.units == {"tokens": sum(r.out_len for r in run.knobs.server.trace), "requests": 6}
+    assert run.units == {"tokens": sum(r.out_len for r in run.trace), "requests": 6}
 
 
 def test_continuous_batching_statistics_cover_the_timed_serves_only():
@@ -253,10 +255,10 @@ def test_continuous_batching_statistics_cover_the_timed_serves_only():
     assert run.extra_metrics(0.5).get("ttft_p50_s") is None  # outputs() served the trace, untimed
     run.step()  # warm-up and memory-probe serves are untimed too
     run.step()
-    assert run.knobs.server.records == [] and run.knobs.server.decode_steps == 0
+    assert run.records == [] and run.decode_steps == 0
     run.timed = True
     run.step()
-    assert len(run.knobs.server.records) == 6
+    assert len(run.records) == 6
 
 
 def test_continuous_batching_one_token_requests_have_no_tpot():
@@ -270,7 +272,7 @@ def test_continuous_batching_one_token_requests_have_no_tpot():
     mixed = serve_pair(output_min=1, output_max=2)[1]
     mixed.timed = True
     mixed.step()
-    tpots = [r["tpot"] for r in mixed.knobs.server.records if r["tpot"] is not None]
+    tpots = [r["tpot"] for r in mixed.records if r["tpot"] is not None]
     assert 0 < len(tpots) < 6 and min(tpots) > 0
     assert mixed.extra_metrics(0.5)["tpot_mean_s"] == pytest.approx(sum(tpots) / len(tpots))
 
@@ -289,23 +291,25 @@ def test_continuous_batching_excuses_divergence_only_at_a_near_tie():
 def test_continuous_batching_wrong_mask_is_caught(monkeypatch):
     """A slot that attends to every position of its row (the empty ones ahead, and the stale keys an earlier
     request left there) serves different tokens than the request alone."""
-    monkeypatch.setattr(cb.SlotCache, "visible",
+    monkeypatch.setattr(serve.SlotCache, "visible",
                         lambda self, pos: (self.positions[None] >= 0).expand(len(pos), -1)[:, None, None])
     checks, _ = serve_pair()
     assert passed(checks)["outputs_equal_serving_alone"] is False
 
 
 def test_continuous_batching_lost_request_is_caught(monkeypatch):
-    serve = cb.TraceServer.serve
-    monkeypatch.setattr(cb.TraceServer, "serve", lambda self: serve(self)[:-1])
+    serve_all = serve.ServeRun.serve
+    monkeypatch.setattr(serve.ServeRun, "serve", lambda self, trace: serve_all(self, trace)[:-1])
     checks, _ = serve_pair()
     assert passed(checks)["every_request_served_once"] is False
 
 
-def test_continuous_batching_param_errors():
-    with pytest.raises(ParamError) as err:
-        build_params(cb.ContinuousBatchingParams, {"output_min": 10, "output_max": 5})
-    assert err.value.field == "output_max"
+def test_serve_spec_errors():
+    for values, field in (({"output_min": 10, "output_max": 5}, "output_max"), ({"rate": 0}, "rate"),
+                          ({"model": "hf:/nowhere"}, "model"), ({"max_batched_tokens": 0}, "max_batched_tokens")):
+        with pytest.raises(ParamError) as err:
+            build_params(serve.ServeSpec, values)
+        assert err.value.field == field
 
 
 def test_distillation_reports_quality_against_bound():

@@ -103,11 +103,13 @@ def knob_table() -> str:
     """The knobs table of docs/plugins.md, from the knob dataclasses' fields and help texts."""
     import dataclasses
 
+    from harness_plugins.serve import ServeKnobs
+
     from harness.inference import GenerateKnobs
     from harness.training import TrainKnobs
 
     rows = ["| run | knob | type | default | what it does (set by) |", "|---|---|---|---|---|"]
-    for run, cls in (("TrainRun", TrainKnobs), ("GenerateRun", GenerateKnobs)):
+    for run, cls in (("TrainRun", TrainKnobs), ("GenerateRun", GenerateKnobs), ("ServeRun", ServeKnobs)):
         for f in dataclasses.fields(cls):
             if f.default_factory is not dataclasses.MISSING:
                 default = repr(f.default_factory())
@@ -120,7 +122,9 @@ def knob_table() -> str:
 
 def test_the_plugin_guide_lists_every_knob_a_plugin_may_set():
     guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
-    assert knob_table() in guide, "docs/plugins.md's knobs table is stale: paste tests.test_plugins_cli.knob_table()"
+    table = guide[guide.index("| run | knob |"):]
+    stale = "docs/plugins.md's knobs table is stale: paste tests.test_plugins_cli.knob_table()"
+    assert table[:table.index("\n\n") + 1] == knob_table(), stale
 
 
 def test_a_plugin_adds_a_model_source_that_suites_and_workloads_resolve(tmp_path):

@@ -7,25 +7,25 @@ import statistics
 
 import pytest
 import torch
-from harness_plugins.continuous_batching import ContinuousBatching, ContinuousBatchingParams, make_trace
+from harness_plugins.continuous_batching import ContinuousBatching
+from harness_plugins.serve import ServeSpec, ServeWorkload, make_trace
 
-from harness import serving
+from harness import serving, traces
 from harness.errors import InputError
-from harness.inference import GenerateSpec, GenerateWorkload
 from harness.optimization import ParamError, build_params
 from harness.workload import RunContext
 
 
 def test_arrivals_have_the_asked_rate_and_burstiness():
     gaps = lambda times: [b - a for a, b in zip([0.0] + times, times)]  # noqa: E731
-    poisson = gaps(serving.arrival_times(20000, 10.0, 1.0, seed=3))
-    bursty = gaps(serving.arrival_times(20000, 10.0, 0.25, seed=3))
+    poisson = gaps(traces.arrival_times(20000, 10.0, 1.0, seed=3))
+    bursty = gaps(traces.arrival_times(20000, 10.0, 0.25, seed=3))
     for g in (poisson, bursty):
         assert statistics.mean(g) == pytest.approx(0.1, rel=0.03)  # the mean rate whatever the burstiness
     cv = lambda g: statistics.stdev(g) / statistics.mean(g)  # noqa: E731
     assert cv(poisson) == pytest.approx(1.0, rel=0.05) and cv(bursty) == pytest.approx(2.0, rel=0.08)  # 1/sqrt(k)
-    assert serving.arrival_times(5, float("inf")) == [0.0] * 5
-    assert serving.arrival_times(50, 3.0, seed=1) == serving.arrival_times(50, 3.0, seed=1)
+    assert traces.arrival_times(5, float("inf")) == [0.0] * 5
+    assert traces.arrival_times(50, 3.0, seed=1) == traces.arrival_times(50, 3.0, seed=1)
 
 
 def test_lengths_files_in_jsonl_and_csv_and_their_errors(tmp_path):
@@ -33,13 +33,13 @@ def test_lengths_files_in_jsonl_and_csv_and_their_errors(tmp_path):
     jsonl.write_text('{"prompt_len": 12, "output_len": 30}\n\n{"prompt_len": 7, "output_len": 1}\n')
     csv = tmp_path / "l.csv"
     csv.write_text("prompt_len,output_len\n12,30\n7,1\n")
-    assert serving.read_lengths(jsonl) == serving.read_lengths(csv) == [(12, 30), (7, 1)]
+    assert traces.read_lengths(jsonl) == traces.read_lengths(csv) == [(12, 30), (7, 1)]
     csv.write_text("prompt_len,output_len\n12,30\n7,zero\n")
     with pytest.raises(InputError) as err:
-        serving.read_lengths(csv)
+        traces.read_lengths(csv)
     assert (err.value.line, err.value.field) == (3, "output_len")
     with pytest.raises(ParamError) as err:
-        build_params(ContinuousBatchingParams, {"lengths_file": str(tmp_path / "missing.jsonl")})
+        build_params(ServeSpec, {"lengths_file": str(tmp_path / "missing.jsonl")})
     assert err.value.field == "lengths_file"
 
 
@@ -77,13 +77,14 @@ def test_sustainable_rate_search_reports_what_it_established_when_time_runs_out(
 
 
 CTX = RunContext(device=torch.device("cpu"), env={}, seed=0)
-SPEC = GenerateSpec(model="nano", prompts="synthetic", prompt_len=8, new_tokens=8)
-TRACE = {"requests": 5, "slots": 4, "prompt_min": 4, "prompt_max": 12, "output_min": 2, "output_max": 9}
+TRACE = {"model": "nano", "prompts": "synthetic", "requests": 5, "slots": 4, "prompt_min": 4, "prompt_max": 12,
+         "output_min": 2, "output_max": 9}
 
 
-def served(**params):
-    opt = ContinuousBatching(build_params(ContinuousBatchingParams, {**TRACE, **params}))
-    run = GenerateWorkload().build(SPEC, [opt], CTX)
+def served(**values):
+    """A continuous_batching side built on the trace, its outputs, then one timed serve."""
+    opt = ContinuousBatching()
+    run = ServeWorkload().build(build_params(ServeSpec, {**TRACE, **values}), [opt], CTX)
     out = run.outputs()
     run.timed = True
     run.step()
@@ -91,19 +92,18 @@ def served(**params):
 
 
 def test_both_schedulers_get_the_same_trace():
-    a = make_trace(build_params(ContinuousBatchingParams, {**TRACE, "arrivals": "gamma", "burstiness": 0.5}), 0,
-                   True, 256)
-    b = make_trace(build_params(ContinuousBatchingParams, {**TRACE, "arrivals": "gamma", "burstiness": 0.5,
-                                                           "scheduler": "static"}), 0, True, 256)
+    spec = build_params(ServeSpec, {**TRACE, "arrivals": "gamma", "burstiness": 0.5})
+    a, b = (ServeWorkload().build(spec, plugins, CTX).trace for plugins in ([], [ContinuousBatching()]))
     assert [(r.id, r.arrival, r.prompt.tolist(), r.out_len) for r in a] == \
         [(r.id, r.arrival, r.prompt.tolist(), r.out_len) for r in b]
+    assert [r.arrival for r in make_trace(spec, 1, 256)] != [r.arrival for r in a]  # another seed, another trace
 
 
 def test_idle_slots_are_not_decoded():
     """Offline: all 5 requests at t = 0 on 4 slots. Each decode iteration decodes only the slots in use, so the
     rows decoded are exactly the tokens after each request's first (which its prefill gives)."""
     opt, run, out = served(arrivals="offline")
-    server = run.knobs.server
+    server = run
     assert server.decode_rows == sum(r.out_len - 1 for r in server.trace)
     assert server.decode_rows < server.decode_steps * 4  # some iterations ran with idle slots, not decoded
     assert all(c.passed for c in opt.check({}, out)), opt.check({}, out)
@@ -111,7 +111,7 @@ def test_idle_slots_are_not_decoded():
 
 def test_a_concurrency_cap_of_one_serves_one_request_at_a_time():
     opt, run, out = served(arrivals="offline", max_concurrency=1)
-    server = run.knobs.server
+    server = run
     assert server.decode_rows == server.decode_steps  # never two slots in use
     ttfts = [r["ttft"] for r in server.records]
     assert max(ttfts) < 0.5 * sum(r["e2e"] for r in server.records)  # TTFT counts from when it was sent
@@ -121,7 +121,7 @@ def test_a_concurrency_cap_of_one_serves_one_request_at_a_time():
 def test_a_token_budget_admits_one_prompt_per_iteration_and_outputs_stay_equal():
     opt, run, out = served(arrivals="offline", max_batched_tokens=4)
     assert all(c.passed for c in opt.check({}, out))
-    assert run.knobs.server.decode_rows == sum(r.out_len - 1 for r in run.knobs.server.trace)
+    assert run.decode_rows == sum(r.out_len - 1 for r in run.trace)
 
 
 SERVING_SUITE = """\
@@ -129,12 +129,11 @@ name: serve
 device: cpu
 measure: {min_pairs: 5, block_s: 0.02, min_samples: 5, min_time_s: 0.1, max_time_s: 1, warmup_max_s: 0.2}
 workloads:
-  gen: {type: generate, model: nano, prompts: synthetic, prompt_len: 8, new_tokens: 8}
+  srv: {type: serve, model: nano, prompts: synthetic, requests: 10, rate: 50.0, slots: 4, prompt_max: 16,
+        output_max: 12}
 cases:
-  - workload: gen
-    plugins: [{continuous_batching: {requests: 10, rate: 50.0, slots: 4, prompt_max: 16, output_max: 12}}]
-    baseline: [{continuous_batching: {requests: 10, rate: 50.0, slots: 4, prompt_max: 16, output_max: 12,
-                                      scheduler: static}}]
+  - workload: srv
+    plugins: [continuous_batching]
     serving: {slo: {ttft_p90_s: 0.05, tpot_p50_s: 0.02}, start_rate: 50, rel_tol: 1.0, max_time_s: 16,
               min_duration_s: 0.1, repeats: 1}
 """

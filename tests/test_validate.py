@@ -52,6 +52,20 @@ def error(tmp_path, registry, text: str) -> InputError:
 CASE = "  - workload: gen\n    plugins: [kv_cache]\n"
 
 
+@pytest.mark.parametrize("workload, case, field, words", [
+    ("{type: serve, model: nano, prompt_max: 200, output_max: 100}", "plugins: [continuous_batching]",
+     "workloads.serve.output_max", "exceeds the 'nano' context of 256"),
+    ("{type: serve, model: nano}", "plugins: [kv_cache]", "cases[0].plugins[0].kv_cache",
+     "applies to generate workloads, but 'serve' is type: serve"),
+    ("{type: generate, model: nano}", "plugins: [{kv_cache: {kind: dynamic}}]\n    serving: {slo: {ttft_p90_s: 1}}",
+     "cases[0].serving", "needs a workload that serves a request trace (type: serve)"),
+], ids=["serve-context", "kv_cache-on-serve", "search-on-generate"])
+def test_a_serve_workload_and_its_plugins_are_checked_at_validate(tmp_path, registry, workload, case, field, words):
+    text = f"name: v\ndevice: cpu\nworkloads:\n  serve: {workload}\ncases:\n  - workload: serve\n    {case}\n"
+    err = error(tmp_path, registry, text)
+    assert err.field == field and words in str(err), err
+
+
 def test_hf_context_too_short_is_found_at_validate(tmp_path, registry, gpt2_dir):
     text = suite_text(CASE, model=f"hf:{gpt2_dir}")
     err = error(tmp_path, registry, text)
@@ -89,8 +103,8 @@ def test_one_sample_is_not_enough(tmp_path, registry):
      "cases[0].plugins[0].speculative_decoding.gamma", "exceed the"),
     ("  - workload: gen\n    plugins: [speculative_decoding, {batching: {batch_size: 2}}]\n",
      "cases[0].plugins[0].speculative_decoding", "one sequence at a time"),
-    ("  - workload: gen\n    plugins: [{continuous_batching: {prompt_max: 200, output_max: 100}}]\n",
-     "cases[0].plugins[0].continuous_batching.output_max", "exceeds the 'nano' context"),
+    ("  - workload: gen\n    plugins: [continuous_batching]\n", "cases[0].plugins[0].continuous_batching",
+     "applies to serve workloads, but 'gen' is type: generate"),
     ("  - workload: gen\n    plugins: [{batching: {prompt_min: 61}}]\n",
      "cases[0].plugins[0].batching.prompt_min", "prompt_len 60"),
     ("  - workload: train\n    plugins: [ddp, lora]\n", "cases[0].plugins[1].lora", "before ddp"),
@@ -104,10 +118,8 @@ def test_one_sample_is_not_enough(tmp_path, registry):
      "cases[0].baseline[0].ddp", "has world_size 2 but the case runs 3"),
     ("  - workload: gen\n    plugins: [kv_cache, {kv_cache: {kind: static}}]\n", "cases[0].plugins[0].kv_cache",
      "listed twice"),
-    ("  - workload: gen\n    plugins: [continuous_batching]\n", "cases[0].plugins[0].continuous_batching",
-     "scheduler: static"),
-], ids=["draft-vocab", "draft-context", "spec+batched", "serving-context", "prompt_min", "lora-order",
-        "micro-batches", "fsdp+ddp", "ddp-batch", "world-sizes", "twice", "serving-baseline"])
+], ids=["draft-vocab", "draft-context", "spec+batched", "serving-on-generate", "prompt_min", "lora-order",
+        "micro-batches", "fsdp+ddp", "ddp-batch", "world-sizes", "twice"])
 def test_plugin_parameters_against_the_workload_and_each_other(tmp_path, registry, gpt2_dir, case, field, words):
     text = suite_text(case.replace("PATH", f"hf:{gpt2_dir}")).replace("prompt_len: 60", "prompt_len: 40")
     if "gamma: 32" in case:  # 40 + 190 + 32 + 1 positions for the static caches: more than micro's 256
