@@ -58,6 +58,21 @@ def buffer_bytes(model: nn.Module, seen: set | None = None) -> int:
                          if name in getattr(m, "_non_persistent_buffers_set", set())), seen)
 
 
+def train_state_bytes(model: nn.Module, optimizer: Any, grad_bytes: int) -> dict[str, int]:
+    """Bytes on this rank of a training run's state: weights, gradients (`grad_bytes`, counted inside a step:
+    zero_grad frees them) and optimizer states, from the tensors, each tensor once (a tied embedding and head
+    are one matrix); buffers (causal masks, rotary tables), when the model has any, apart from the weights."""
+    optimizer = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer: this rank's shard
+    states = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    seen: set = set()
+    out = {"weights": tensor_bytes(model.parameters(), seen), "gradients": grad_bytes,
+           "optimizer_states": tensor_bytes(states)}
+    buffers = tensor_bytes(model.buffers(), seen)
+    if buffers:
+        out["buffers"] = buffers
+    return out
+
+
 def kv_step_bytes(args: ModelArgs, batch: int, cache_kind: str, prompt_len: int, new_tokens: int,
                   element_bytes: int) -> float:
     """Bytes of KV cache one decode step moves, averaged over the new_tokens - 1 decode steps (U3).
@@ -72,6 +87,27 @@ def kv_step_bytes(args: ModelArgs, batch: int, cache_kind: str, prompt_len: int,
     else:
         return 0.0
     return float(kv_cache_bytes(args, batch, 1, element_bytes) * positions)
+
+
+def decode_figures(median_s: float, ttft_s: float, new_tokens: int, batch: int, sequential: bool) -> dict[str, Any]:
+    """A generate's latency figures (docs/measurement.md): e2e = the median step; TPOT = (the time one sequence
+    took - TTFT) / (new_tokens - 1), where one sequence takes e2e when the batch runs together and e2e / batch
+    when sequences run one after another (`sequential`); tokens/s total = batch x new_tokens / e2e, per sequence
+    new_tokens / the time one sequence took. Seconds and tokens per second."""
+    seq_s = median_s / batch if sequential else median_s
+    tpot = (seq_s - ttft_s) / (new_tokens - 1) if new_tokens > 1 else None
+    return {"ttft_s": ttft_s, "tpot_s": tpot, "e2e_s": median_s, "tokens_per_s_total": batch * new_tokens / median_s,
+            "tokens_per_s_per_seq": new_tokens / seq_s}
+
+
+def bandwidth_figures(weight_bytes: int, kv_bytes_per_step: int, tpot_s: float,
+                      peak_bandwidth: float | None) -> dict[str, Any]:
+    """Bytes a decode step moves (weights + KV cache traffic, `kv_step_bytes`) per TPOT, and MBU = that
+    achieved bandwidth / the device's peak bandwidth (bytes/s; None: unknown, e.g. a CPU), with its `regime`."""
+    achieved = (weight_bytes + kv_bytes_per_step) / tpot_s
+    mbu = achieved / peak_bandwidth if peak_bandwidth else None
+    return {"kv_bytes_per_decode_step": kv_bytes_per_step, "achieved_bandwidth_bytes_s": achieved, "mbu": mbu,
+            "regime": regime(mbu)}
 
 
 def regime(mbu: float | None) -> str | None:

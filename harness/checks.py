@@ -47,6 +47,21 @@ def near_ties(model: nn.Module, prompt: torch.Tensor, tokens: torch.Tensor, dtyp
     return torch.cat([tokens[:, None], candidates[:, : k - 1]], dim=1)
 
 
+@torch.inference_mode()
+def batch_near_ties(model: nn.Module, prompts: torch.Tensor, pad: torch.Tensor | None, tokens: torch.Tensor,
+                    dtype: torch.dtype, k: int = 4) -> torch.Tensor | None:
+    """[B, n, k] `near_ties` of a greedy batch: prompts [B, P] left-padded by pad [B] (or None), tokens [B, n];
+    one sequence at a time (without its padding), so the logits of a large batch never coexist. None when no
+    token was generated."""
+    if tokens.size(1) == 0:
+        return None
+    out = []
+    for b in range(tokens.size(0)):
+        start = int(pad[b]) if pad is not None else 0
+        out.append(near_ties(model, prompts[b, start:], tokens[b].to(prompts.device), dtype, k).cpu())
+    return torch.stack(out)
+
+
 def diverges_at_tie(expected: torch.Tensor, got: torch.Tensor, ties: torch.Tensor) -> bool:
     """For one sequence (expected, got [n]; ties [n, k]) that differs: its first differing token was a near-tie."""
     j = int((expected != got).int().argmax())

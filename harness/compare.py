@@ -24,7 +24,7 @@ from harness import capacity, cost, serving, stats
 from harness.compare_page import format_table, render_compare
 from harness.errors import InputError
 from harness.export import load_run
-from harness.report import SIDES, flatten
+from harness.formatting import SIDES, flatten
 from harness.results import write_text
 
 IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted

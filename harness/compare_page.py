@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from harness import charts, stats
-from harness.report import environment, fmt_time, unit_label
+from harness.formatting import fmt_time, unit_label
+from harness.report import environment
 
 
 def verdict_word(v: dict[str, Any] | None) -> str:

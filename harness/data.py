@@ -153,6 +153,19 @@ def tokenized_split(tokenizer, split: str = "val", max_chars: int = 400_000,
 _TOKENIZED: dict[tuple, torch.Tensor] = {}
 
 
+def train_batches(kind: str, steps: int, batch: int, seq_len: int, vocab_size: int, tokenizer=None,
+                  seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`steps` fixed batches (x, y), each [batch, seq_len] with y = x shifted by one: seeded windows of the
+    training split (`kind` "corpus", encoded by `tokenizer` when given, else bytes) or seeded uniform ids
+    below `vocab_size` ("synthetic")."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "corpus":
+        train = tokenized_split(tokenizer, "train") if tokenizer is not None else splits()[0]
+        return [get_batch(train, batch, seq_len, generator=gen) for _ in range(steps)]
+    tokens = torch.randint(0, vocab_size, (steps, batch, seq_len + 1), generator=gen)
+    return [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in tokens]
+
+
 def synthetic_tokens(n: int, vocab_size: int = VOCAB_SIZE, seed: int = 0) -> torch.Tensor:
     """`n` uniformly random token ids in [0, vocab_size): for workloads where only speed matters."""
     return torch.randint(vocab_size, (n,), generator=torch.Generator().manual_seed(seed))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class InputError(Exception):
     """Bad input from the user: a suite, a results file, a flag. Printed as ``path:line: field: message``."""
@@ -14,3 +17,10 @@ class InputError(Exception):
         where = ":".join(str(x) for x in (self.path, self.line) if x is not None)
         parts = [p for p in (where, self.field, self.message) if p]
         return ": ".join(parts)
+
+
+def suggestion(name: object, known: Iterable[str], listing: str = "known") -> str:
+    """"; did you mean 'X'?" for the closest of `known` to a wrong `name`, else "; known: a, b" (or "none")."""
+    known = list(known)
+    hint = difflib.get_close_matches(str(name), known, n=1)
+    return f"; did you mean '{hint[0]}'?" if hint else f"; {listing}: {', '.join(known) or 'none'}"

@@ -20,7 +20,7 @@ from pytest_benchmark.stats import Stats
 
 from harness.cost import device_name
 from harness.errors import InputError
-from harness.report import (
+from harness.formatting import (
     HEADLINE,
     SIDES,
     fmt_headline,
@@ -162,7 +162,7 @@ CSV_FIELDS = ("id", "kind", "status", "verdict", "speedup", "ci95_low", "ci95_hi
 
 def to_csv(results: dict[str, Any]) -> str:
     """One row per case, failed ones included with empty measurements; the headline figures (TTFT, TPOT,
-    serving percentiles, goodput, MFU, MBU; `harness.report.HEADLINE`) in seconds or fractions, empty where the
+    serving percentiles, goodput, MFU, MBU; `harness.formatting.HEADLINE`) in seconds or fractions, empty where the
     case has none."""
     results = validate(results)
     buf = io.StringIO()

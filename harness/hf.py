@@ -20,6 +20,7 @@ from torch import nn
 from harness.errors import InputError
 from harness.memory import tensor_bytes
 from harness.model import matmul_params
+from harness.workload import sync
 
 INSTALL_HINT = "pip install 'harness[hf]'"
 
@@ -255,8 +256,7 @@ class TokenClock:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)  # a streaming client reads each token as it comes
         self.times.extend([time.perf_counter()] * (value.size(-1) if value.dim() == 2 else 1))
 
     def end(self) -> None:

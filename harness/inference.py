@@ -30,8 +30,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from harness.accounting import buffer_bytes, embedding_bytes, kv_step_bytes, regime, weight_bytes
-from harness.checks import near_ties
+from harness import reference
+from harness.accounting import (
+    bandwidth_figures,
+    buffer_bytes,
+    decode_figures,
+    embedding_bytes,
+    kv_step_bytes,
+    weight_bytes,
+)
+from harness.checks import batch_near_ties
 from harness.generate import (
     decode_one_token,
     generate_cached,
@@ -40,12 +48,12 @@ from harness.generate import (
     static_cache,
 )
 from harness.hookspecs import hookimpl
-from harness.model import GPT, PRESETS, ModelArgs, kv_cache_bytes
+from harness.model import kv_cache_bytes
 from harness.optimization import ParamError
-from harness.stats import percentile
+from harness.precision import resolve_dtype
+from harness.stats import itl_percentiles
 from harness.workload import Run, RunContext, Workload, sync
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EVAL_SEQS, EVAL_LEN = 4, 128  # held-out tokens for the quality outputs (perplexity, top-1)
 
 
@@ -91,17 +99,9 @@ class GenerateSpec:
 
 
 def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
-    """A model by spec name (preset: seeded random init; reference:NAME; hf:PATH), in eval mode."""
-    try:
-        from harness.reference import load_model as load
-    except ImportError:  # harness.reference not present: presets only
-        if name not in PRESETS:
-            raise ParamError("model", f"unknown model '{name}'; known presets: {', '.join(PRESETS)}") from None
-        torch.manual_seed(seed)
-        model = GPT(ModelArgs.from_name(name))
-    else:
-        model = load(name, device, dtype, seed)
-    return model.to(device=device, dtype=dtype).eval()
+    """A model by spec name (preset: seeded random init; reference:NAME; hf:PATH; a plugin's prefix), in eval
+    mode: `harness.reference.load_model`, the one resolver, in the run's device and dtype."""
+    return reference.load_model(name, device, dtype, seed).to(device=device, dtype=dtype).eval()
 
 
 def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int, tokenizer=None) -> torch.Tensor:
@@ -146,7 +146,7 @@ class GenerateRun(Run):
     def __init__(self, spec: GenerateSpec, ctx: RunContext):
         super().__init__(ctx)
         self.spec, self.device = spec, ctx.device
-        self.dtype = DTYPES[spec.dtype]
+        self.dtype = resolve_dtype(spec.dtype)
         self.model = load_model(spec.model, ctx.device, self.dtype, ctx.seed)
         self.prompts = self.held_out(spec.batch, spec.prompt_len, ctx.seed)
         self.pad: torch.Tensor | None = None
@@ -169,15 +169,6 @@ class GenerateRun(Run):
     @property
     def batch(self) -> int:
         return self.prompts.size(0)
-
-    @property
-    def units(self) -> dict[str, float]:
-        """Work per step; follows the prompts unless a plugin sets its own (e.g. a request trace)."""
-        return self._units or {"tokens": self.batch * self.new_tokens, "sequences": self.batch}
-
-    @units.setter
-    def units(self, value: dict[str, float]) -> None:
-        self._units = value
 
     def new_cache(self, batch: int, max_len: int):
         """A cache of `cache_kind`; static caches are allocated once per shape and reused (positions are
@@ -236,20 +227,9 @@ class GenerateRun(Run):
             self.first_call_s = seconds
         tokens = tokens.cpu()
         return {"tokens": tokens, "prompts": self.prompts.cpu(), "pad": None if self.pad is None else self.pad.cpu(),
-                "ties": self.ties(tokens), **self.quality(),
-                "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}
-
-    @torch.inference_mode()
-    def ties(self, tokens: torch.Tensor, k: int = 4) -> torch.Tensor | None:
-        """[B, n, k] near-ties of greedy decoding (`near_ties`, one sequence at a time, so the logits of a large
-        batch never coexist); None for sampled decoding."""
-        if self.spec.sampling != "greedy" or tokens.size(1) == 0:
-            return None
-        out = []
-        for b in range(tokens.size(0)):
-            start = int(self.pad[b]) if self.pad is not None else 0
-            out.append(near_ties(self.model, self.prompts[b, start:], tokens[b].to(self.device), self.dtype, k).cpu())
-        return torch.stack(out)
+                "ties": batch_near_ties(self.model, self.prompts, self.pad, tokens, self.dtype)
+                if self.spec.sampling == "greedy" else None,
+                **self.quality(), "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}
 
     def kv_bytes(self) -> dict[str, int] | None:
         """Measured bytes of the last generate's KV cache and the EFFECTS.md formula for the same length."""
@@ -274,27 +254,21 @@ class GenerateRun(Run):
         return out
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
-        n, B = self.new_tokens, self.batch
-        ttft = self.time_first_token()
-        seq_s = median_s / B if self.knobs.layout == "sequential" else median_s
-        wb = weight_bytes(self.model)
-        out: dict[str, Any] = {
-            "ttft_s": ttft, "tpot_s": (seq_s - ttft) / (n - 1) if n > 1 else None, "e2e_s": median_s,
-            "tokens_per_s_total": B * n / median_s, "tokens_per_s_per_seq": n / seq_s, "weight_bytes": wb,
-        }
+        """TTFT, TPOT, e2e and tokens/s (`accounting.decode_figures`), the KV cache's bytes, the bytes a decode
+        step moves and MBU (`accounting.bandwidth_figures`), ITL percentiles, and the plugins' `metric_fns`."""
+        sequential = self.knobs.layout == "sequential"
+        out = decode_figures(median_s, self.time_first_token(), self.new_tokens, self.batch, sequential)
+        out["weight_bytes"] = weight_bytes(self.model)
         kv = self.kv_bytes()
         if kv:
             out.update(kv_bytes_measured=kv["measured"], kv_bytes_formula=kv["formula"])
         if out["tpot_s"] and out["tpot_s"] > 0:
-            rows = 1 if self.knobs.layout == "sequential" else B  # sequences in one decode step
-            kv_moved = kv_step_bytes(self.model.args, rows, self.knobs.cache_kind, self.prompts.size(1), n,
-                                     self.dtype.itemsize) if kv else 0
-            out["kv_bytes_per_decode_step"] = kv_moved
-            out["achieved_bandwidth_bytes_s"] = (wb + kv_moved) / out["tpot_s"]
+            rows = 1 if sequential else self.batch  # sequences in one decode step
+            kv_moved = kv_step_bytes(self.model.args, rows, self.knobs.cache_kind, self.prompts.size(1),
+                                     self.new_tokens, self.dtype.itemsize) if kv else 0
             peak = (self.ctx.env or {}).get("peak") or {}
-            bw = peak.get("bandwidth_bytes_s") if self.device.type == "cuda" else None
-            out["mbu"] = out["achieved_bandwidth_bytes_s"] / bw if bw else None
-            out["regime"] = regime(out["mbu"])
+            bandwidth = peak.get("bandwidth_bytes_s") if self.device.type == "cuda" else None
+            out.update(bandwidth_figures(out["weight_bytes"], kv_moved, out["tpot_s"], bandwidth))
         out.update(self.inter_token_latencies())
         for fn in self.knobs.metric_fns:
             out.update(fn(median_s))
@@ -323,17 +297,10 @@ class GenerateRun(Run):
         self.token_times = []
         try:
             self.generate(self.prompts, self.new_tokens, self.pad)
-            gaps = sorted(b - a for times in self.token_times for a, b in zip(times, times[1:]))
+            return itl_percentiles(self.token_times)
         finally:
             self.token_times = None
             self.last_cache, self._cache_shape = cache, shape
-        if not gaps:
-            return {}
-        out = {"itl_p50_s": percentile(gaps, 0.50), "itl_p90_s": percentile(gaps, 0.90), "itl_max_s": gaps[-1],
-               "itl_gaps": len(gaps)}
-        if len(gaps) >= 100:
-            out["itl_p99_s"] = percentile(gaps, 0.99)
-        return out
 
     def time_first_token(self, repeats: int = 3) -> float:
         """Median synchronized time of generating one token (prefill + first sample); keeps `last_cache`."""
@@ -359,6 +326,7 @@ class GenerateWorkload(Workload):
         run = GenerateRun(spec, ctx)
         for opt in optimizations:
             opt.apply(run)
+        run.units = {"tokens": run.batch * run.new_tokens, "sequences": run.batch}  # of the prompts plugins left
         run.info.update(cache=run.knobs.cache_kind, layout=run.knobs.layout, batch=run.batch)
         return run
 

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from harness.workload import sync
+
 _LIBC = None
 
 
@@ -75,7 +77,7 @@ def current_bytes(device: Any) -> int | None:
     import torch
 
     if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+        sync(device)
         return torch.cuda.memory_allocated(device)
     _trim_heap()
     return proc_status_bytes("VmRSS")
@@ -89,10 +91,10 @@ def peak_of(fn: Callable[[], Any], device: Any, cpu_repeats: int = 2) -> dict[st
     import torch
 
     if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        torch.cuda.synchronize()
+        sync(device)
         stats = torch.cuda.memory_stats(device)
         return {"peak": torch.cuda.max_memory_allocated(device), "source": "cuda_max_memory_allocated",
                 "reserved_peak": torch.cuda.max_memory_reserved(device),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+from harness.errors import suggestion
 
 KINDS = ("training", "inference")
 
@@ -123,9 +124,7 @@ def build_params(params_cls: type, values: dict[str, Any] | None) -> Any:
     known = [f.name for f in dataclasses.fields(params_cls)]
     for key in values:
         if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(known) or 'none'}"
-            raise ParamError(str(key), f"unknown parameter '{key}'{suggestion}")
+            raise ParamError(str(key), f"unknown parameter '{key}'{suggestion(key, known)}")
     for key, value in values.items():
         values[key] = coerce(key, value, hints[key])
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from harness.errors import InputError
 from harness.hookspecs import hookimpl
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import ParamError
+from harness.precision import resolve_dtype
 
 FORMAT_VERSION = 1
 Progress = Callable[[str], None]
@@ -216,15 +218,15 @@ def _read_cache(name: str, device) -> GPT | None:
 
 
 def _write_cache(name: str, model: GPT, report: dict) -> None:
+    from harness.results import write_bytes, write_text
+
     pt, js = cache_paths(name)
     pt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pt.with_suffix(f".tmp{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    report = dict(report, sha256=hashlib.sha256(tmp.read_bytes()).hexdigest())
-    os.replace(tmp, pt)  # weights first, then the JSON that vouches for them
-    tmp_js = js.with_suffix(f".tmp{os.getpid()}")
-    tmp_js.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_js, js)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    report = dict(report, sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
+    write_bytes(pt, buffer.getvalue())  # weights first, then the JSON that vouches for them
+    write_text(js, json.dumps(report, indent=2))
     model.reference = report
 
 
@@ -237,19 +239,6 @@ def load_reference(name: str, device="cpu", progress: Progress | None = None) ->
         _write_cache(name, model, report)
         model = model.to(device).eval()
     return model
-
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype) -> torch.dtype | None:
-    """None, a torch.dtype, or one of the names fp32 / bf16 / fp16 (and their long forms)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 @dataclass(frozen=True)

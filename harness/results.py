@@ -34,12 +34,18 @@ def finite(data: Any, where: str = "") -> tuple[Any, list[str]]:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary file in the same folder, then a rename."""
+    """Write `text` to `path` atomically (`write_bytes`), UTF-8."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same folder, then a rename; the one writer
+    of every file the harness leaves (results, reports, exports, the reference cache)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

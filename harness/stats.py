@@ -62,6 +62,19 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples, dtype=float), 100 * q))
 
 
+def itl_percentiles(token_times: list[list[float]]) -> dict[str, Any]:
+    """Inter-token latency of streamed sequences: the gaps between consecutive token times of each list
+    (seconds), as p50 / p90 / max and the number of gaps; p99 only with >= 100 gaps. Empty without gaps."""
+    gaps = sorted(b - a for times in token_times for a, b in zip(times, times[1:]))
+    if not gaps:
+        return {}
+    out = {"itl_p50_s": percentile(gaps, 0.50), "itl_p90_s": percentile(gaps, 0.90), "itl_max_s": gaps[-1],
+           "itl_gaps": len(gaps)}
+    if len(gaps) >= 100:
+        out["itl_p99_s"] = percentile(gaps, 0.99)
+    return out
+
+
 def warnings_for(name: str, samples: list[float], blocks: list[int] | None = None) -> list[str]:
     """Noise and warm-up warnings for one side's samples in time order (S1, S2).
 

@@ -4,7 +4,6 @@ the line and the field (`harness.errors.InputError`)."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,7 +13,7 @@ from typing import Any
 import yaml
 
 from harness.capacity import CapacitySpec, resolve_step
-from harness.errors import InputError
+from harness.errors import InputError, suggestion
 from harness.optimization import ParamError, build_params
 from harness.plugins import Registry
 from harness.serving import ServingSpec
@@ -126,9 +125,7 @@ def _check_keys(doc: _Doc, path: tuple, mapping: Any, allowed: tuple, what: str)
         raise doc.error(path, f"{what} must be a mapping (got {type(mapping).__name__})")
     for key in mapping:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
-            raise doc.error(path + (key,), f"unknown key '{key}'{suggestion}")
+            raise doc.error(path + (key,), f"unknown key '{key}'{suggestion(key, allowed, 'allowed')}")
 
 
 def load_suite(path: str | Path, registry: Registry, model: str | None = None,
@@ -210,9 +207,7 @@ def _workloads(doc: _Doc, workloads: Any, registry: Registry, model: str | None)
 
 
 def _unknown(what: str, name: Any, known: dict, registry: Registry) -> str:
-    hint = difflib.get_close_matches(str(name), list(known), n=1)
-    message = f"unknown {what} '{name}'"
-    message += f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(known) or 'none'}"
+    message = f"unknown {what} '{name}'{suggestion(name, known)}"
     broken = [f"{k} ({v})" for k, v in registry.errors.items() if str(name) in k]
     if broken:
         message += f". A plugin with that name failed to load: {'; '.join(broken)}"
@@ -311,12 +306,9 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
         for j, use in enumerate(group):
             cls = registry.optimizations[use.name]
             ppath = path + (key, j, use.name)
-            if key == "plugins" and cls.kind != kind:
-                raise doc.error(ppath, f"'{use.name}' is a {cls.kind} optimization but workload '{wname}' is "
-                                       f"{kind}")
-            if cls.workloads and wtype not in cls.workloads:
-                raise doc.error(ppath, f"'{use.name}' applies to {' / '.join(cls.workloads)} workloads, but "
-                                       f"'{wname}' is type: {wtype}")
+            if cls.kind != kind or cls.workloads and wtype not in cls.workloads:
+                raise doc.error(ppath, f"'{use.name}' applies to {' / '.join(cls.workloads) or cls.kind} workloads, "
+                                       f"but '{wname}' is type: {wtype} ({kind})")
             try:
                 params = build_params(cls.Params, use.params)
             except ParamError as exc:

@@ -22,16 +22,14 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
-from harness import data
-from harness.accounting import zero_bytes
+from harness import data, precision
+from harness.accounting import train_state_bytes, zero_bytes
 from harness.hookspecs import hookimpl
 from harness.memory import saved_for_backward, tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import ParamError
 from harness.reference import load_model, model_facts
 from harness.workload import Run, RunContext, Workload
-
-PEAK_KEYS = {torch.bfloat16: "bf16_flops", torch.float16: "fp16_flops"}
 
 
 @dataclass
@@ -59,6 +57,28 @@ class TrainKnobs:
 def no_sync(model: torch.nn.Module):
     """DDP's `no_sync()` (skip the gradient all-reduce of this backward), or nothing for other models."""
     return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+def adamw_kwargs(lr: float, device_type: str, impl: str | None) -> dict[str, Any]:
+    """AdamW's arguments (nanoGPT's betas and weight decay) with its implementation: `impl` (fused / foreach /
+    for_loop, chosen by optimizer_impl, which checks it exists here), else fused on CUDA and foreach elsewhere
+    where this torch has them (feature-detected)."""
+    kwargs: dict[str, Any] = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
+    if impl is not None:
+        return {**kwargs, "fused": True} if impl == "fused" else {**kwargs, "foreach": impl == "foreach"}
+    signature = inspect.signature(torch.optim.AdamW).parameters
+    if device_type == "cuda" and "fused" in signature:
+        kwargs["fused"] = True
+    elif "foreach" in signature:
+        kwargs["foreach"] = True
+    return kwargs
+
+
+def adamw_name(kwargs: dict[str, Any]) -> str:
+    """adamw(fused) / adamw(foreach) / adamw(for_loop) / adamw (torch's default) for `adamw_kwargs`' result."""
+    if kwargs.get("fused"):
+        return "adamw(fused)"
+    return "adamw(foreach)" if kwargs.get("foreach") else "adamw(for_loop)" if "foreach" in kwargs else "adamw"
 
 
 @dataclass
@@ -130,51 +150,28 @@ class TrainRun(Run):
         self.saved: dict[int, int] | None = None  # storage -> bytes saved for backward, while counted
         self.grad_bytes = 0
         self.facts: dict[str, Any] = {}  # what an optimization measured in apply() for its check, in outputs()
-        self.global_batches = self.make_batches()  # [(x, y)] * steps, each [B, T] on the CPU
+        self.global_batches = data.train_batches(  # [(x, y)] * steps, each [B, T] on the CPU
+            spec.data, spec.steps, spec.batch, spec.seq_len, self.args.vocab_size,
+            getattr(self.raw_model, "tokenizer", None), ctx.seed + 1)
         self.batches = [(x.to(self.device), y.to(self.device)) for x, y in self.global_batches]
         self.steps_done = 0
         self.last_loss: torch.Tensor | None = None
         self.units = {"tokens": spec.batch * spec.seq_len, "samples": spec.batch}
         self.info.update({"model": spec.model, "params": self.raw_model.num_params(),
                           "matmul_params": self.raw_model.num_params(matmul_only=True),
-                          "optimizer": self.optimizer_kind, "data": spec.data, "autocast": None})
+                          "optimizer": adamw_name(self.optimizer_kwargs()), "data": spec.data, "autocast": None})
         if getattr(self.raw_model, "dropout_off", None):
             self.info["dropout_off"] = ", ".join(self.raw_model.dropout_off)
         if self.device.type == "cuda":  # the fp32 baseline's precision is part of the case (rule T10)
             self.info["tf32"] = spec.tf32
-
-    def make_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """`steps` fixed global batches (x, y = x shifted by one), the same for every rank and side."""
-        spec, gen = self.spec, torch.Generator().manual_seed(self.ctx.seed + 1)
-        if spec.data == "corpus":
-            tokenizer = getattr(self.raw_model, "tokenizer", None)
-            train = data.tokenized_split(tokenizer, "train") if tokenizer is not None else data.splits()[0]
-            return [data.get_batch(train, spec.batch, spec.seq_len, generator=gen) for _ in range(spec.steps)]
-        tokens = torch.randint(0, self.args.vocab_size, (spec.steps, spec.batch, spec.seq_len + 1), generator=gen)
-        return [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in tokens]
 
     def make_optimizer(self, params, optimizer_class: type = torch.optim.AdamW) -> torch.optim.Optimizer:
         """AdamW over `params`, fused where the device supports it, else foreach (feature-detected)."""
         return optimizer_class(params, **self.optimizer_kwargs())
 
     def optimizer_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"lr": self.spec.lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
-        if self.knobs.optimizer_impl is not None:  # chosen by optimizer_impl, which checks it exists here
-            impl = self.knobs.optimizer_impl
-            return {**kwargs, "fused": True} if impl == "fused" else {**kwargs, "foreach": impl == "foreach"}
-        signature = inspect.signature(torch.optim.AdamW).parameters
-        if self.device.type == "cuda" and "fused" in signature:
-            kwargs["fused"] = True
-        elif "foreach" in signature:
-            kwargs["foreach"] = True
-        return kwargs
-
-    @property
-    def optimizer_kind(self) -> str:
-        kw = self.optimizer_kwargs()
-        if kw.get("fused"):
-            return "adamw(fused)"
-        return "adamw(foreach)" if kw.get("foreach") else "adamw(for_loop)" if "foreach" in kw else "adamw"
+        """`adamw_kwargs` for this run's learning rate, device and `knobs.optimizer_impl`."""
+        return adamw_kwargs(self.spec.lr, self.device.type, self.knobs.optimizer_impl)
 
     def shard_batches(self, rank: int, world_size: int) -> None:
         """Keep this rank's slice of each global batch; the global batch (and so the result) is unchanged."""
@@ -187,31 +184,6 @@ class TrainRun(Run):
         self.world = world_size
         self.distributed = True
         self.info["local_batch"] = per
-
-    @property
-    def precision_name(self) -> str:
-        """The matmul precision of this run: "bfloat16" / "float16" (autocast), "tf32" or "fp32"."""
-        if self.knobs.autocast_dtype is not None:
-            return str(self.knobs.autocast_dtype).removeprefix("torch.")
-        return "tf32" if self.device.type == "cuda" and self.knobs.tf32 else "fp32"
-
-    @contextlib.contextmanager
-    def precision(self):
-        """This run's TF32 setting on CUDA for the duration of a step, restored after."""
-        if self.device.type != "cuda":
-            yield
-            return
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.knobs.tf32
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-    def autocast(self):
-        if self.knobs.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.knobs.autocast_dtype)
 
     @property
     def scaler(self) -> torch.amp.GradScaler:
@@ -234,8 +206,9 @@ class TrainRun(Run):
         for i, (xm, ym) in enumerate(zip(x.chunk(k), y.chunk(k))):  # xm, ym: [B / k, T]
             if self.saved is not None:
                 self.saved.clear()
-            with self.precision(), (contextlib.nullcontext() if i == k - 1 else no_sync(self.model)):
-                with self.autocast():
+            with precision.tf32_matmuls(self.device.type, self.knobs.tf32), \
+                    (contextlib.nullcontext() if i == k - 1 else no_sync(self.model)):
+                with precision.autocast(self.device.type, self.knobs.autocast_dtype):
                     _, loss = self.model(xm, ym)
                 loss = loss / k
                 self.scaler.scale(loss).backward()
@@ -264,10 +237,14 @@ class TrainRun(Run):
         losses, grads = [], {}
         for i, (x, y) in enumerate(self.batches):
             if i == 0:  # the run's first work: its time, compile and lazy init included, is first_call_s
-                with self.count_saved_tensors() as saved:
+                # autograd's saved-for-backward bytes (harness.memory.saved_for_backward) while `saved` points at
+                # them: activation_checkpointing adds the block inputs its checkpoint keeps
+                counting = saved_for_backward(self.raw_model) if self.knobs.count_activations else None
+                with counting or contextlib.nullcontext() as self.saved:
                     loss, forward_backward_s = self.synced(functools.partial(self.train_step, x, y, keep_grads=True))
-                if saved is not None:
-                    self.info["activation_bytes"] = sum(saved.values())
+                if self.saved is not None:
+                    self.info["activation_bytes"] = sum(self.saved.values())
+                self.saved = None
                 scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
                 grads = {n: full_tensor(p.grad) / scale for n, p in self.raw_model.named_parameters()
                          if p.grad is not None}
@@ -279,10 +256,10 @@ class TrainRun(Run):
                 loss = self.train_step(x, y)
             losses.append(self.global_loss(loss))
         params = {n: full_tensor(p) for n, p in self.raw_model.named_parameters()}
-        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": self.precision_name,
-               "device": self.device.type,
-               "activation_bytes": self.info.get("activation_bytes"), "memory": self.memory(),
-               "memory_estimate": self.memory_estimate(), "facts": self.facts}
+        matmuls = precision.matmul_precision(self.device.type, self.knobs.autocast_dtype, self.knobs.tf32)
+        out = {"losses": losses, "grads": grads, "params": params, "loss": losses[-1], "precision": matmuls,
+               "device": self.device.type, "activation_bytes": self.info.get("activation_bytes"),
+               "memory": self.memory(), "memory_estimate": self.memory_estimate(), "facts": self.facts}
         out["first_batch_loss_after"] = self.first_batch_loss()  # after memory(): FSDP gathers weights for it
         if self.scaler.is_enabled():
             out["skipped_steps"] = self.skipped_steps()
@@ -293,26 +270,13 @@ class TrainRun(Run):
         """The loss on the first batch again, after the K steps: below the first step's loss if the run trained
         (the same batch, so batch-to-batch variation cannot fake it). The plain module, so no recompile."""
         x, y = self.batches[0]
-        with self.precision(), self.autocast():
+        with precision.tf32_matmuls(self.device.type, self.knobs.tf32), \
+                precision.autocast(self.device.type, self.knobs.autocast_dtype):
             _, loss = self.raw_model(x, y)
         for module in self.raw_model.modules():  # FSDP2 without reshard-after-forward keeps them gathered
             if hasattr(module, "reshard"):
                 module.reshard()
         return self.global_loss(loss)
-
-    @contextlib.contextmanager
-    def count_saved_tensors(self):
-        """Yield what autograd saves for backward inside the block (`harness.memory.saved_for_backward`), or None
-        when `knobs.count_activations` is off; `saved` points at it meanwhile (activation_checkpointing adds the
-        block inputs its checkpoint keeps, whose own saved tensors the checkpoint's hooks take)."""
-        if not self.knobs.count_activations:
-            yield None
-            return
-        try:
-            with saved_for_backward(self.raw_model) as self.saved:
-                yield self.saved
-        finally:
-            self.saved = None
 
     def global_loss(self, loss: torch.Tensor) -> float:
         """The loss over the global batch: the mean of the ranks' local means (equal slices)."""
@@ -330,22 +294,9 @@ class TrainRun(Run):
         return self.steps_done - taken
 
     def memory(self) -> dict[str, int]:
-        """Bytes on this rank of weights, gradients and optimizer states, counted from the tensors, each tensor
-        once (harness.memory.tensor_bytes: a tied embedding and head are one matrix); buffers (causal masks,
-        rotary tables), when the model has any, apart from the weights.
-
-        Gradients exist only inside a step (zero_grad sets them to None), so they are the bytes counted after
-        the first backward of `outputs()`; 0 if it has not run.
-        """
-        optimizer = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: local shard
-        states = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-        seen: set = set()
-        out = {"weights": tensor_bytes(self.raw_model.parameters(), seen), "gradients": self.grad_bytes,
-               "optimizer_states": tensor_bytes(states)}
-        buffers = tensor_bytes(self.raw_model.buffers(), seen)
-        if buffers:
-            out["buffers"] = buffers
-        return out
+        """Bytes on this rank of weights, gradients and optimizer states (`accounting.train_state_bytes`); the
+        gradients are those counted after the first backward of `outputs()` (0 before it)."""
+        return train_state_bytes(self.raw_model, self.optimizer, self.grad_bytes)
 
     def memory_estimate(self) -> dict[str, Any]:
         """Per-rank bytes at rest by the ZeRO formulas (`harness.accounting.zero_bytes`) for this run."""
@@ -361,7 +312,7 @@ class TrainRun(Run):
                                "loss": self.global_loss(self.last_loss) if self.last_loss is not None else None,
                                "memory_estimate": self.memory_estimate()}
         peak = self.ctx.env.get("peak") or {}
-        key = self.peak_key()
+        key = precision.peak_key(self.device.type, self.knobs.autocast_dtype, self.knobs.tf32)
         if peak.get(key):
             out["mfu"] = flops / self.world / peak[key] if self.distributed else flops / peak[key]
             out["mfu_peak"] = key
@@ -371,12 +322,6 @@ class TrainRun(Run):
         if self.scaler.is_enabled():
             out["skipped_steps"] = self.skipped_steps()
         return out
-
-    def peak_key(self) -> str:
-        """Which peak of the environment's table this run's matmuls use."""
-        if self.knobs.autocast_dtype in PEAK_KEYS:
-            return PEAK_KEYS[self.knobs.autocast_dtype]
-        return "tf32_flops" if self.device.type == "cuda" and self.knobs.tf32 else "fp32_flops"
 
 
 class TrainWorkload(Workload):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 def sync(device: Any) -> None:
     """Wait for the device's queued work (CUDA); nothing on the CPU."""
-    if getattr(device, "type", str(device)) == "cuda":
+    if str(getattr(device, "type", device)).startswith("cuda"):  # a torch.device, or a name like "cuda:0"
         import torch
 
         torch.cuda.synchronize(device)

@@ -9,8 +9,8 @@ import torch
 
 from harness import Check, Optimization, hookimpl
 from harness.checks import loss_check
+from harness.precision import resolve_dtype
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Final loss after K steps vs the fp32 run. Measured on nano / cpu presets, K=3-4: |diff| ~1e-3 (bf16),
 # ~1e-4 (fp16); bf16 keeps 8 mantissa bits, so 0.02 on a loss of ~5.5 (0.4 %) leaves room for longer runs
 # while a wrong update (lr, missing unscale) moves the loss by far more.
@@ -48,10 +48,10 @@ class MixedPrecision(Optimization):
 
     def supports(self, env: dict[str, Any]) -> str | None:
         device_type = str(env.get("device", "cpu")).split(":")[0]
-        return autocast_works(device_type, DTYPES[self.params.dtype])
+        return autocast_works(device_type, resolve_dtype(self.params.dtype))
 
     def apply(self, run: Any) -> None:
-        dtype = DTYPES[self.params.dtype]
+        dtype = resolve_dtype(self.params.dtype)
         run.knobs.autocast_dtype = dtype
         run.info["autocast"] = str(dtype).removeprefix("torch.")
         if dtype == torch.float16:

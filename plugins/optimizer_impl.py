@@ -17,6 +17,7 @@ import torch
 
 from harness import Check, Optimization, hookimpl
 from harness.checks import loss_check, noise_of, tensors_check
+from harness.training import adamw_name
 
 # The implementations evaluate the same formula with other op orders (fused on CPU computes the step in one
 # loop per element, foreach / for-loop as separate tensor ops), so parameters agree to fp32 round-off per
@@ -76,7 +77,7 @@ class OptimizerImpl(Optimization):
         params = [p for group in run.optimizer.param_groups for p in group["params"]]
         run.knobs.optimizer_impl = self.params.impl
         run.optimizer = run.make_optimizer(params)
-        run.info["optimizer"] = run.optimizer_kind
+        run.info["optimizer"] = adamw_name(run.optimizer_kwargs())
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
         return [

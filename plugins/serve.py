@@ -36,8 +36,9 @@ import torch
 from harness import ParamError, hookimpl, stats
 from harness.checks import near_ties
 from harness.generate import decode_one_token, generate_cached
-from harness.inference import DTYPES, held_out, load_model
+from harness.inference import held_out, load_model
 from harness.model import GPT
+from harness.precision import resolve_dtype
 from harness.traces import arrival_times, read_lengths
 from harness.workload import Run, RunContext, Workload
 
@@ -182,7 +183,7 @@ class ServeRun(Run):
 
     def __init__(self, spec: ServeSpec, ctx: RunContext):
         super().__init__(ctx)
-        self.spec, self.device, self.dtype = spec, ctx.device, DTYPES[spec.dtype]
+        self.spec, self.device, self.dtype = spec, ctx.device, resolve_dtype(spec.dtype)
         self.model = load_model(spec.model, ctx.device, self.dtype, ctx.seed)
         self.trace = make_trace(spec, ctx.seed, self.model.args.vocab_size)
         self.knobs = ServeKnobs()

@@ -201,3 +201,23 @@ def test_near_tie_band_is_the_measured_noise_not_a_fixed_share_of_the_logits():
     prompt, tokens = torch.tensor([3, 4]), torch.zeros(3, dtype=torch.long)
     assert near_ties(Logits(1e-3), prompt, tokens, torch.float32)[:, :2].tolist() == [[0, 1]] * 3
     assert near_ties(Logits(0.0), prompt, tokens, torch.float32)[:, :2].tolist() == [[0, -1]] * 3
+
+
+def test_decode_figures_bandwidth_and_itl_follow_their_definitions():
+    """The metric formulas of docs/measurement.md on numbers worked by hand (no model, no timing)."""
+    from harness.accounting import bandwidth_figures, decode_figures
+    from harness.stats import itl_percentiles
+
+    together = decode_figures(2.0, 0.2, new_tokens=10, batch=4, sequential=False)
+    assert together["tpot_s"] == pytest.approx(0.2) and together["tokens_per_s_total"] == pytest.approx(20.0)
+    assert together["tokens_per_s_per_seq"] == pytest.approx(5.0)
+    one_by_one = decode_figures(2.0, 0.2, new_tokens=10, batch=4, sequential=True)  # each sequence took 0.5 s
+    assert one_by_one["tpot_s"] == pytest.approx(0.3 / 9) and one_by_one["tokens_per_s_per_seq"] == pytest.approx(20)
+    assert decode_figures(1.0, 0.5, new_tokens=1, batch=1, sequential=False)["tpot_s"] is None
+    moved = bandwidth_figures(1000, 200, tpot_s=0.001, peak_bandwidth=2e6)
+    assert moved["achieved_bandwidth_bytes_s"] == pytest.approx(1.2e6) and moved["mbu"] == pytest.approx(0.6)
+    assert moved["regime"] == "bandwidth-bound"
+    assert bandwidth_figures(1000, 0, 0.001, None)["mbu"] is None  # peak unknown (a CPU): no MBU, no regime
+    itl = itl_percentiles([[0.0, 1.0, 3.0], [10.0, 10.5], [7.0]])  # gaps 1, 2 and 0.5; one token: no gap
+    assert (itl["itl_p50_s"], itl["itl_max_s"], itl["itl_gaps"]) == (1.0, 2.0, 3) and "itl_p99_s" not in itl
+    assert itl_percentiles([[1.0]]) == {}

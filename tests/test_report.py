@@ -15,7 +15,8 @@ from markupsafe import escape as html_escape
 
 from harness import compare, compare_page, cost
 from harness.errors import InputError
-from harness.report import fmt_bytes, memory_saved, render_report, short_reason, verdict_text, write_report
+from harness.formatting import fmt_bytes, memory_saved, short_reason, verdict_text
+from harness.report import render_report, write_report
 from harness.results import load
 
 DATA = Path(__file__).parent / "data"
