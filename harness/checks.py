@@ -71,7 +71,7 @@ def diverges_at_tie(expected: torch.Tensor, got: torch.Tensor, ties: torch.Tenso
 def compare_tokens(name: str, expected: torch.Tensor, got: torch.Tensor, ties: torch.Tensor | None = None) -> Check:
     """Check that two [B, n] token tensors are identical; values say where they first differ.
 
-    With `ties` ([B, n, k] tokens that were near-ties of the expected side, -1 padded; see `GenerateRun.ties`), a
+    With `ties` ([B, n, k] tokens that were near-ties of the expected side, -1 padded; see `batch_near_ties`), a
     sequence may instead diverge at a near-tie: a different kernel (a cache, a batch, bf16 on a GPU) legitimately
     breaks such a tie the other way, and the sequences differ from there on.
     """

@@ -326,7 +326,7 @@ class GenerateWorkload(Workload):
         run = GenerateRun(spec, ctx)
         for opt in optimizations:
             opt.apply(run)
-        run.units = {"tokens": run.batch * run.new_tokens, "sequences": run.batch}  # of the prompts plugins left
+        run.units = run.units or {"tokens": run.batch * run.new_tokens, "sequences": run.batch}  # final prompts
         run.info.update(cache=run.knobs.cache_kind, layout=run.knobs.layout, batch=run.batch)
         return run
 

@@ -42,8 +42,8 @@ class Check:
 class Optimization:
     """One optimization. Subclass it, set the class attributes, implement `apply` and `check`.
 
-    `apply(run)` changes a freshly built workload run (a `TrainRun` or `GenerateRun`) in place: wrap the model,
-    swap the optimizer, add an autocast context, replace the generate function. `check(baseline, optimized)`
+    `apply(run)` changes a freshly built workload run (a `TrainRun`, `GenerateRun` or `ServeRun`) in place: set
+    its knobs, wrap the model, rebuild the optimizer, add a context. `check(baseline, optimized)`
     compares the outputs of the baseline run and of this run (same seed) and returns the invariant's checks.
     """
 
@@ -54,7 +54,7 @@ class Optimization:
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     # When set: the baseline side must apply this optimization too (with its own parameters), because the
-    # optimization changes the work itself (a request trace, a batch); the text says how, as validate's error.
+    # optimization changes the work itself (a batch of prompts); the text says how, as validate's error.
     baseline_needs: ClassVar[str | None] = None
     # optimizations this one must be listed before on a side: it changes the model or optimizer they wrap or
     # rebuild (checked by the suite loader: file:line, exit 2, before any case runs)
@@ -93,6 +93,14 @@ class Optimization:
         return f"{self.name}({inner})" if inner else self.name
 
 
+def applies_to(cls: type[Optimization], workload_cls: Any) -> str | None:
+    """None if optimization class `cls` applies to workload class `workload_cls` (the same `kind`, and its type
+    among `cls.workloads` when those are named), else what it applies to instead, e.g. "serve workloads"."""
+    if cls.kind == workload_cls.kind and (not cls.workloads or workload_cls.name in cls.workloads):
+        return None
+    return f"{' / '.join(cls.workloads) or cls.kind} workloads"
+
+
 def describe_params(params_cls: type) -> list[dict[str, Any]]:
     """Each parameter's name, type, default, whether it is required, and help text, for `harness plugins`. A
     `default_factory` is called for its real default (a list, say); a parameter with no default is required
@@ -124,7 +132,8 @@ def build_params(params_cls: type, values: dict[str, Any] | None) -> Any:
     known = [f.name for f in dataclasses.fields(params_cls)]
     for key in values:
         if key not in known:
-            raise ParamError(str(key), f"unknown parameter '{key}'{suggestion(key, known)}")
+            hint = getattr(params_cls, "unknown_hint", "")  # where such settings live instead, if elsewhere
+            raise ParamError(str(key), f"unknown parameter '{key}'{suggestion(key, known)}{hint}")
     for key, value in values.items():
         values[key] = coerce(key, value, hints[key])
     try:

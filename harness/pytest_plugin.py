@@ -55,7 +55,7 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
     ctx = RunContext(device=torch.device(env["device"]), env=env, seed=seed,
                      threads=torch.get_num_threads())
     try:
-        sides = build_sides(registry, {"baseline": _uses(baseline), "optimized": _uses(plugins)}, env)
+        sides = build_sides(registry, {"baseline": _uses(baseline), "optimized": _uses(plugins)}, env, type(wl))
     except Unsupported as exc:
         pytest.skip(str(exc))
     workload_spec = build_params(wl.Spec, spec or {})

@@ -224,8 +224,9 @@ def _write_cache(name: str, model: GPT, report: dict) -> None:
     pt.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    report = dict(report, sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
-    write_bytes(pt, buffer.getvalue())  # weights first, then the JSON that vouches for them
+    weights = buffer.getvalue()
+    report = dict(report, sha256=hashlib.sha256(weights).hexdigest())
+    write_bytes(pt, weights)  # weights first, then the JSON that vouches for them
     write_text(js, json.dumps(report, indent=2))
     model.reference = report
 

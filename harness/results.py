@@ -39,8 +39,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same folder, then a rename; the one writer
-    of every file the harness leaves (results, reports, exports, the reference cache)."""
+    """Write `data` to `path` atomically: a temporary file in the same folder, then a rename; how results,
+    reports, exports and the reference cache are written (no reader ever sees half a file)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=".tmp")
     try:

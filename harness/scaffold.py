@@ -30,6 +30,7 @@ class {cls}(Optimization):
 
     name = "{name}"
     kind = "inference"
+    workloads = ("generate",)  # its check reads the generate workload's perplexity
     description = "bfloat16 weights for generation (tutorial plugin)"
     Params = Params
 

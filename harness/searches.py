@@ -46,7 +46,7 @@ def run_serving(case: CaseSpec, run: Callable[[CaseSpec, dict[str, Any]], dict[s
         trace = {"arrivals": "offline"} if math.isinf(rate) else {"rate": rate}
         if not math.isinf(rate) and case.workload_spec.get("arrivals") == "offline":
             trace["arrivals"] = "poisson"  # a rate probe of a workload whose own paired trace is offline
-        requests = max(case.workload_spec.get("requests", 16),
+        requests = max(case.workload_spec.get("requests", 16),  # 16: the serve workload's default
                        math.ceil(spec.min_duration_s * (spec.start_rate if math.isinf(rate) else rate)))
         arrivals_s = 0.0 if math.isinf(rate) else requests / rate
         if time.monotonic() + arrivals_s * (1 + spec.serves) > deadline:

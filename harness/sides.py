@@ -5,22 +5,26 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from harness.optimization import Optimization, build_params
+from harness.optimization import Optimization, applies_to, build_params
 
 
 class Unsupported(Exception):
     """An optimization does not support this environment; the case is recorded as "unsupported"."""
 
 
-def build_sides(registry: Any, uses: dict[str, list[tuple[str, dict[str, Any]]]],
-                env: dict[str, Any]) -> dict[str, list[Optimization]]:
-    """Each side's optimizations, built from its uses [(name, params)] in order ({"baseline": [...],
-    "optimized": [...]}, or the optimized side alone); Unsupported naming the first that cannot run here."""
+def build_sides(registry: Any, uses: dict[str, list[tuple[str, dict[str, Any]]]], env: dict[str, Any],
+                workload: Any) -> dict[str, list[Optimization]]:
+    """Each side's optimizations for `workload` (a Workload class), built from its uses [(name, params)] in order
+    ({"baseline": [...], "optimized": [...]}, or the optimized side alone); ValueError for one that does not
+    apply to that workload; Unsupported naming the first that cannot run here."""
     sides = {}
     for side, side_uses in uses.items():
         opts = []
         for name, params in side_uses:
             cls = registry.optimizations[name]
+            elsewhere = applies_to(cls, workload)
+            if elsewhere:
+                raise ValueError(f"'{name}' applies to {elsewhere}, not to '{workload.name}'")
             opt = cls(build_params(cls.Params, params))
             reason = opt.supports(env)
             if reason:

@@ -14,7 +14,7 @@ import yaml
 
 from harness.capacity import CapacitySpec, resolve_step
 from harness.errors import InputError, suggestion
-from harness.optimization import ParamError, build_params
+from harness.optimization import ParamError, applies_to, build_params
 from harness.plugins import Registry
 from harness.serving import ServingSpec
 from harness.timing import MeasureSettings
@@ -257,9 +257,10 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
     axes = []
     for key, values in sweep.items():
         plugin, _, param = str(key).partition(".")
-        if plugin not in [p.name for p in plugins] or not param:
+        if plugin not in [p.name for p in plugins] + ["workload"] or not param:
             raise doc.error(path + ("sweep", key), f"'{key}' must be PLUGIN.PARAM with PLUGIN one of this case's "
-                                                   f"plugins ({', '.join(p.name for p in plugins)})")
+                                                   f"plugins ({', '.join(p.name for p in plugins)}), or "
+                                                   "workload.FIELD")
         if not isinstance(values, list) or not values:
             raise doc.error(path + ("sweep", key), "must be a non-empty list of values")
         axes.append([(plugin, param, v) for v in values])
@@ -267,12 +268,15 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
     for combo in itertools.product(*axes) if axes else [()]:
         uses = [PluginUse(p.name, dict(p.params)) for p in plugins]
         base_uses = [PluginUse(p.name, dict(p.params)) for p in baseline]
+        spec = {**wspec, **{param: value for plugin, param, value in combo if plugin == "workload"}}
         for plugin, param, value in combo:
             # the swept value also goes to the baseline's entry of that plugin, so both sides do the same work
             for use in uses + base_uses:
                 if use.name == plugin:
                     use.params[param] = value
-        out.append(_case(doc, path, case, wname, wtype, wspec, kind, uses, base_uses, registry))
+        out.append(_case(doc, path, case, wname, wtype, spec, kind, uses, base_uses, registry))
+        swept = ",".join(f"{param}={value}" for plugin, param, value in combo if plugin == "workload")
+        out[-1].id = out[-1].id.replace(f"{wname}/", f"{wname}({swept})/", 1) if swept else out[-1].id
         out[-1].alone = alone
     return out
 
@@ -299,16 +303,19 @@ def _check_sides(doc: _Doc, path: tuple, sides: dict[str, list], processes: int,
 
 def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) -> CaseSpec:
     labels, processes = [], 1
-    spec = build_params(registry.workloads[wtype].Spec, wspec)
+    try:
+        spec = build_params(registry.workloads[wtype].Spec, wspec)
+    except ParamError as exc:  # a swept workload field's value (the workload's own were checked on load)
+        raise doc.error(path + ("sweep", f"workload.{exc.field}"), str(exc)) from None
     built_opts: dict[str, list] = {}
     for key, group in (("plugins", uses), ("baseline", baseline)):
         built = []
         for j, use in enumerate(group):
             cls = registry.optimizations[use.name]
             ppath = path + (key, j, use.name)
-            if cls.kind != kind or cls.workloads and wtype not in cls.workloads:
-                raise doc.error(ppath, f"'{use.name}' applies to {' / '.join(cls.workloads) or cls.kind} workloads, "
-                                       f"but '{wname}' is type: {wtype} ({kind})")
+            elsewhere = applies_to(cls, registry.workloads[wtype])
+            if elsewhere:
+                raise doc.error(ppath, f"'{use.name}' applies to {elsewhere}, but '{wname}' is type: {wtype} ({kind})")
             try:
                 params = build_params(cls.Params, use.params)
             except ParamError as exc:

@@ -240,11 +240,14 @@ class TrainRun(Run):
                 # autograd's saved-for-backward bytes (harness.memory.saved_for_backward) while `saved` points at
                 # them: activation_checkpointing adds the block inputs its checkpoint keeps
                 counting = saved_for_backward(self.raw_model) if self.knobs.count_activations else None
-                with counting or contextlib.nullcontext() as self.saved:
-                    loss, forward_backward_s = self.synced(functools.partial(self.train_step, x, y, keep_grads=True))
-                if self.saved is not None:
-                    self.info["activation_bytes"] = sum(self.saved.values())
-                self.saved = None
+                try:
+                    with counting or contextlib.nullcontext() as self.saved:
+                        loss, forward_backward_s = self.synced(
+                            functools.partial(self.train_step, x, y, keep_grads=True))
+                    if self.saved is not None:
+                        self.info["activation_bytes"] = sum(self.saved.values())
+                finally:
+                    self.saved = None
                 scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
                 grads = {n: full_tensor(p.grad) / scale for n, p in self.raw_model.named_parameters()
                          if p.grad is not None}

@@ -93,7 +93,8 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     spec = build_params(workload.Spec, case["workload_spec"])
     pairs = (("optimized", case["plugins"]),) if case.get("alone") else (("baseline", case["baseline"]),
                                                                         ("optimized", case["plugins"]))
-    sides = build_sides(registry, {side: [(u["name"], u["params"]) for u in uses] for side, uses in pairs}, env)
+    sides = build_sides(registry, {side: [(u["name"], u["params"]) for u in uses] for side, uses in pairs}, env,
+                        type(workload))
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
                      world_size=dist.world_size, threads=rank_threads)
 

@@ -7,12 +7,22 @@ that scheduling changed no request's tokens.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from harness import Check, Optimization, hookimpl
 from harness.checks import TIE_RULE, diverges_at_tie
+
+
+@dataclass
+class ContinuousBatchingParams:
+    """continuous_batching takes no parameters."""
+
+    unknown_hint: ClassVar[str] = (". The trace and the server (requests, rate, slots, prompt and output lengths, "
+                                   "SLOs) are fields of the `serve` workload (type: serve), and its baseline is "
+                                   "static batching already: give the case no baseline entry")
 
 
 class ContinuousBatching(Optimization):
@@ -22,6 +32,7 @@ class ContinuousBatching(Optimization):
     kind = "inference"
     workloads = ("serve",)
     description = "iteration-level scheduling of a request trace vs static batches of the same trace"
+    Params = ContinuousBatchingParams
 
     def apply(self, run: Any) -> None:
         run.knobs.scheduler = "continuous"

@@ -83,31 +83,35 @@ class ServeSpec:
         for name in ("max_concurrency", "max_batched_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ParamError(name, f"must be >= 1 or null (got {getattr(self, name)})")
-        if self.lengths_file is not None:
-            self.widen_to_lengths_file()
+        widened = self.lengths_file is not None and self.widen_to_lengths_file()
         if self.model.startswith("hf:"):
             raise ParamError("model", "the serve workload needs a harness model (a preset or reference:NAME): its "
                                       "attention takes the slot cache")
         from harness.reference import model_facts
 
         facts = model_facts(self.model)  # ParamError("model") for an unknown name
-        if self.prompt_max + self.output_max > facts.block_size:
-            raise ParamError("output_max", f"prompt_max + output_max = {self.prompt_max + self.output_max} "
-                                           f"exceeds the '{self.model}' context of {facts.block_size} positions")
+        if facts.block_size and self.prompt_max + self.output_max > facts.block_size:
+            raise ParamError("lengths_file" if widened else "output_max",
+                             f"prompt_max + output_max = {self.prompt_max + self.output_max}"
+                             f"{' (with the lengths file)' if widened else ''} exceeds the '{self.model}' context "
+                             f"of {facts.block_size} positions")
         if self.prompts == "text" and facts.vocab_size < 256:
             raise ParamError("prompts", f"text prompts are byte ids 0..255, but '{self.model}' has a "
                                         f"{facts.vocab_size}-token vocabulary; use prompts: synthetic")
 
-    def widen_to_lengths_file(self) -> None:
-        """prompt_max / output_max cover the file's longest rows (the slot cache is sized by them)."""
+    def widen_to_lengths_file(self) -> bool:
+        """prompt_max / output_max cover the file's longest rows (the slot cache is sized by them); True if
+        either grew."""
         from harness.errors import InputError
 
         try:
             lengths = read_lengths(self.lengths_file)
         except InputError as exc:
             raise ParamError("lengths_file", str(exc)) from None
+        before = self.prompt_max, self.output_max
         self.prompt_max = max(self.prompt_max, max(p for p, _ in lengths))
         self.output_max = max(self.output_max, max(o for _, o in lengths))
+        return (self.prompt_max, self.output_max) != before
 
 
 @dataclass
@@ -285,9 +289,13 @@ class ServeRun(Run):
                 "trace_ids": [r.id for r in self.trace]}
 
     def memory(self) -> dict[str, int]:
-        from harness.accounting import weight_bytes
+        """Weights (each tensor once, embeddings included), non-persistent buffers when any, the slot cache."""
+        from harness.accounting import buffer_bytes, embedding_bytes, weight_bytes
 
-        return {"weights": weight_bytes(self.model), "kv_cache": self.cache.nbytes()}
+        seen: set = set()
+        out = {"weights": weight_bytes(self.model, seen) + embedding_bytes(self.model, seen)}
+        buffers = buffer_bytes(self.model, seen)
+        return {**out, **({"buffers": buffers} if buffers else {}), "kv_cache": self.cache.nbytes()}
 
     def extra_metrics(self, median_s: float) -> dict[str, Any]:
         """Throughput of the median serve, and the per-request percentiles, SLO attainment and goodput of the

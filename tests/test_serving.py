@@ -311,3 +311,26 @@ def test_probes_on_a_busy_machine_are_counted_and_said():
     assert record["sides"]["baseline"]["busy_probes"] == 0 and busy == len(
         record["sides"]["optimized"]["searches"][0]["points"]) + 1  # every point and the offline one
     assert serving.headline(record).endswith(f"; {busy} probe(s) on a busy machine")
+
+
+def test_old_style_trace_parameters_say_where_the_trace_moved():
+    from harness_plugins.continuous_batching import ContinuousBatchingParams
+
+    with pytest.raises(ParamError) as err:
+        build_params(ContinuousBatchingParams, {"requests": 16})
+    assert "unknown parameter 'requests'" in str(err.value) and "fields of the `serve` workload" in str(err.value)
+
+
+def test_a_serve_run_counts_embeddings_and_its_slot_cache_and_refuses_generate_plugins():
+    from harness.accounting import tensor_bytes
+    from harness.plugins import load_registry
+    from harness.sides import build_sides
+
+    run = ServeWorkload().build(build_params(ServeSpec, TRACE), [], CTX)
+    memory = run.memory()
+    assert memory["weights"] == tensor_bytes(run.model.parameters())  # wte, wpe and the untied head included
+    assert memory["kv_cache"] == run.cache.nbytes() == 2 * run.cache.k.numel() * 4
+    registry = load_registry()
+    with pytest.raises(ValueError, match="'kv_cache' applies to generate workloads, not to 'serve'"):
+        build_sides(registry, {"optimized": [("kv_cache", {})]}, {}, ServeWorkload)
+    assert build_sides(registry, {"optimized": [("continuous_batching", {})]}, {}, ServeWorkload)["optimized"]

@@ -131,3 +131,29 @@ cases:
     assert [c.baseline[0].params["batch_size"] for c in cases] == [1, 4]
     assert all(c.baseline[0].params["mode"] == "sequential" for c in cases)
     assert len({c.id for c in cases}) == 2
+
+
+def test_sweep_over_a_workload_field_makes_one_case_per_value(tmp_path):
+    """`workload.FIELD` sweeps the workload's own settings (a trace's rate, a batch): each case gets the value in
+    its spec and in its id; a bad value names the sweep's field and line."""
+    from harness.plugins import load_registry
+
+    reg = load_registry()
+    sweep = """\
+name: s
+workloads:
+  srv: {type: serve, model: nano, requests: 8, slots: 2}
+cases:
+  - workload: srv
+    plugins: [continuous_batching]
+    sweep: {workload.rate: [10, 40], workload.slots: [2]}
+"""
+    cases = load_suite(write(tmp_path, sweep), reg).cases
+    assert [(c.workload_spec["rate"], c.workload_spec["slots"]) for c in cases] == [(10, 2), (40, 2)]
+    assert [c.id for c in cases] == ["srv(rate=10,slots=2)/continuous_batching",
+                                     "srv(rate=40,slots=2)/continuous_batching"]
+    assert all(c.workload == "srv" and c.workload_spec["requests"] == 8 for c in cases)
+    err = error_for(tmp_path, reg, sweep.replace("[10, 40]", "[10, -1]"))
+    assert err.field == "cases[0].sweep.workload.rate" and "must be > 0" in err.message and err.line == 7
+    err = error_for(tmp_path, reg, sweep.replace("workload.rate", "workload.speed"))
+    assert "unknown parameter 'speed'" in err.message
