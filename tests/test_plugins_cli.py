@@ -58,7 +58,8 @@ def test_new_plugin_package_installs_and_runs_through_the_cli(tmp_path):
     assert install.returncode == 0, install.stderr
     env = {"PYTHONPATH": str(site)}
     listed = harness_cli("plugins", env=env)
-    assert "bf16_weights  [optimization, inference]  from harness-bf16-weights 0.1.0" in listed.stdout
+    listing = "bf16_weights  [optimization, inference (generate workloads)]  from harness-bf16-weights 0.1.0"
+    assert listing in listed.stdout
     own_test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg)],
                               capture_output=True, text=True, cwd=pkg, env={**__import__("os").environ, **env})
     assert own_test.returncode == 0, own_test.stdout[-2000:]
