@@ -321,14 +321,11 @@ class GenerateWorkload(Workload):
     kind = "inference"
     description = "prefill + decode of exactly new_tokens tokens per sequence; step = one full generate"
     Spec = GenerateSpec
+    run_class = GenerateRun
 
-    def build(self, spec: GenerateSpec, optimizations: list[Any], ctx: RunContext) -> GenerateRun:
-        run = GenerateRun(spec, ctx)
-        for opt in optimizations:
-            opt.apply(run)
+    def finish(self, run: GenerateRun) -> None:
         run.units = run.units or {"tokens": run.batch * run.new_tokens, "sequences": run.batch}  # final prompts
         run.info.update(cache=run.knobs.cache_kind, layout=run.knobs.layout, batch=run.batch)
-        return run
 
 
 @hookimpl

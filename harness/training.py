@@ -334,13 +334,10 @@ class TrainWorkload(Workload):
     kind = "training"
     description = "One training step (forward + backward + AdamW) of the GPT on a fixed global batch."
     Spec = TrainSpec
+    run_class = TrainRun
 
-    def build(self, spec: TrainSpec, optimizations: list[Any], ctx: RunContext) -> TrainRun:
-        run = TrainRun(spec, ctx)
-        for optimization in optimizations:
-            optimization.apply(run)
+    def finish(self, run: TrainRun) -> None:
         run.info["memory_estimate"] = run.memory_estimate()
-        return run
 
 
 @hookimpl

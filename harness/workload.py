@@ -101,14 +101,24 @@ class NoSpec:
 
 
 class Workload:
-    """A kind of work to measure. Subclass: set `name`, `kind` and `Spec`, implement `build`."""
+    """A kind of work to measure. Subclass: set `name`, `kind`, `Spec` and `run_class` (or override `build`)."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # "training" or "inference"
     description: ClassVar[str] = ""
     Spec: ClassVar[type] = NoSpec
+    run_class: ClassVar[type | None] = None  # what `build` makes: run_class(spec, ctx)
 
     def build(self, spec: Any, optimizations: list[Any], ctx: RunContext) -> Run:
-        """Make a fresh run (same seed every time) and apply each optimization to it, in order."""
-        raise NotImplementedError
+        """Make a fresh run (same seed every time), apply each optimization to it in order, then `finish` it."""
+        if self.run_class is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no run_class and does not override build")
+        run = self.run_class(spec, ctx)
+        for opt in optimizations:
+            opt.apply(run)
+        self.finish(run)
+        return run
+
+    def finish(self, run: Run) -> None:
+        """What follows from the optimizations applied, recorded after them (the run's final units, facts)."""
 

@@ -327,15 +327,12 @@ class ServeWorkload(Workload):
     kind = "inference"
     description = "a request trace served in real time with a fixed number of slots; step = the whole trace once"
     Spec = ServeSpec
+    run_class = ServeRun
 
-    def build(self, spec: ServeSpec, optimizations: list[Any], ctx: RunContext) -> ServeRun:
-        run = ServeRun(spec, ctx)
-        for opt in optimizations:
-            opt.apply(run)
+    def finish(self, run: ServeRun) -> None:
         if not isinstance(run.model, GPT):
             raise ValueError("the serve workload needs the harness GPT (its attention takes the slot cache)")
         run.info.update(scheduler=run.knobs.scheduler)
-        return run
 
 
 @hookimpl
