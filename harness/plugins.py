@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "harness_plugins.batching",
     "harness_plugins.serve",
     "harness_plugins.continuous_batching",
+    "harness_plugins.chunked_prefill",
     "harness_plugins.distillation",
 )
 BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"  # comma-separated plugin module names not to load

@@ -12,9 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
@@ -22,7 +27,7 @@ def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -
     request after one gap; all 0.0 when `rate` is infinite (offline)."""
     if math.isinf(rate):
         return [0.0] * n
-    import torch  # here: the report imports this module and must not need torch
+    import torch  # here: validating a suite's lengths file needs no torch
 
     g = torch.Generator().manual_seed(seed)
     gamma = torch.distributions.Gamma(torch.tensor(float(burstiness)), torch.tensor(rate * burstiness))
@@ -67,3 +72,33 @@ def read_lengths(path: str | Path) -> list[tuple[int, int]]:
     if not out:
         raise InputError("the lengths file has no rows", str(path))
     return out
+
+
+@dataclass
+class Request:
+    """One request of a trace: its arrival, prompt tokens and how many tokens it asks for."""
+
+    id: int
+    arrival: float  # seconds after the start of serving
+    prompt: torch.Tensor  # [P]
+    out_len: int
+
+
+def make_trace(spec: Any, seed: int, vocab: int) -> list[Request]:
+    """`spec.requests` requests (a `serve` workload's ServeSpec), seeded: arrivals at `rate` (`arrival_times`:
+    Poisson, gamma or offline), lengths uniform in their ranges or from `lengths_file` (in order, cycled), prompt
+    tokens from `harness.inference.held_out`. The same for both sides of a case."""
+    import torch
+
+    from harness.inference import held_out
+
+    g = torch.Generator().manual_seed(seed)
+    plens = torch.randint(spec.prompt_min, spec.prompt_max + 1, (spec.requests,), generator=g).tolist()
+    olens = torch.randint(spec.output_min, spec.output_max + 1, (spec.requests,), generator=g).tolist()
+    if spec.lengths_file:
+        lengths = read_lengths(spec.lengths_file)
+        plens, olens = zip(*(lengths[i % len(lengths)] for i in range(spec.requests)))
+    rate = math.inf if spec.arrivals == "offline" else spec.rate
+    arrivals = arrival_times(spec.requests, rate, spec.burstiness if spec.arrivals == "gamma" else 1.0, seed)
+    tokens = held_out(spec.requests, max(plens), seed + 2, spec.prompts == "synthetic", vocab)
+    return [Request(i, arrivals[i], tokens[i, :plens[i]], int(olens[i])) for i in range(spec.requests)]

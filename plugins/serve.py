@@ -9,11 +9,14 @@ request is sent only while fewer are in flight; its TTFT counts from when it was
 The scheduler is the run's `knobs.scheduler`. static (the baseline): a batch is admitted only when every slot is
 free and runs until its longest request finishes. continuous (set by the continuous_batching optimization):
 iteration-level scheduling (Orca, OSDI 2022), after every decode iteration finished requests leave and waiting
-ones join. Either way, in vLLM's terms: one prefill per admitted request before the next decode iteration (no
-chunked prefill: a long prompt stalls the running decodes for its prefill); admission bounded by the free slots
-and, with `max_batched_tokens` (vLLM's max_num_batched_tokens), by the prompt tokens prefilled per iteration (at
-least one request); each decode iteration runs only the slots in use (`decode_rows` counts them), never a dummy
-row for an idle slot. Greedy decoding.
+ones join. Either way, in vLLM's terms: each admitted request is prefilled whole before the next decode iteration
+(a long prompt stalls the running decodes for its prefill), admission bounded by the free slots and, with
+`max_batched_tokens` (vLLM's max_num_batched_tokens), by the prompt tokens prefilled per iteration (at least one
+request); with `knobs.prefill_chunk` (set by the chunked_prefill optimization; vLLM's chunked prefill / Sarathi)
+at most that many prompt tokens are prefilled per iteration, a long prompt spread over several iterations with
+the running decodes between its chunks, each chunk attending to the slot's earlier chunks. Each decode iteration
+runs only the slots whose prompt is prefilled (`decode_rows` counts them), never a dummy row for an idle slot.
+Greedy decoding.
 
 Per request: TTFT = first token time - arrival (or send time); TPOT = (finish - first token) / (output tokens - 1),
 none for a one-token request; e2e = finish - arrival. Goodput = requests per second that met both SLOs
@@ -33,13 +36,13 @@ from typing import Any, Literal
 
 import torch
 
-from harness import ParamError, hookimpl, stats
-from harness.checks import near_ties
+from harness import Check, ParamError, hookimpl, stats
+from harness.checks import TIE_RULE, diverges_at_tie, near_ties
 from harness.generate import decode_one_token, generate_cached
-from harness.inference import held_out, load_model
+from harness.inference import load_model
 from harness.model import GPT
 from harness.precision import resolve_dtype
-from harness.traces import arrival_times, read_lengths
+from harness.traces import Request, make_trace, read_lengths
 from harness.workload import Run, RunContext, Workload
 
 
@@ -114,32 +117,10 @@ class ServeSpec:
         return (self.prompt_max, self.output_max) != before
 
 
-@dataclass
-class Request:
-    id: int
-    arrival: float  # seconds after the start of serving
-    prompt: torch.Tensor  # [P]
-    out_len: int
-
-
-def make_trace(spec: ServeSpec, seed: int, vocab: int) -> list[Request]:
-    """Seeded trace (harness.traces.arrival_times): arrivals at `rate` (Poisson, gamma or offline), lengths
-    uniform in their ranges or from `lengths_file` (in order, cycled). The same for both sides of a case."""
-    g = torch.Generator().manual_seed(seed)
-    plens = torch.randint(spec.prompt_min, spec.prompt_max + 1, (spec.requests,), generator=g).tolist()
-    olens = torch.randint(spec.output_min, spec.output_max + 1, (spec.requests,), generator=g).tolist()
-    if spec.lengths_file:
-        lengths = read_lengths(spec.lengths_file)
-        plens, olens = zip(*(lengths[i % len(lengths)] for i in range(spec.requests)))
-    rate = math.inf if spec.arrivals == "offline" else spec.rate
-    arrivals = arrival_times(spec.requests, rate, spec.burstiness if spec.arrivals == "gamma" else 1.0, seed)
-    tokens = held_out(spec.requests, max(plens), seed + 2, spec.prompts == "synthetic", vocab)
-    return [Request(i, arrivals[i], tokens[i, :plens[i]], int(olens[i])) for i in range(spec.requests)]
-
-
 class SlotCache:
     """KV cache with one row per serving slot, each row at its own position: k, v [L, S, H, max_len, D].
-    Prefill writes one slot (`prefill_slot`); decode writes every slot in `rows` at its own position."""
+    Prefill writes one slot (`prefill_slot`) from position `prefill_start` (a chunk of a prompt, or all of it);
+    decode writes every slot in `rows` at its own position."""
 
     def __init__(self, model: GPT, slots: int, max_len: int, dtype: torch.dtype, device: torch.device):
         a = model.args
@@ -150,17 +131,22 @@ class SlotCache:
         self.rows = self.all_rows  # the slots decoded this iteration (set by the server)
         self.positions = torch.arange(max_len, device=device)
         self.prefill_slot: int | None = None
+        self.prefill_start = 0
 
     def visible(self, pos: torch.Tensor) -> torch.Tensor:
         """[S] positions -> [S, 1, 1, max_len] mask: a slot's query sees its keys up to its own position."""
         return (self.positions[None, :] <= pos[:, None])[:, None, None, :]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor):
-        if self.prefill_slot is not None:  # k, v: [1, H, T, D] at positions 0..T-1 of one slot
-            T = k.size(2)
-            self.k[layer, self.prefill_slot, :, :T] = k[0]
-            self.v[layer, self.prefill_slot, :, :T] = v[0]
-            return k, v, None  # causal attention over the prompt alone, as a fresh prefill
+        if self.prefill_slot is not None:  # k, v: [1, H, T, D] at positions start..start+T-1 of one slot
+            slot, start, end = self.prefill_slot, self.prefill_start, self.prefill_start + k.size(2)
+            self.k[layer, slot, :, start:end] = k[0]
+            self.v[layer, slot, :, start:end] = v[0]
+            if start == 0:
+                return k, v, None  # causal attention over the prompt alone, as a fresh prefill
+            # a later chunk: its queries see the earlier chunks' keys, causally among its own (the model's mask
+            # for a cache whose earlier positions come first)
+            return self.k[layer, slot:slot + 1, :, :end], self.v[layer, slot:slot + 1, :, :end], None
         pos = input_pos[:, 0]  # k, v: [A, H, 1, D] for the A slots in use; input_pos: [A, 1]
         self.k[layer, self.rows, :, pos] = k[:, :, 0]
         self.v[layer, self.rows, :, pos] = v[:, :, 0]
@@ -180,6 +166,9 @@ class ServeKnobs:
     scheduler: Literal["static", "continuous"] = field(default="static", metadata={
         "help": "static: admit a batch only when every slot is free; continuous: join and leave after every decode "
                 "iteration (continuous_batching)"})
+    prefill_chunk: int | None = field(default=None, metadata={
+        "help": "prompt tokens prefilled per iteration at most, a long prompt spread over iterations with decodes "
+                "between its chunks; None: each prompt whole (chunked_prefill)"})
 
 
 class ServeRun(Run):
@@ -216,6 +205,8 @@ class ServeRun(Run):
         waiting: deque[tuple[Request, float]] = deque()  # sent, not yet admitted: (request, time sent)
         cap = spec.max_concurrency or math.inf
         flight = {"n": 0, "freed_at": 0.0}  # requests sent and not finished; when the count last fell below cap
+        prefilling: deque[int] = deque()  # slots whose prompt is not yet all in the cache, in admission order
+        chunk = self.knobs.prefill_chunk
         done = []
         t0 = time.perf_counter()
 
@@ -239,24 +230,33 @@ class ServeRun(Run):
             free = [i for i, s in enumerate(slots) if s is None]
             if self.knobs.scheduler == "static" and len(free) < S:
                 free = []  # static batching: the running batch must drain first
-            prefilled = 0
+            admitted = 0  # prompt tokens admitted this iteration (max_batched_tokens bounds whole-prompt prefill)
             for i in free:
-                if not waiting or (prefilled and prefilled + len(waiting[0][0].prompt) > (spec.max_batched_tokens
-                                                                                         or math.inf)):
+                if not waiting or (chunk is None and admitted and admitted + len(waiting[0][0].prompt)
+                                   > (spec.max_batched_tokens or math.inf)):
                     break
                 req, sent = waiting.popleft()
-                prefilled += len(req.prompt)
-                self.cache.prefill_slot = i
-                prompt = req.prompt.to(dev)[None]
-                first = int(model(prompt, cache=self.cache)[0, -1].argmax())
-                self.cache.prefill_slot = None
-                slots[i] = {"req": req, "out": [first], "first": time.perf_counter() - t0, "sent": sent}
-                tokens[i], pos[i] = first, prompt.size(1)
-                if req.out_len == 1:
-                    finish(i, slots[i])
-            active = [i for i, s in enumerate(slots) if s is not None]
+                admitted += len(req.prompt)
+                slots[i] = {"req": req, "out": [], "sent": sent, "filled": 0}
+                prefilling.append(i)
+            budget = chunk or math.inf  # prompt tokens prefilled this iteration, in admission order
+            while prefilling and budget > 0:
+                i = prefilling[0]
+                state, prompt = slots[i], slots[i]["req"].prompt
+                n = min(len(prompt) - state["filled"], budget)
+                logits = self.prefill(i, prompt[state["filled"]:state["filled"] + n], state["filled"])
+                state["filled"], budget = state["filled"] + n, budget - n
+                if state["filled"] < len(prompt):
+                    continue
+                prefilling.popleft()
+                first = int(logits[0, -1].argmax())
+                state.update(out=[first], first=time.perf_counter() - t0)
+                tokens[i], pos[i] = first, len(prompt)
+                if state["req"].out_len == 1:
+                    finish(i, state)
+            active = [i for i, s in enumerate(slots) if s is not None and s["out"]]
             if not active:
-                if unsent and not waiting:  # idle until the next request arrives
+                if unsent and not waiting and not prefilling:  # idle until the next request arrives
                     time.sleep(max(0.0, unsent[0].arrival - (time.perf_counter() - t0)))
                 continue
             rows = self.cache.all_rows if len(active) == S else torch.tensor(active, device=dev)
@@ -273,6 +273,15 @@ class ServeRun(Run):
                 if len(state["out"]) == state["req"].out_len:
                     finish(i, state)
         return done
+
+    def prefill(self, slot: int, chunk: torch.Tensor, start: int) -> torch.Tensor:
+        """Prompt tokens chunk [T] into `slot`'s cache at positions start..start+T-1; returns logits [1, T, V]."""
+        self.cache.prefill_slot, self.cache.prefill_start = slot, start
+        try:
+            positions = torch.arange(start, start + chunk.size(0), device=self.device)
+            return self.model(chunk.to(self.device)[None], cache=self.cache, input_pos=positions)
+        finally:
+            self.cache.prefill_slot, self.cache.prefill_start = None, 0
 
     @torch.inference_mode()
     def outputs(self) -> dict[str, Any]:
@@ -318,6 +327,36 @@ class ServeRun(Run):
                    decode_steps_per_serve=self.decode_steps / serves,
                    slot_occupancy=self.decode_rows / max(self.decode_steps, 1) / self.spec.slots)
         return out
+
+
+def serving_checks(baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
+    """The invariant of any scheduling change on a serve case: every request served once, and each one's tokens
+    equal to the request generated alone, on the optimized side and on the baseline (`equal_alone`)."""
+    ids, expected = [i for i, _ in optimized["served"]], optimized["trace_ids"]
+    return [Check("every_request_served_once", sorted(ids) == sorted(expected),
+                  {"served": len(ids), "requests": len(expected), "missing": sorted(set(expected) - set(ids)),
+                   "duplicated": sorted({i for i in ids if ids.count(i) > 1})}, "exact"),
+            equal_alone("outputs_equal_serving_alone", optimized["served"], optimized),
+            equal_alone("baseline_scheduler_outputs_equal_serving_alone", baseline["served"], optimized)]
+
+
+def equal_alone(name: str, served: list[tuple[int, list[int]]], reference: dict[str, Any]) -> Check:
+    """Each served request's tokens equal the same request generated alone (batch 1), or diverge first at one of
+    that generation's near-ties (harness.checks.TIE_RULE: the slot cache's masked attention over all slots, or a
+    prompt prefilled in chunks, is a different kernel from batch-1 attention and may break a tie the other way)."""
+    served = dict(served)
+    wrong, at_ties = [], []
+    for i in reference["trace_ids"]:
+        got, alone = served.get(i), reference["alone"][i]
+        if got == alone:
+            continue
+        if got is not None and len(got) == len(alone) and diverges_at_tie(
+                torch.tensor(alone), torch.tensor(got), reference["ties"][i]):
+            at_ties.append(i)
+        else:
+            wrong.append(i)
+    return Check(name, not wrong, {"requests": len(reference["trace_ids"]), "differing": wrong,
+                                   "diverging_at_near_ties": at_ties}, TIE_RULE)
 
 
 class ServeWorkload(Workload):

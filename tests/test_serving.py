@@ -8,11 +8,12 @@ import statistics
 import pytest
 import torch
 from harness_plugins.continuous_batching import ContinuousBatching
-from harness_plugins.serve import ServeSpec, ServeWorkload, make_trace
+from harness_plugins.serve import ServeSpec, ServeWorkload
 
 from harness import serving, traces
 from harness.errors import InputError
 from harness.optimization import ParamError, build_params
+from harness.traces import make_trace
 from harness.workload import RunContext
 
 
@@ -334,3 +335,49 @@ def test_a_serve_run_counts_embeddings_and_its_slot_cache_and_refuses_generate_p
     with pytest.raises(ValueError, match="'kv_cache' applies to generate workloads, not to 'serve'"):
         build_sides(registry, {"optimized": [("kv_cache", {})]}, {}, ServeWorkload)
     assert build_sides(registry, {"optimized": [("continuous_batching", {})]}, {}, ServeWorkload)["optimized"]
+
+
+def test_a_prompt_prefilled_in_chunks_gives_the_logits_of_a_whole_prefill():
+    """Each chunk attends to the slot's earlier chunks (causally among its own tokens): the last logits of a
+    prompt prefilled as 10 + 7 + 1 tokens equal those of one whole prefill into another slot."""
+    run = ServeWorkload().build(build_params(ServeSpec, TRACE), [], CTX)
+    prompt = torch.randint(0, 256, (18,), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        whole = run.prefill(0, prompt, 0)[0, -1]
+        run.prefill(1, prompt[:10], 0), run.prefill(1, prompt[10:17], 10)
+        chunked = run.prefill(1, prompt[17:], 17)[0, -1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run.cache.k[:, 1, :, :18], run.cache.k[:, 0, :, :18], rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_prefill_runs_decodes_between_the_chunks_of_a_long_prompt(tmp_path, monkeypatch):
+    """Offline, two slots: a short request and a 30-token prompt. With chunks of 8 tokens the long prompt is
+    prefilled over several iterations, each chunk at most 8 tokens at contiguous positions, with the short
+    request's decode steps between them; every output still equals the request served alone."""
+    from harness_plugins.chunked_prefill import ChunkedPrefill, ChunkedPrefillParams
+    from harness_plugins.serve import ServeRun
+
+    lengths = tmp_path / "lengths.jsonl"
+    lengths.write_text('{"prompt_len": 4, "output_len": 12}\n{"prompt_len": 30, "output_len": 4}\n')
+    calls = []
+    prefill = ServeRun.prefill
+
+    def logged(self, slot, chunk, start):
+        calls.append((self.knobs.prefill_chunk is not None, slot, start, chunk.size(0), self.decode_steps))
+        return prefill(self, slot, chunk, start)
+
+    monkeypatch.setattr(ServeRun, "prefill", logged)
+    spec = build_params(ServeSpec, {**TRACE, "requests": 2, "slots": 2, "arrivals": "offline",
+                                    "lengths_file": str(lengths)})
+    opt = ChunkedPrefill(ChunkedPrefillParams(chunk=8))
+    base, run = (ServeWorkload().build(spec, plugins, CTX) for plugins in ([ContinuousBatching()],
+                                                                           [ContinuousBatching(), opt]))
+    checks = opt.check(base.outputs(), run.outputs())
+    assert all(c.passed for c in checks), checks
+    calls.clear()
+    run.timed = True
+    run.step()
+    long = [(start, n, steps) for chunked, slot, start, n, steps in calls if chunked and n and slot == 1]
+    assert [start for start, _, _ in long] == [0, 4, 12, 20, 28] and [n for _, n, _ in long] == [4, 8, 8, 8, 2]
+    assert all(a[2] < b[2] for a, b in zip(long, long[1:]))  # a decode iteration between every two chunks
+    assert run.decode_rows == sum(r.out_len - 1 for r in run.trace)  # still only prefilled slots decode
