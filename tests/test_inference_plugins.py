@@ -282,9 +282,9 @@ def test_continuous_batching_excuses_divergence_only_at_a_near_tie():
     ties[:, 0] = torch.tensor([1, 2, 3])
     ties[1, 1] = 5  # 5 was within the band of 2 at the second position
     reference = {"trace_ids": [0, 1], "alone": {0: [1, 2, 3], 1: [1, 2, 3]}, "ties": {0: ties, 1: ties}}
-    check = cb.equal_alone("x", [(0, [1, 2, 3]), (1, [1, 5, 6])], reference)
+    check = serve.equal_alone("x", [(0, [1, 2, 3]), (1, [1, 5, 6])], reference)
     assert check.passed and check.values["diverging_at_near_ties"] == [1]
-    check = cb.equal_alone("x", [(0, [1, 7, 3]), (1, [1, 2, 3])], reference)
+    check = serve.equal_alone("x", [(0, [1, 7, 3]), (1, [1, 2, 3])], reference)
     assert not check.passed and check.values["differing"] == [0]
 
 
