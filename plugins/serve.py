@@ -19,11 +19,12 @@ runs only the slots whose prompt is prefilled (`decode_rows` counts them), never
 Greedy decoding.
 
 Per request: TTFT = first token time - arrival (or send time); TPOT = (finish - first token) / (output tokens - 1),
-none for a one-token request; e2e = finish - arrival. Goodput = requests per second that met both SLOs
-(`slo_ttft_s`, `slo_tpot_s`; a one-token request has no TPOT to bound). Percentiles and means are over the
-requests of the timed serves only (`run.timed`), never the correctness pass, memory probe or warm-up; one with
-no sample is null. A `serving:` block on a case searches the highest rate within a percentile SLO
-(harness.serving).
+none for a one-token request; e2e = finish - arrival; ITL = the gaps between its consecutive tokens (percentiles
+and the longest over every token of the timed serves: a prefill that stalls running decodes shows there).
+Goodput = requests per second that met both SLOs (`slo_ttft_s`, `slo_tpot_s`; a one-token request has no TPOT to
+bound). Percentiles and means are over the requests of the timed serves only (`run.timed`), never the
+correctness pass, memory probe or warm-up; one with no sample is null. A `serving:` block on a case searches the
+highest rate within a percentile SLO (harness.serving).
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ class ServeRun(Run):
         self.knobs = ServeKnobs()
         self.cache = SlotCache(self.model, spec.slots, spec.prompt_max + spec.output_max, self.dtype, self.device)
         self.records: list[dict[str, float | None]] = []  # per request of the timed serves: ttft, tpot, e2e
+        self.token_times: list[list[float]] = []  # per request of the timed serves: when each token was ready
         self.decode_steps = self.decode_rows = 0  # over the timed serves: iterations, and slots decoded in them
         self.units = {"tokens": sum(r.out_len for r in self.trace), "requests": len(self.trace)}
         self.info.update(model=spec.model, dtype=spec.dtype, slots=spec.slots, requests=spec.requests,
@@ -215,6 +217,7 @@ class ServeRun(Run):
             if self.timed:
                 self.records.append({"ttft": state["first"] - state["sent"], "e2e": t - state["sent"],
                                      "tpot": (t - state["first"]) / (req.out_len - 1) if req.out_len > 1 else None})
+                self.token_times.append(state["times"])
             done.append((req.id, state["out"]))
             slots[i] = None
             flight["n"] -= 1
@@ -251,6 +254,7 @@ class ServeRun(Run):
                 prefilling.popleft()
                 first = int(logits[0, -1].argmax())
                 state.update(out=[first], first=time.perf_counter() - t0)
+                state["times"] = [state["first"]]
                 tokens[i], pos[i] = first, len(prompt)
                 if state["req"].out_len == 1:
                     finish(i, state)
@@ -269,6 +273,7 @@ class ServeRun(Run):
             for i, token in zip(active, nxt):
                 state = slots[i]
                 state["out"].append(token)
+                state["times"].append(time.perf_counter() - t0)
                 tokens[i, 0], pos[i, 0] = token, pos[i, 0] + 1
                 if len(state["out"]) == state["req"].out_len:
                     finish(i, state)
@@ -320,6 +325,7 @@ class ServeRun(Run):
             for q in (50, 90, 99):
                 out[f"{key}_p{q}_s"] = stats.percentile(values, q / 100) if values else None
             out[f"{key}_mean_s"] = sum(values) / len(values) if values else None
+        out.update(stats.itl_percentiles(self.token_times))  # the gaps a streaming client sees, stalls included
         good = sum(r["ttft"] <= self.spec.slo_ttft_s and (r["tpot"] is None or r["tpot"] <= self.spec.slo_tpot_s)
                    for r in self.records)
         serves = len(self.records) / len(self.trace)
