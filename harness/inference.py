@@ -52,7 +52,7 @@ from harness.model import kv_cache_bytes
 from harness.optimization import ParamError
 from harness.precision import resolve_dtype
 from harness.stats import itl_percentiles
-from harness.workload import Run, RunContext, Workload, sync
+from harness.workload import Knobs, Run, RunContext, Workload, sync
 
 EVAL_SEQS, EVAL_LEN = 4, 128  # held-out tokens for the quality outputs (perplexity, top-1)
 
@@ -118,11 +118,11 @@ def held_out(n: int, length: int, seed: int, synthetic: bool, vocab: int, tokeni
 
 
 @dataclass
-class GenerateKnobs:
+class GenerateKnobs(Knobs):
     """What an inference optimization may set on a `GenerateRun` (listed in docs/plugins.md); core reads them.
     Plugins also wrap or replace `model`, and may replace `prompts` [B, P] with `pad` [B] (left padding)."""
 
-    cache_kind: str = field(default="none", metadata={
+    cache_kind: Literal["none", "dynamic", "static"] = field(default="none", metadata={
         "help": "KV cache: none (recompute the prefix) / dynamic (grown by concatenation) / static (kv_cache)"})
     decode: Callable[..., torch.Tensor] = field(default=decode_one_token, metadata={
         "help": "the one-token decode step (model, tok [B, 1], input_pos [1], cache, pad) -> logits [B, V]; "
@@ -133,7 +133,7 @@ class GenerateKnobs:
         "help": "replaces the whole generate: fn(run, prompts [B, P], n) -> [B, n] (speculative_decoding)"})
     assistant: Any = field(default=None, metadata={
         "help": "decoder: library: a draft model for transformers' assisted generation (speculative_decoding)"})
-    layout: str = field(default="batched", metadata={
+    layout: Literal["batched", "sequential"] = field(default="batched", metadata={
         "help": "batched: one forward for the batch; sequential: one sequence at a time (per-sequence figures "
                 "follow it; batching, speculative_decoding)"})
     metric_fns: list[Callable[[float], dict[str, Any]]] = field(default_factory=list, metadata={

@@ -301,8 +301,7 @@ def headline(record: dict[str, Any] | None) -> str:
     if not record:
         return ""
     rates = [record["sides"][k] for k in ("baseline", "optimized") if k in record["sides"]]
-    text = "sustainable rate at the SLO: " + " → ".join(
-        "none" if s.get("rate") is None else _with_range(s["rate"], s.get("rate_range")) for s in rates) + " req/s"
+    text = "sustainable rate at the SLO: " + " → ".join(_side_rate(s) for s in rates) + " req/s"
     if record.get("rate_ratio"):
         repeats = record.get("ratio_repeats") or 1
         text += f" ({_with_range(record['rate_ratio'], record.get('rate_ratio_range'), 'x')}"
@@ -310,8 +309,23 @@ def headline(record: dict[str, Any] | None) -> str:
     if record.get("saturation_ratio"):
         saturation = _with_range(record["saturation_ratio"], record.get("saturation_ratio_range"), "x")
         text += f"; saturated throughput {saturation}"
+    unsaturated = [k for k, s in record["sides"].items() if not any(x.get("offline") for x in searches_of(s))]
+    if unsaturated:
+        text += (f"; saturated throughput not measured for {' and '.join(unsaturated)} (no offline point: the "
+                 "search ran out of time or a probe failed)")
     busy = sum(s.get("busy_probes") or 0 for s in rates)
     return text + (f"; {busy} probe(s) on a busy machine" if busy else "")
+
+
+def _side_rate(side: dict[str, Any]) -> str:
+    """A side's sustainable rate for the headline: 'not searched' when no probe ran, 'none' when none met the
+    SLO, '≥ R' when no search found a failing rate above it."""
+    searches = searches_of(side)
+    if side.get("rate") is None:
+        return "none" if any(s.get("points") or s.get("offline") for s in searches) else \
+            "not searched (time budget spent)"
+    bracketed = any(s.get("failing") for s in searches)
+    return ("" if bracketed else "≥ ") + _with_range(side["rate"], side.get("rate_range"))
 
 
 def measure_serve_probe(workload, spec, opts: list, ctx, serves: int, runner_pid: int | None = None) -> dict[str, Any]:

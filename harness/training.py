@@ -29,11 +29,11 @@ from harness.memory import saved_for_backward, tensor_bytes
 from harness.model import GPT, PRESETS, ModelArgs
 from harness.optimization import ParamError
 from harness.reference import load_model, model_facts
-from harness.workload import Run, RunContext, Workload
+from harness.workload import Knobs, Run, RunContext, Workload
 
 
 @dataclass
-class TrainKnobs:
+class TrainKnobs(Knobs):
     """What a training optimization may set on a `TrainRun` (listed in docs/plugins.md); core reads them."""
 
     tf32: bool = field(default=False, metadata={
@@ -45,9 +45,9 @@ class TrainKnobs:
     micro_batches: int = field(default=1, metadata={
         "help": "k: the local batch split in k micro-batches, loss / k each, DDP's all-reduce on the last only, "
                 "one optimizer step (gradient_accumulation)"})
-    optimizer_impl: str | None = field(default=None, metadata={
+    optimizer_impl: Literal["fused", "foreach", "for_loop"] | None = field(default=None, metadata={
         "help": "AdamW's implementation: fused / foreach / for_loop; None: the device's best (optimizer_impl)"})
-    sharding: str | None = field(default=None, metadata={
+    sharding: Literal["zero1", "fsdp_grad_op", "fsdp_full"] | None = field(default=None, metadata={
         "help": "ZeRO stage the memory formula applies: zero1 / fsdp_grad_op / fsdp_full (zero)"})
     count_activations: bool = field(default=True, metadata={
         "help": "count saved-for-backward bytes in outputs(); off where the hooks would change the step "

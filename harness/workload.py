@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import statistics
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from harness.errors import suggestion
 
 
 def sync(device: Any) -> None:
@@ -16,6 +22,34 @@ def sync(device: Any) -> None:
         import torch
 
         torch.cuda.synchronize(device)
+
+
+class Knobs:
+    """Base of a run's typed knobs (subclass it with a dataclass): assigning a name that is not a field, or a value
+    outside a `Literal` field's choices, raises at once, inside the plugin's `apply`, so a typo fails the case
+    instead of silently measuring the baseline against itself."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        fields = [f.name for f in dataclasses.fields(self)]
+        if name not in fields:
+            raise AttributeError(f"{type(self).__name__} has no knob '{name}'{suggestion(name, fields)}")
+        choices = literal_choices(type(self)).get(name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"{type(self).__name__}.{name} must be one of {', '.join(map(repr, choices))} "
+                             f"(got {value!r})")
+        object.__setattr__(self, name, value)
+
+
+@functools.cache
+def literal_choices(cls: type) -> dict[str, tuple]:
+    """The allowed values of each `Literal[...]` (or `Literal[...] | None`) field of dataclass `cls`."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        literals = [a for o in options if typing.get_origin(o) is Literal for a in typing.get_args(o)]
+        if literals:
+            out[name] = tuple(literals) + ((None,) if type(None) in options else ())
+    return out
 
 
 @dataclass

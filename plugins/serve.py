@@ -44,7 +44,7 @@ from harness.inference import load_model
 from harness.model import GPT
 from harness.precision import resolve_dtype
 from harness.traces import Request, make_trace, read_lengths
-from harness.workload import Run, RunContext, Workload
+from harness.workload import Knobs, Run, RunContext, Workload
 
 
 @dataclass
@@ -160,7 +160,7 @@ class SlotCache:
 
 
 @dataclass
-class ServeKnobs:
+class ServeKnobs(Knobs):
     """What an optimization may set on a `ServeRun` (listed in docs/plugins.md); beyond them it may wrap or
     replace `model` (a harness GPT, whose attention takes the slot cache)."""
 

@@ -381,3 +381,41 @@ def test_chunked_prefill_runs_decodes_between_the_chunks_of_a_long_prompt(tmp_pa
     assert [start for start, _, _ in long] == [0, 4, 12, 20, 28] and [n for _, n, _ in long] == [4, 8, 8, 8, 2]
     assert all(a[2] < b[2] for a, b in zip(long, long[1:]))  # a decode iteration between every two chunks
     assert run.decode_rows == sum(r.out_len - 1 for r in run.trace)  # still only prefilled slots decode
+
+
+def test_knobs_refuse_a_typo_and_a_value_outside_their_choices():
+    """A plugin that misspells a knob or sets a value the run does not know fails its case at apply time,
+    instead of leaving the baseline's setting (which would time the baseline against itself)."""
+    from harness.inference import GenerateKnobs
+    from harness.training import TrainKnobs
+
+    run = ServeWorkload().build(build_params(ServeSpec, TRACE), [], CTX)
+    with pytest.raises(AttributeError, match="ServeKnobs has no knob 'schedular'; did you mean 'scheduler'"):
+        run.knobs.schedular = "continuous"
+    with pytest.raises(ValueError, match="ServeKnobs.scheduler must be one of 'static', 'continuous' .got 'fifo'"):
+        run.knobs.scheduler = "fifo"
+    run.knobs.scheduler, run.knobs.prefill_chunk = "continuous", 16
+    with pytest.raises(ValueError, match="cache_kind must be one of 'none', 'dynamic', 'static'"):
+        GenerateKnobs().cache_kind = "dynamc"
+    knobs = TrainKnobs()
+    knobs.sharding = None
+    with pytest.raises(ValueError, match="sharding must be one of 'zero1', 'fsdp_grad_op', 'fsdp_full', None"):
+        knobs.sharding = "zero3"
+
+
+def test_a_side_the_budget_never_reached_is_said_not_searched():
+    """Each probe takes 12 s of a 10 s budget: the baseline's first probe meets the SLO and spends it all, so the
+    optimized side is never probed and no side gets its offline point; the headline says so instead of
+    'none' (which would read as: nothing met the SLO), and an unbracketed rate reads as a bound."""
+    spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 4.0, "repeats": 1,
+                                              "max_time_s": 10})
+    probe, _ = synthetic_server({"baseline": 20.0, "optimized": 50.0}, {"baseline": [1.0], "optimized": [2.0]})
+    now = [0.0]
+
+    def slow(side, rate, deadline):
+        now[0] += 12.0
+        return probe(side, rate, deadline)
+
+    text = serving.headline(serving.serve_searches(spec, slow, clock=lambda: now[0]))
+    assert text.startswith("sustainable rate at the SLO: ≥ 4 → not searched (time budget spent) req/s"), text
+    assert "saturated throughput not measured for baseline and optimized" in text
