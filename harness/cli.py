@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a suite (default: the quick suite) and write results + report")
-    p.add_argument("suite", nargs="?", help="a suite file, or a built-in suite name (quick, training, inference)")
+    p.add_argument("suite", nargs="?", help="a suite file, or a built-in suite name (quick, training, inference, "
+                                            "serving, laptop-finetune, gpu-training, gpu-inference, serving-gpu)")
     p.add_argument("--device", help="override the suite's device: auto, cpu, cuda, cuda:N")
     add_suite_overrides(p)
     p.add_argument("--out", type=Path,
@@ -134,6 +135,10 @@ def cmd_run(args) -> int:
         if unknown:
             raise InputError(f"unknown plugin '{unknown[0]}'; known: {', '.join(registry.optimizations)}",
                              field="--only")
+        used = {u.name for c in suite.cases for u in c.plugins}
+        if not used & set(args.only):
+            raise InputError(f"no case of suite '{suite.name}' uses {', '.join(args.only)}; its cases use "
+                             f"{', '.join(sorted(used))}", suite.path, field="--only")
     if args.repeat < 1:
         raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
     if args.until_conclusive:

@@ -85,7 +85,9 @@ def headline(case: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     TPOT for a generation, TTFT / TPOT percentiles and goodput for a served trace, MFU / MBU where known. The
     report's summary, the CSV and the Markdown exports all show these."""
     extras = {key: (case.get(key) or {}).get("extra") or {} for _, key in SIDES}
-    return [(key, label, extras["baseline"].get(key), extras["optimized"].get(key)) for key, label in HEADLINE
+    few = {k for e in extras.values() for k in e.get("too_few_requests") or []}  # a served trace's percentiles
+    return [(key, f"{label} (too few requests)" if key in few else label, extras["baseline"].get(key),
+             extras["optimized"].get(key)) for key, label in HEADLINE
             if any(isinstance(e.get(key), (int, float)) for e in extras.values())]
 
 

@@ -136,6 +136,9 @@ def build_params(params_cls: type, values: dict[str, Any] | None) -> Any:
             raise ParamError(str(key), f"unknown parameter '{key}'{suggestion(key, known)}{hint}")
     for key, value in values.items():
         values[key] = coerce(key, value, hints[key])
+    for f in dataclasses.fields(params_cls):
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ParamError(f.name, f"'{f.name}' is required ({f.metadata.get('help') or 'no default'})")
     try:
         return params_cls(**values)
     except ParamError:

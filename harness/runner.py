@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__, capacity, searches, serving, stats
+from harness.formatting import fmt_headline
 from harness.results import SCHEMA_VERSION, load, write_json
 from harness.suite import CaseSpec, Suite
 
@@ -241,8 +242,11 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
             results["cases"].append(record)  # kept even if a search below is interrupted
             write_json(str(results_path), results)
             progress("    " + one_line(record))
+            if record["status"] == "ok" and fmt_headline(record):  # TTFT, TPOT, goodput...: what time alone hides
+                progress("    " + fmt_headline(record))
             if case.serving and record["status"] == "ok":
-                progress(f"    serving: the highest rate within the SLO {case.serving['slo']}, each side")
+                slo = ", ".join(f"{k} <= {v:g} s" for k, v in case.serving["slo"].items())
+                progress(f"    serving: the highest rate within the SLO ({slo}), each side")
                 record["serving"] = searches.run_serving(case, probe_case)
                 progress("    " + serving.headline(record["serving"]))
             if case.capacity and record["status"] == "ok":

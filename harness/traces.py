@@ -63,6 +63,9 @@ def read_lengths(path: str | Path) -> list[tuple[int, int]]:
             try:
                 value = int(row[key])
             except (KeyError, TypeError, ValueError):
+                if isinstance(row, dict) and row.get(key) is None:  # a CSV without the column, a JSON row without it
+                    raise InputError(f"has no '{key}' ({'column' if path.suffix == '.csv' else 'key'}; both "
+                                     "prompt_len and output_len are needed)", str(path), line, key) from None
                 got = row.get(key) if isinstance(row, dict) else row
                 raise InputError(f"needs a positive integer '{key}' (got {got!r})", str(path), line, key) from None
             if value < 1:

@@ -43,6 +43,7 @@ from harness.generate import decode_one_token, generate_cached
 from harness.inference import load_model
 from harness.model import GPT
 from harness.precision import resolve_dtype
+from harness.serving import too_few_for
 from harness.traces import Request, make_trace, read_lengths
 from harness.workload import Knobs, Run, RunContext, Workload
 
@@ -66,7 +67,8 @@ class ServeSpec:
     output_min: int = field(default=4, metadata={"help": "shortest output, tokens"})
     output_max: int = field(default=64, metadata={"help": "longest output, tokens"})
     lengths_file: str | None = field(default=None, metadata={
-        "help": "JSONL / CSV of prompt_len, output_len per request (taken in order, cycled); null: uniform"})
+        "help": "JSONL / CSV of prompt_len, output_len per request (taken in order, cycled; a relative path is "
+                "from the current directory); null: uniform"})
     max_concurrency: int | None = field(default=None, metadata={
         "help": "client-side cap on requests in flight (send the next only when fewer are); null: no cap"})
     max_batched_tokens: int | None = field(default=None, metadata={
@@ -320,11 +322,14 @@ class ServeRun(Run):
                                "requests_served": len(self.records)}
         if not self.records:
             return out
+        few = []  # percentiles over fewer requests than they need (harness.serving.too_few_for): flagged, not hidden
         for key in ("ttft", "tpot", "e2e"):
             values = [r[key] for r in self.records if r[key] is not None]
             for q in (50, 90, 99):
                 out[f"{key}_p{q}_s"] = stats.percentile(values, q / 100) if values else None
+                few += [f"{key}_p{q}_s"] if values and too_few_for(len(values), q / 100) else []
             out[f"{key}_mean_s"] = sum(values) / len(values) if values else None
+        out["too_few_requests"] = few
         out.update(stats.itl_percentiles(self.token_times))  # the gaps a streaming client sees, stalls included
         good = sum(r["ttft"] <= self.spec.slo_ttft_s and (r["tpot"] is None or r["tpot"] <= self.spec.slo_tpot_s)
                    for r in self.records)

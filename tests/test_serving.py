@@ -419,3 +419,33 @@ def test_a_side_the_budget_never_reached_is_said_not_searched():
     text = serving.headline(serving.serve_searches(spec, slow, clock=lambda: now[0]))
     assert text.startswith("sustainable rate at the SLO: ≥ 4 → not searched (time budget spent) req/s"), text
     assert "saturated throughput not measured for baseline and optimized" in text
+
+
+def test_a_plain_serve_case_flags_percentiles_over_too_few_requests():
+    """36 requests (12 served three times): p99 needs 100, so it is listed in too_few_requests and the headline
+    says so; p50 and p90 are not."""
+    from harness.formatting import fmt_headline
+
+    run = ServeWorkload().build(build_params(ServeSpec, {**TRACE, "requests": 12}), [], CTX)
+    run.timed = True
+    for _ in range(3):
+        run.step()
+    extra = run.extra_metrics(0.5)
+    assert extra["requests_served"] == 36
+    assert set(extra["too_few_requests"]) == {"ttft_p99_s", "tpot_p99_s", "e2e_p99_s"}
+    line = fmt_headline({"baseline": {"extra": extra}, "optimized": {"extra": extra}})
+    assert "TTFT p99 (too few requests)" in line and "TTFT p50 (too few" not in line
+
+
+def test_missing_required_settings_and_lengths_columns_are_named():
+    with pytest.raises(ParamError) as err:
+        build_params(serving.ServingSpec, {"start_rate": 5})
+    assert err.value.field == "slo" and "'slo' is required" in str(err.value)
+
+
+def test_a_lengths_file_without_a_column_says_so(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_text("prompt,output\n12,30\n")
+    with pytest.raises(InputError) as err:
+        traces.read_lengths(csv)
+    assert (err.value.line, err.value.field) == (2, "prompt_len") and "has no 'prompt_len' (column" in str(err.value)

@@ -157,3 +157,10 @@ cases:
     assert err.field == "cases[0].sweep.workload.rate" and "must be > 0" in err.message and err.line == 7
     err = error_for(tmp_path, reg, sweep.replace("workload.rate", "workload.speed"))
     assert "unknown parameter 'speed'" in err.message
+
+
+def test_only_a_plugin_no_case_uses_is_bad_input(tmp_path):
+    out = tmp_path / "out"
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", write(tmp_path, GOOD), "--only", "kv_cache", "--out", out)
+    assert proc.returncode == 2 and "no case of suite 's' uses kv_cache; its cases use noop" in proc.stderr
+    assert not out.exists()
