@@ -160,7 +160,7 @@ cases:
 
 
 def test_only_a_plugin_no_case_uses_is_bad_input(tmp_path):
-    out = tmp_path / "out"
-    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", write(tmp_path, GOOD), "--only", "kv_cache", "--out", out)
+    out, suite = tmp_path / "out", write(tmp_path, GOOD)
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--only", "kv_cache", "--out", out)
     assert proc.returncode == 2 and "no case of suite 's' uses kv_cache; its cases use noop" in proc.stderr
     assert not out.exists()
