@@ -242,8 +242,9 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
             results["cases"].append(record)  # kept even if a search below is interrupted
             write_json(str(results_path), results)
             progress("    " + one_line(record))
-            if record["status"] == "ok" and fmt_headline(record):  # TTFT, TPOT, goodput...: what time alone hides
-                progress("    " + fmt_headline(record))
+            figures = fmt_headline(record) if record["status"] == "ok" else ""
+            if figures:  # TTFT, TPOT, goodput...: what the time verdict alone hides
+                progress("    " + figures)
             if case.serving and record["status"] == "ok":
                 slo = ", ".join(f"{k} <= {v:g} s" for k, v in case.serving["slo"].items())
                 progress(f"    serving: the highest rate within the SLO ({slo}), each side")

@@ -128,23 +128,16 @@ class ServingSpec:
             raise ParamError("rates", f"give 'auto' or a list of positive request rates (got {self.rates!r})")
 
 
-def quantile_of(metric: str) -> float | None:
-    """0.99 for "ttft_p99_s"; None for a mean."""
-    tag = metric.split("_")[1]
-    return int(tag[1:]) / 100 if tag.startswith("p") else None
-
-
 def meets_slo(metrics: dict[str, Any], slo: dict[str, float]) -> bool:
     """Every bounded metric measured and within its bound (a metric with no sample does not meet it)."""
     return all(metrics.get(k) is not None and metrics[k] <= bound for k, bound in slo.items())
 
 
 def point_record(rate: float, probe: dict[str, Any], slo: dict[str, float]) -> dict[str, Any]:
-    """One probed rate: status, the serve metrics, whether the SLO held and which percentiles had too few
-    requests to mean much (`too_few_for`)."""
+    """One probed rate: status, the serve metrics, whether the SLO held and which of its bounded percentiles had
+    too few requests to mean much (the workload's `too_few_requests`, from `too_few_for`)."""
     metrics = probe.get("metrics") or {}
-    served = metrics.get("requests_served") or 0
-    flagged = [k for k in slo if quantile_of(k) and too_few_for(served, quantile_of(k))]
+    flagged = [k for k in slo if k in (metrics.get("too_few_requests") or [])]
     return {"rate": rate, "status": probe["status"], "error": probe.get("error"), "metrics": metrics,
             "meets_slo": probe["status"] == "ok" and meets_slo(metrics, slo), "too_few_requests": flagged}
 

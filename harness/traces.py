@@ -14,12 +14,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from harness.errors import InputError
-
-if TYPE_CHECKING:
-    import torch
+from harness.inference import held_out
 
 
 def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
@@ -27,8 +27,6 @@ def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -
     request after one gap; all 0.0 when `rate` is infinite (offline)."""
     if math.isinf(rate):
         return [0.0] * n
-    import torch  # here: validating a suite's lengths file needs no torch
-
     g = torch.Generator().manual_seed(seed)
     gamma = torch.distributions.Gamma(torch.tensor(float(burstiness)), torch.tensor(rate * burstiness))
     with torch.random.fork_rng(devices=[]):
@@ -91,10 +89,6 @@ def make_trace(spec: Any, seed: int, vocab: int) -> list[Request]:
     """`spec.requests` requests (a `serve` workload's ServeSpec), seeded: arrivals at `rate` (`arrival_times`:
     Poisson, gamma or offline), lengths uniform in their ranges or from `lengths_file` (in order, cycled), prompt
     tokens from `harness.inference.held_out`. The same for both sides of a case."""
-    import torch
-
-    from harness.inference import held_out
-
     g = torch.Generator().manual_seed(seed)
     plens = torch.randint(spec.prompt_min, spec.prompt_max + 1, (spec.requests,), generator=g).tolist()
     olens = torch.randint(spec.output_min, spec.output_max + 1, (spec.requests,), generator=g).tolist()

@@ -449,3 +449,11 @@ def test_a_lengths_file_without_a_column_says_so(tmp_path):
     with pytest.raises(InputError) as err:
         traces.read_lengths(csv)
     assert (err.value.line, err.value.field) == (2, "prompt_len") and "has no 'prompt_len' (column" in str(err.value)
+
+
+def test_a_probe_flags_its_bounded_percentiles_that_had_too_few_requests():
+    """The probe's flags are the workload's own (`too_few_requests`, each percentile by its own sample count),
+    kept for the SLO's metrics only; a flagged figure still counts toward the SLO, shown, not hidden."""
+    metrics = {"ttft_p99_s": 0.1, "tpot_p50_s": 0.01, "too_few_requests": ["ttft_p99_s", "e2e_p99_s"]}
+    point = serving.point_record(8.0, {"status": "ok", "metrics": metrics}, {"ttft_p99_s": 0.5, "tpot_p50_s": 0.05})
+    assert point["too_few_requests"] == ["ttft_p99_s"] and point["meets_slo"]
