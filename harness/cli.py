@@ -51,9 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the interrupted run in --out without redoing cases")
     p.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no isolation)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the suite's, else physical cores)")
-    p.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="run each case in N fresh processes and combine them (the interval then covers "
-                        "process-to-process variation)")
+    p.add_argument("--repeat", type=int, metavar="N",
+                   help="measure each case in N processes, one per round over the suite (default: the suite's "
+                        "measure.repeat, 5); the interval covers process-to-process variation; 1: one process, "
+                        "whose interval covers the noise within it only")
+    p.add_argument("--fresh-processes", action="store_true",
+                   help="start every case process as a new interpreter instead of forking it from a server that "
+                        "imported torch once")
     p.add_argument("--until-conclusive", action="store_true",
                    help="after the minimum pairs, keep adding pairs until the verdict is decided or the suite's "
                         "max_time_s per side is spent")
@@ -139,7 +143,7 @@ def cmd_run(args) -> int:
         if not used & set(args.only):
             raise InputError(f"no case of suite '{suite.name}' uses {', '.join(args.only)}; its cases use "
                              f"{', '.join(sorted(used))}", suite.path, field="--only")
-    if args.repeat < 1:
+    if args.repeat is not None and args.repeat < 1:
         raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
     if args.until_conclusive:
         suite.measure.until_conclusive = True
@@ -162,7 +166,7 @@ def cmd_run(args) -> int:
         prepare_references(suite, env["device"], progress)
         results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
-                            registry=registry, repeat=args.repeat)
+                            registry=registry, repeat=args.repeat, fresh=args.fresh_processes)
     except KeyboardInterrupt:
         write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
         return 130
@@ -191,6 +195,7 @@ def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path
 def print_summary(results: dict) -> None:
     """The end-of-run table: one line per case."""
     from harness.runner import fmt_speedup, run_command
+    from harness.timing import MeasureSettings
 
     rows = [("case", "status", "speedup [95% CI]", "verdict", "foreign CPU", "memory", "checks")]
     for c in results["cases"]:
@@ -218,9 +223,11 @@ def print_summary(results: dict) -> None:
                   f"run:\n    {run_command(results, *only_flags(busy))}")
         if wide:
             flags = only_flags(wide)
-            print("  too wide: add pairs, or fresh processes:\n"
+            done = max((c.get("measurement") or {}).get("processes_repeated") or 1 for c in wide)
+            more = str(2 * done if done > 1 else MeasureSettings().repeat)
+            print("  too wide: add processes until decided, or measure in more of them:\n"
                   f"    {run_command(results, *flags, '--until-conclusive')}\n"
-                  f"    {run_command(results, *flags, '--repeat', '3')}")
+                  f"    {run_command(results, *flags, '--repeat', more)}")
 
 
 def only_flags(cases: list[dict]) -> list[str]:

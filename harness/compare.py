@@ -1,12 +1,16 @@
 """Compare runs (machines, commits, library versions): align cases by id, ratio per metric, significance, gate.
 
 Each side of each case (baseline / optimized) is one entry. For every later run against the first: time ratio
-(later / first median), throughput and peak-memory ratios, and the verdict of `harness.stats.compare_unpaired`
-over the two runs' timed blocks, by the runner's own rule (`harness.stats.verdict`: faster/slower only when the
-95% interval excludes 1, the change is at least 5% and neither run was busy; inconclusive when the interval is
-too wide or a run was busy). Cases present in only some runs are listed, not dropped. `--fail-if median:10%`
-follows pytest-benchmark's `--benchmark-compare-fail` (a later run's statistic more than 10%, or without %, more
-than that many seconds, above the first run's) with one definition of significance: a breach fails the gate when
+(later / first median), throughput and peak-memory ratios, and a verdict over the two runs' timed blocks by the
+runner's own rule (`harness.stats.verdict`: faster/slower only when the 95% interval excludes 1, the change is at
+least 5% and neither run was busy; inconclusive when the interval is too wide or a run was busy). When both runs
+were measured in several processes (`harness run --repeat N`, `latency.process_blocks`) the interval is the
+case's own two-level one (`harness.stats.compare_runs`: processes, then blocks); when either run has one process
+it is `harness.stats.compare_unpaired` over the blocks, and a verdict needs a change beyond the fixed margins
+measured on one VM (`harness.stats.process_guard`), which the row's `note` says. Cases present in only some runs
+are listed, not dropped. `--fail-if median:10%` follows pytest-benchmark's `--benchmark-compare-fail` (a later
+run's statistic more than 10%, or without %, more than that many seconds, above the first run's) with one
+definition of significance (the verdict above, whichever comparison made it): a breach fails the gate when
 the change is "slower" or "inconclusive"; a breach that the verdict calls "no significant difference" is noise
 and is printed as a note. Any `--fail-if` (or `--fail-if status` alone) also fails the gate when a case that was
 ok in the first run is not ok, fails a check it passed, or (unless `--allow-missing`) is missing in a later run.
@@ -15,6 +19,7 @@ ok in the first run is not ok, fails a check it passed, or (unless `--allow-miss
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -66,27 +71,68 @@ def processes(case: dict[str, Any]) -> int:
     return int((case.get("measurement") or {}).get("processes_repeated") or 1)
 
 
+def _by_process(values: list[float], counts: list[int] | None) -> list[list[float]]:
+    """`values` cut into consecutive groups of `counts` (empty ones dropped); one group when `counts` is not
+    recorded or does not add up to len(values)."""
+    if not counts or sum(counts) != len(values):
+        return [list(values)] if values else []
+    out, start = [], 0
+    for n in counts:
+        out.append(list(values[start:start + n]))
+        start += n
+    return [g for g in out if g]
+
+
+def process_groups(latency: dict[str, Any]) -> list[list[float]]:
+    """A side's block medians (seconds) grouped by the process that timed them (`latency.process_blocks`, written
+    by `harness run --repeat N`); one group when not recorded (one process, older files)."""
+    return _by_process([statistics.median(b) for b in stats.split_blocks(latency)], latency.get("process_blocks"))
+
+
+def pair_groups(case: dict[str, Any]) -> list[list[float]]:
+    """A measured case's per-pair ratios grouped by process (`comparison.process_pairs`); one group when not
+    recorded."""
+    cmp = case.get("comparison") or {}
+    return _by_process(pair_ratios_of(case), cmp.get("process_pairs") if cmp.get("per_pair") else None)
+
+
+def margin_note(i: int, counts: tuple[int, int]) -> str:
+    """Why a comparison of run #i against #0 fell back to the fixed margins: which of them has one process."""
+    which = " and ".join(f"#{j}" for j, k in zip((0, i), counts) if k < 2)
+    return (f"one process in run{'s' if ' and ' in which else ''} {which}: compared with the fixed margins "
+            f"{stats.ONE_PROCESS_TIME_MARGIN:g}x time / {stats.ONE_PROCESS_EFFECT_MARGIN:g}x effect measured on one "
+            "VM (docs/measurement.md); measure both runs with the default --repeat to compare processes")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return b / a if a and b is not None else None
 
 
-def _versus(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | None:
-    """Later run against the first for one entry: ratios and the bootstrap verdict (speedup > 1 = later faster)."""
+def _versus(first: dict[str, Any], later: dict[str, Any], i: int = 1) -> dict[str, Any] | None:
+    """Later run (#i) against the first for one entry: ratios and the bootstrap verdict (speedup > 1 = later
+    faster): `stats.compare_runs` over the process groups when both runs have several, else
+    `stats.compare_unpaired` over the blocks, with the one-process margin and its `note` when a run has one."""
     if first.get("status") != "ok" or later.get("status") != "ok":
         return None
     unit = first["unit"] if first["unit"] in later["throughput"] else None
+    counts = (first["processes"], later["processes"])
     out = {"time_ratio": _ratio(first["median"], later["median"]), "unit": unit,
            "throughput_ratio": _ratio(first["rate"], later["throughput"].get(unit)) if unit else None,
            "memory_ratio": _ratio(first["peak_bytes"], later["peak_bytes"]),
            "speedup": None, "ci95": None, "verdict": "n/a (no samples)", "reason": None,
-           "busy": bool(first["busy"] or later["busy"])}
-    a, b = stats.split_blocks(first["latency"]), stats.split_blocks(later["latency"])
-    if len(a) >= 2 and len(b) >= 2:
-        busy = "; ".join(f"{name} run: {e['busy']}" for name, e in (("first", first), ("later", later)) if e["busy"])
-        c = stats.compare_unpaired(a, b, busy=busy or None)
-        if min(first["processes"], later["processes"]) < 2:
+           "busy": bool(first["busy"] or later["busy"]), "processes": list(counts), "note": None}
+    a, b = process_groups(first["latency"]), process_groups(later["latency"])
+    if sum(map(len, a)) < 2 or sum(map(len, b)) < 2:
+        return out
+    busy = "; ".join(f"{name} run: {e['busy']}" for name, e in (("first", first), ("later", later)) if e["busy"])
+    if min(len(a), len(b)) >= 2:
+        c = stats.compare_runs(a, b, busy=busy or None)
+    else:
+        c = stats.compare_unpaired([[x] for g in a for x in g], [[x] for g in b for x in g], busy=busy or None)
+        if min(counts) < 2:
             c = stats.process_guard(c, "speedup", stats.ONE_PROCESS_TIME_MARGIN, ("faster", "slower"))
-        out.update(speedup=c["speedup"], ci95=c["ci95"], verdict=c["verdict"], reason=c["reason"])
+            out["note"] = margin_note(i, counts)
+    out.update(speedup=c["speedup"], ci95=c["ci95"], verdict=c["verdict"], reason=c["reason"])
     return out
 
 
@@ -113,7 +159,7 @@ def compare(paths: list[Path], price_per_hour: float | None = None,
                 side = dict(_sides(c)).get(label) if c else None
                 entries.append(_entry(c, side, price and price[0]))
             rows.append({"case": cid, "side": label, "entries": entries,
-                         "versus": [None] + [_versus(entries[0], e) for e in entries[1:]]})
+                         "versus": [None] + [_versus(entries[0], e, i) for i, e in enumerate(entries[1:], 1)]})
     effects = effect_rows(ids, by_id)
     return {
         "headline_env": [{"label": label, "values": [e.get(key) for e in envs]} for key, label in HEADLINE_ENV
@@ -160,7 +206,7 @@ def pair_ratios_of(case: dict[str, Any]) -> list[float]:
 
 def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """For each case with a baseline: the optimization's speedup in each run, and whether it differs between
-    run #i and #0 (`harness.stats.compare_effects`): where an optimization is worth turning on."""
+    run #i and #0 (`_effect_versus`): where an optimization is worth turning on."""
     out = []
     for cid in ids:
         cases = [m.get(cid) for m in by_id]
@@ -173,23 +219,30 @@ def effect_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[
             load = ((c or {}).get("measurement") or {}).get("foreign_load") or {}
             runs.append({"speedup": cmp.get("speedup"), "ci95": cmp.get("ci95"), "verdict": cmp.get("verdict"),
                          "busy": load.get("reason") if load.get("busy") else None, "processes": processes(c),
-                         "ratios": pair_ratios_of(c) if ok else []} if ok else None)
-        versus: list[dict[str, Any] | None] = [None]
-        for later in runs[1:]:
-            if runs[0] is None or later is None:
-                versus.append(None)
-                continue
-            busy = "; ".join(f"{name} run busy" for name, r in (("first", runs[0]), ("later", later)) if r["busy"])
-            effect = {**stats.compare_effects(runs[0]["ratios"], later["ratios"], busy=busy or None),
-                      "busy": bool(busy)}
-            if min(runs[0]["processes"], later["processes"]) < 2:
-                effect = stats.process_guard(effect, "ratio", stats.ONE_PROCESS_EFFECT_MARGIN, ("larger", "smaller"))
-            versus.append(effect)
+                         "groups": pair_groups(c)} if ok else None)
+        versus = [None] + [_effect_versus(runs[0], later, i) if runs[0] and later else None
+                           for i, later in enumerate(runs[1:], start=1)]
         for r in runs:
             if r:
-                r.pop("ratios")
+                r.pop("groups")
         out.append({"case": cid, "runs": runs, "versus": versus})
     return out
+
+
+def _effect_versus(first: dict[str, Any], later: dict[str, Any], i: int) -> dict[str, Any]:
+    """Whether the optimization's speedup differs between run #i and #0: `stats.compare_effects_runs` over the
+    pair ratios grouped by process when both runs have several, else `stats.compare_effects` over all pairs,
+    with the one-process margin and its `note` when a run has one."""
+    busy = "; ".join(f"{name} run busy" for name, r in (("first", first), ("later", later)) if r["busy"]) or None
+    a, b, counts = first["groups"], later["groups"], (first["processes"], later["processes"])
+    if min(len(a), len(b)) >= 2:
+        return {**stats.compare_effects_runs(a, b, busy=busy), "busy": bool(busy), "note": None}
+    effect = {**stats.compare_effects([x for g in a for x in g], [x for g in b for x in g], busy=busy),
+              "busy": bool(busy), "processes": list(counts), "note": None}
+    if min(counts) < 2:
+        effect = stats.process_guard(effect, "ratio", stats.ONE_PROCESS_EFFECT_MARGIN, ("larger", "smaller"))
+        effect["note"] = margin_note(i, counts)
+    return effect
 
 
 def search_rows(ids: list[str], by_id: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:

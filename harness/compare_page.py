@@ -48,8 +48,8 @@ def format_headline(result: dict[str, Any]) -> list[str]:
         for row in effects:
             cells = [row["case"]] + [fmt_interval(r["speedup"], r["ci95"]) + (" busy" if r["busy"] else "")
                                      if r else "n/a" for r in row["runs"]]
-            cells += [f"{v['ratio']:.2f}x {v['verdict']}" if v and v["ratio"] else (v or {}).get("verdict", "n/a")
-                      for v in row["versus"][1:]]
+            cells += [(f"{v['ratio']:.2f}x {v['verdict']}" if v and v["ratio"] else (v or {}).get("verdict", "n/a"))
+                      + note_mark(v) for v in row["versus"][1:]]
             lines.append(cells)
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
         out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
@@ -73,7 +73,7 @@ def format_table(result: dict[str, Any]) -> str:
         cells += [(fmt_time(e["median"]) + (" checks FAILED" if h["failed_checks"] else "")) if e["status"] == "ok"
                   else e["status"] for e, h in zip(row["entries"], health)]
         for v in row["versus"][1:]:
-            cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", verdict_word(v)]
+            cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", verdict_word(v) + note_mark(v)]
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = format_headline(result) + [""]
@@ -84,7 +84,23 @@ def format_table(result: dict[str, Any]) -> str:
     if result["partial"]:
         out.append("not in every run: " + ", ".join(result["partial"]))
     out.append("time ratio = later median / first median (< 1 = later faster); verdict: 95% bootstrap interval.")
+    out += [f"{NOTE_MARK} {n}" for n in notes(result)]
     return "\n".join(out) + "\n"
+
+
+NOTE_MARK = "*"
+
+
+def note_mark(v: dict[str, Any] | None) -> str:
+    """' *' after a verdict that carries a note (compared with the one-process margins), else ''."""
+    return f" {NOTE_MARK}" if v and v.get("note") else ""
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    """The distinct notes of the comparisons (cases and optimization effects), in order of appearance."""
+    found = [v["note"] for row in result["rows"] for v in row["versus"][1:] if v and v.get("note")]
+    found += [v["note"] for row in result.get("effects") or [] for v in row["versus"][1:] if v and v.get("note")]
+    return list(dict.fromkeys(found))
 
 
 def forests(result: dict[str, Any]) -> list[str]:
@@ -126,7 +142,7 @@ def render_compare(result: dict[str, Any]) -> str:
     env = environment()
     env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=verdict_word, unit=unit_label,
                        interval=lambda v: fmt_interval(v.get("speedup"), v.get("ci95")).replace("x", "×", 1))
-    return env.get_template("compare.html").render(c=result, forests=forests(result),
+    return env.get_template("compare.html").render(c=result, forests=forests(result), notes=notes(result),
                                                    effect_forests=effect_forests(result),
                                                    searches=search_charts(result))
 

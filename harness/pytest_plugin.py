@@ -7,7 +7,9 @@ The fixture builds the baseline and the optimized run (same seed), fails the tes
 then times one side with `benchmark.pedantic` (each call ends with a CUDA synchronize, so the host clock sees
 the GPU work) and puts the harness metrics in `benchmark.extra_info`. With `compare=True` it also times both sides
 in paired blocks and records the speedup, interval and verdict of `harness.stats.compare`, the rule `harness run`
-uses (never asserted: performance belongs in reports, not in test outcomes). `--benchmark-disable` runs each step
+uses (never asserted: performance belongs in reports, not in test outcomes). Those pairs are timed in the test's
+one process, so that interval covers the noise within it only (`comparison.processes` is 1); `harness compare`
+of such files applies the one-process margins and says so. `--benchmark-disable` runs each step
 once: the test is then a correctness test. `--benchmark-json out.json` writes a file `harness compare` reads.
 Enabled by the `pytest11` entry point, or `-p harness.pytest_plugin`.
 """

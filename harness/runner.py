@@ -7,22 +7,17 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import random
 import shlex
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, capacity, searches, serving, stats
+from harness import __version__, capacity, launch, searches, serving, stats
 from harness.formatting import fmt_headline
 from harness.results import SCHEMA_VERSION, load, write_json
 from harness.suite import CaseSpec, Suite
-
-EXIT_GRACE_S = 30.0  # seconds a worker may take to exit after writing its result
 
 
 def now() -> str:
@@ -59,34 +54,34 @@ def case_record(case: CaseSpec) -> dict[str, Any]:
             "processes": case.processes}
 
 
-def worker_command(case: CaseSpec, job_path: Path, result_path: Path) -> list[str]:
-    """`python -m harness.worker`, under torchrun when the case needs several processes."""
-    if case.processes > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={case.processes}",
-                "-m", "harness.worker", str(job_path), str(result_path)]
-    return [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
-
-
 def job_for(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, plugins_dirs: list[str],
-            probe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The job file a worker runs (`python -m harness.worker JOB RESULT`, under torchrun on any number of nodes)."""
+            probe: dict[str, Any] | None = None, process: int = 0) -> dict[str, Any]:
+    """The job file a worker runs (`python -m harness.worker JOB RESULT`, under torchrun on any number of nodes).
+    `process`: which of the case's processes this is (it seeds the order of the pairs)."""
     return {"case": dataclasses.asdict(case), "env": env, "threads": threads,
             "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
-            "runner_pid": os.getpid(), "probe": probe}
+            "process": process, "repeat": suite.measure.repeat, "runner_pid": os.getpid(), "probe": probe}
 
 
 def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
-             plugins_dirs: list[str], inline: bool = False, probe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one case in a fresh process (or in this one with `inline`) and return its result record; with
-    `probe`, one probe of one side instead: {side, value, budget_bytes} for a capacity search
-    (harness.capacity), {kind: "serve", side, value, serves} for a serving search (harness.serving)."""
+             plugins_dirs: list[str], inline: bool = False, probe: dict[str, Any] | None = None,
+             process: int = 0, fresh: bool = False, warmup_settled: dict[str, int] | None = None) -> dict[str, Any]:
+    """Run one process of a case (forked from the preloaded server, or a fresh interpreter with `fresh`, or in
+    this one with `inline`; harness.launch) and return its result record. The first process of a case measures
+    everything (checks, memory, compile time, how long the warm-up took to settle); later ones, given
+    `warmup_settled`, build both sides and time them only. With `probe`, one probe of one side
+    instead: {side, value, budget_bytes} for a capacity search (harness.capacity), {kind: "serve", side, value,
+    serves} for a serving search (harness.serving)."""
     record = case_record(case)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.id)[:120]
-    if probe:
-        safe += f".{probe.get('kind', 'capacity')}-{probe['side']}-{probe['value']}"
+    safe = safe_id(case.id)
+    safe += f".{probe.get('kind', 'capacity')}-{probe['side']}-{probe['value']}" if probe else f".p{process + 1}"
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
-    write_json(str(job_path), job_for(case, suite, env, threads, plugins_dirs, probe))
+    job = job_for(case, suite, env, threads, plugins_dirs, probe, process)
+    job["case_dir"] = str(workdir / f"{safe_id(case.id)}.shared")
+    job["warmup_settled"] = warmup_settled
+    os.makedirs(job["case_dir"], exist_ok=True)
+    write_json(str(job_path), job)
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
     status = None
@@ -99,14 +94,14 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
 
         worker.main([str(job_path), str(result_path)])
     else:
-        status = _launch(worker_command(case, job_path, result_path), log_path, timeout, result_path)
+        status = launch.launch(case.processes, job_path, result_path, log_path, timeout, fresh)
     record["duration_s"] = time.perf_counter() - start
     record["log"] = str(log_path) if not inline else None
     if result_path.exists():
         record.update(json.loads(result_path.read_text()))
         if status == "hung at exit":
-            record.setdefault("warnings", []).append(
-                f"the case's processes had not exited {EXIT_GRACE_S:g} s after writing the result; killed, result kept")
+            record.setdefault("warnings", []).append("the case's processes had not exited a while after writing the "
+                                                     "result; killed, result kept")
     elif status == "timeout":
         record.update(status="timeout", error=f"no result after the {timeout:g} s timeout; process killed")
     elif status and status.startswith("signal"):
@@ -115,56 +110,6 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     else:
         record.update(status="crashed", error=f"worker exited with {status} and wrote no result{_tail(log_path)}")
     return record
-
-
-def _launch(command: list[str], log_path: Path, timeout: float, result_path: Path) -> str:
-    """Start the worker in its own process group; kill the group on timeout or Ctrl-C, or when it has not exited
-    EXIT_GRACE_S after writing its result (a gloo process group that hangs in shutdown). Returns "exit N",
-    "signal NAME", "timeout" or "hung at exit"."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        done, hung = threading.Event(), threading.Event()
-        watcher = threading.Thread(target=_watch_exit, args=(proc, result_path, done, hung), daemon=True)
-        watcher.start()
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return "timeout"
-        except KeyboardInterrupt:
-            _kill_group(proc)
-            raise
-        finally:
-            done.set()
-    if hung.is_set():
-        return "hung at exit"
-    if code < 0:
-        return f"signal {signal.Signals(-code).name}"
-    return f"exit {code}"
-
-
-def _watch_exit(proc: subprocess.Popen, result_path: Path, done: threading.Event, hung: threading.Event) -> None:
-    """Kill the worker's process group if it is still running EXIT_GRACE_S after its result file appeared."""
-    written = None
-    while not done.wait(0.5):
-        if written is None and result_path.exists():
-            written = time.monotonic()
-        if written is not None and time.monotonic() - written > EXIT_GRACE_S:
-            hung.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _tail(log_path: Path, lines: int = 8) -> str:
@@ -200,96 +145,186 @@ def prepare_references(suite: Suite, device: str, progress: Callable[[str], None
 
 def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int, plugins_dirs: list[str],
               inline: bool = False, resume: bool = False, only: list[str] | None = None,
-              progress: Callable[[str], None] = print, registry=None, repeat: int = 1) -> dict[str, Any]:
-    """Run every case of `suite` and write out_dir/results.json after each; returns the results.
+              progress: Callable[[str], None] = print, registry=None, repeat: int | None = None,
+              fresh: bool = False) -> dict[str, Any]:
+    """Run every case of `suite` in rounds and write out_dir/results.json after each process; returns the results.
 
-    `repeat`: run each case in that many fresh processes and combine them (`combine_repeats`)."""
+    Each case is measured in `repeat` short processes (default: the suite's `measure.repeat`), one per round:
+    round k runs the k-th process of every case, the cases in an order shuffled per round from a fixed seed
+    (`round_order`), so a drift over minutes lands on every case. A case's record combines its processes
+    (`combine_processes`); its capacity or serving search runs once, after the rounds. A case whose process fails
+    gets no more processes. With `until_conclusive`, cases whose verdict is still too wide get further rounds, up
+    to 2 x `repeat` processes. `fresh`: every process a new interpreter (harness.launch)."""
+    repeat = suite.measure.repeat = repeat or suite.measure.repeat
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     workdir = out_dir / "cases"
     workdir.mkdir(exist_ok=True)
-    if resume and results_path.exists():
-        results = load(results_path)
-        results["status"] = "running"
-    else:
-        results = new_results(suite, env, out_dir.name, plugins_dirs)
-    wants = {c.id: [k for k in ("serving", "capacity") if getattr(c, k)] for c in suite.cases}
-    done = {c["id"] for c in results["cases"] if c.get("status") not in ("interrupted",)
-            and not (c.get("status") == "ok" and any(k not in c for k in wants.get(c["id"], [])))}  # search cut short
-    results["cases"] = [c for c in results["cases"] if c["id"] in done]
     cases = [c for c in suite.cases if not only or any(p.name in only for p in c.plugins)]
-    todo = [c for c in cases if c.id not in done]
-    if done and resume:
-        progress(f"resuming: {len(cases) - len(todo)} of {len(cases)} cases already done")
+    results = load(results_path) if resume and results_path.exists() else new_results(suite, env, out_dir.name,
+                                                                                       plugins_dirs)
+    results["status"] = "running"
+    results["suite"]["repeat"] = repeat
+    processes = resumed_processes(results, cases, workdir) if resume else {}
+    if resume and processes:
+        progress(f"resuming: {sum(map(len, processes.values()))} case processes already done")
+    records = {c["id"]: c for c in results["cases"] if c["id"] in processes}
+    searched = {cid for cid, r in records.items() if not wants_search(by_id(cases)[cid], r)}
     started, durations = time.perf_counter(), []
 
-    def probe_case(at: CaseSpec, probe: dict[str, Any]) -> dict[str, Any]:
-        return run_case(at, suite, env, threads, workdir, plugins_dirs, inline, probe=probe)
+    def save() -> None:
+        results["cases"] = [records[c.id] for c in cases if c.id in records]
+        write_json(str(results_path), results)
+
+    def one_process(case: CaseSpec, k: int, label: str) -> None:
+        t0 = time.perf_counter()
+        first = processes.get(case.id, [None])[0]
+        settled = ((first or {}).get("measurement") or {}).get("warmup_settled")
+        record = run_case(case, suite, env, threads, workdir, plugins_dirs, inline, process=k, fresh=fresh,
+                          warmup_settled=settled)
+        durations.append(time.perf_counter() - t0)
+        processes.setdefault(case.id, []).append(record)
+        write_json(str(workdir / f"{safe_id(case.id)}.processes.json"), processes[case.id])
+        records[case.id] = combine_processes(processes[case.id], suite.measure.min_effect)
+        save()
+        progress(f"{label} {case.id}, process {k + 1}: {process_line(record)}")
 
     try:
-        for i, case in enumerate(todo):
-            eta = f", about {_fmt(sum(durations) / len(durations) * (len(todo) - i))} left" if durations else ""
-            progress(f"[{i + 1}/{len(todo)}] {case.id}{eta}")
-            t0 = time.perf_counter()
-            records = []
-            for k in range(repeat):
-                records.append(run_case(case, suite, env, threads, workdir, plugins_dirs, inline))
-                if repeat > 1:
-                    progress(f"    process {k + 1}/{repeat}: {one_line(records[-1])}")
-                if records[-1]["status"] != "ok":
-                    break
-            record = combine_repeats(records, suite.measure.min_effect) if repeat > 1 else records[0]
-            results["cases"].append(record)  # kept even if a search below is interrupted
-            write_json(str(results_path), results)
-            progress("    " + one_line(record))
+        rounds = 0
+        while True:
+            todo = [c for c in cases if needs_process(c, processes.get(c.id, []), repeat, rounds, suite)]
+            if not todo:
+                break
+            order = round_order([c.id for c in todo], rounds)
+            left = _eta(durations, sum(max(0, repeat - len(processes.get(c.id, []))) for c in cases))
+            progress(f"round {rounds + 1}" + (f"/{repeat}" if rounds < repeat else " (until conclusive)")
+                     + f": {len(todo)} cases{left}")
+            for i, cid in enumerate(order):
+                case = by_id(cases)[cid]
+                one_process(case, len(processes.get(cid, [])), f"  [{i + 1}/{len(order)}]")
+            rounds += 1
+        for case in cases:
+            record = records.get(case.id)
+            if record is None:
+                continue
+            progress(f"{case.id}: " + one_line(record))
             figures = fmt_headline(record) if record["status"] == "ok" else ""
             if figures:  # TTFT, TPOT, goodput...: what the time verdict alone hides
                 progress("    " + figures)
-            if case.serving and record["status"] == "ok":
-                slo = ", ".join(f"{k} <= {v:g} s" for k, v in case.serving["slo"].items())
-                progress(f"    serving: the highest rate within the SLO ({slo}), each side")
-                record["serving"] = searches.run_serving(case, probe_case)
-                progress("    " + serving.headline(record["serving"]))
-            if case.capacity and record["status"] == "ok":
-                progress(f"    capacity: the largest {case.capacity['dim']} within "
-                         f"{case.capacity['budget_gb']:g} GiB, each side")
-                record["capacity"] = searches.run_capacity(case, probe_case)
-                progress("    " + capacity.headline(record["capacity"]))
-            durations.append(time.perf_counter() - t0)
-            write_json(str(results_path), results)
+            if case.id not in searched and record["status"] == "ok":
+                run_searches(case, record, lambda at, probe: run_case(at, suite, env, threads, workdir, plugins_dirs,
+                                                                      inline, probe=probe, fresh=fresh), progress)
+                searched.add(case.id)
+                save()
             if registry is not None:
                 registry.manager.hook.harness_case_finished(case=record)
     except KeyboardInterrupt:
         results["status"] = "interrupted"
-        write_json(str(results_path), results)
-        progress(f"interrupted: {len(results['cases'])} cases kept in {results_path}; finish with: "
-                 + run_command(results, "--out", shlex.quote(str(out_dir)), "--resume"))
+        save()
+        progress(f"interrupted: {sum(map(len, processes.values()))} case processes kept in {results_path}; "
+                 "finish with: " + run_command(results, "--out", shlex.quote(str(out_dir)), "--resume"))
         raise
     results["status"], results["finished"] = "complete", now()
     results["wall_s"] = time.perf_counter() - started
-    write_json(str(results_path), results)
+    save()
     return results
 
 
-def combine_repeats(records: list[dict[str, Any]], min_effect: float) -> dict[str, Any]:
-    """One record from a case run in several fresh processes (`harness run --repeat N`).
+def needs_process(case: CaseSpec, done: list[dict[str, Any]], repeat: int, rounds: int, suite: Suite) -> bool:
+    """Whether `case` runs a process in round `rounds`: until it has `repeat` of them (none after a failed one);
+    beyond that, with until_conclusive, while its combined verdict is too wide, up to 2 x `repeat` (one process:
+    it adds pairs in that process instead)."""
+    if done and done[-1]["status"] != "ok" or len(done) > rounds:
+        return False
+    if len(done) < repeat:
+        return True
+    if not suite.measure.until_conclusive or repeat == 1 or len(done) >= 2 * repeat or case.alone:
+        return False
+    comparison = combine_processes(done, suite.measure.min_effect).get("comparison") or {}
+    busy = ((done[-1].get("measurement") or {}).get("foreign_load") or {}).get("busy")
+    return comparison.get("verdict") == "inconclusive" and not busy
 
-    Samples and blocks of each side are concatenated (latency statistics and throughput recomputed from them);
-    the comparison is `stats.compare_groups` over each process's pair ratios, a two-level cluster bootstrap
-    (processes, then pairs) that covers the process-to-process variation one run's interval leaves out. Any
-    process that failed makes the case failed; a busy process withholds the verdict; a check failed in any
-    process is a failed check."""
+
+def round_order(case_ids: list[str], round_index: int, seed: int = 0) -> list[str]:
+    """The order of one round's cases: shuffled by a generator seeded with (seed, round), so a rerun of the suite
+    runs its rounds in the same orders, and each round in a different one."""
+    order = list(case_ids)
+    random.Random(f"{seed}:{round_index}").shuffle(order)
+    return order
+
+
+def run_searches(case: CaseSpec, record: dict[str, Any], probe_case: Callable, progress: Callable[[str], None]) -> None:
+    """A case's serving or capacity search (harness.searches), once, after its processes."""
+    if case.serving:
+        slo = ", ".join(f"{k} <= {v:g} s" for k, v in case.serving["slo"].items())
+        progress(f"    serving: the highest rate within the SLO ({slo}), each side")
+        record["serving"] = searches.run_serving(case, probe_case)
+        progress("    " + serving.headline(record["serving"]))
+    if case.capacity:
+        progress(f"    capacity: the largest {case.capacity['dim']} within {case.capacity['budget_gb']:g} GiB, "
+                 "each side")
+        record["capacity"] = searches.run_capacity(case, probe_case)
+        progress("    " + capacity.headline(record["capacity"]))
+
+
+def wants_search(case: CaseSpec, record: dict[str, Any]) -> bool:
+    """Whether a case's record still lacks the search its case asks for (a run cut short during the search)."""
+    return any(getattr(case, k) and k not in record for k in ("serving", "capacity"))
+
+
+def by_id(cases: list[CaseSpec]) -> dict[str, CaseSpec]:
+    return {c.id: c for c in cases}
+
+
+def safe_id(case_id: str) -> str:
+    """A case id as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)[:120]
+
+
+def resumed_processes(results: dict[str, Any], cases: list[CaseSpec], workdir: Path) -> dict[str, list]:
+    """The processes already run of each case of an interrupted run (the runner keeps them in the case folder,
+    CASE.processes.json); a case whose file is missing or damaged is measured again from the start."""
+    out = {}
+    for record in results.get("cases", []):
+        if record["id"] not in by_id(cases) or record.get("status") == "interrupted":
+            continue
+        try:
+            done = json.loads((workdir / f"{safe_id(record['id'])}.processes.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(done, list) and done:
+            out[record["id"]] = done
+    return out
+
+
+def _eta(durations: list[float], processes_left: int) -> str:
+    if not durations or not processes_left:
+        return ""
+    return f", about {_fmt(sum(durations) / len(durations) * processes_left)} left"
+
+
+def combine_processes(records: list[dict[str, Any]], min_effect: float) -> dict[str, Any]:
+    """One record from a case measured in several processes (one is returned as it is, marked as such).
+
+    Samples and blocks of each side are concatenated (latency statistics and throughput recomputed from them),
+    `latency.process_blocks` says how many blocks each process gave; the comparison is `stats.compare_groups`
+    over each process's pair ratios: the pooled median, with a two-level bootstrap interval (processes, then
+    pairs) that covers the process-to-process variation one process's interval leaves out, and the variance
+    components. Any process that failed makes the case failed; a busy process withholds the verdict; a check
+    failed in any process is a failed check."""
     bad = next((r for r in records if r["status"] != "ok"), None)
     if bad is not None:
-        return {**bad, "error": f"process {records.index(bad) + 1} of the repeats: {bad.get('error')}"}
+        where = f"process {records.index(bad) + 1} of {len(records)}: " if len(records) > 1 else ""
+        return {**bad, "error": f"{where}{bad.get('error')}"}
     out = json.loads(json.dumps(records[0]))
     for key in ("baseline", "optimized"):
         if not isinstance(out.get(key), dict):
             continue
         lat = out[key]["latency"]
         data = [x for r in records for x in r[key]["latency"]["data"]]
-        blocks = [b for r in records for b in r[key]["latency"].get("blocks") or [len(r[key]["latency"]["data"])]]
-        new = stats.summarize(data, lat.get("iterations", 1), blocks)
+        per_process = [r[key]["latency"].get("blocks") or [len(r[key]["latency"]["data"])] for r in records]
+        new = stats.summarize(data, lat.get("iterations", 1), [b for bs in per_process for b in bs])
+        new["process_blocks"] = [len(bs) for bs in per_process]
         out[key]["throughput"] = {u: v * lat["median"] / new["median"] for u, v in out[key]["throughput"].items()}
         out[key]["latency"] = new
     loads = [(r.get("measurement") or {}).get("foreign_load") or {} for r in records]
@@ -298,20 +333,47 @@ def combine_repeats(records: list[dict[str, Any]], min_effect: float) -> dict[st
         groups = [r["comparison"].get("per_pair") or [] for r in records]
         comparison = stats.compare_groups(groups, min_effect, busy)
         comparison["per_pair"] = [x for g in groups for x in g]
+        comparison["process_pairs"] = [len(g) for g in groups]
         comparison["memory_ratio"] = out["comparison"].get("memory_ratio")
+        comparison["different_work"] = out["comparison"].get("different_work")
+        unequal = records[0]["comparison"].get("different_work")
+        if unequal and comparison["verdict"] != "inconclusive":
+            comparison.update(verdict="inconclusive", reason=unequal)
         out["comparison"] = comparison
     out["repeats"] = [{"speedup": r["comparison"].get("speedup"), "ci95": r["comparison"].get("ci95"),
                        "verdict": r["comparison"].get("verdict"), "pairs": r["comparison"].get("pairs"),
-                       "foreign_cpu": ld.get("foreign_cpu"), "log": r.get("log")} for r, ld in zip(records, loads)]
+                       "foreign_cpu": ld.get("foreign_cpu"), "duration_s": r.get("duration_s"),
+                       "phases_s": (r.get("measurement") or {}).get("phases_s"), "log": r.get("log")}
+                      for r, ld in zip(records, loads)]
     out["measurement"]["pairs"] = sum((r.get("measurement") or {}).get("pairs") or 0 for r in records)
+    out["measurement"]["order"] = [o for r in records for o in (r.get("measurement") or {}).get("order") or []]
     out["measurement"]["processes_repeated"] = len(records)
-    out["measurement"]["foreign_load"] = max(loads, key=lambda ld: ld.get("foreign_cpu") or 0.0) or None
+    out["measurement"]["foreign_load"] = combine_loads(loads)
     names = {c["name"] for c in out.get("checks", [])}
     for i, r in enumerate(records[1:], start=2):
         out["checks"] += [{**c, "name": f"{c['name']} (process {i})"} for c in r.get("checks", [])
                           if not c["passed"] or c["name"] not in names]
     out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings", [])))
+    if len(records) == 1 and isinstance(out.get("baseline"), dict):
+        out["warnings"].append("one process (--repeat 1): the interval covers the noise within that process only, "
+                               "not what changes between processes (docs/measurement.md)")
     out["duration_s"] = sum(r.get("duration_s") or 0.0 for r in records)
+    return out
+
+
+def combine_loads(loads: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The foreign load of a case's processes as one record: the busiest process's, with every pair's figure
+    (`per_pair`), the foreign CPU and steal averaged over the pairs, busy if any process was."""
+    loads = [ld for ld in loads if ld]
+    if not loads:
+        return None
+    out = dict(max(loads, key=lambda ld: ld.get("foreign_cpu") or 0.0))
+    per_pair = [x for ld in loads for x in ld.get("per_pair") or []]
+    weights = [len(ld.get("per_pair") or []) or 1 for ld in loads]
+    for key in ("foreign_cpu", "steal"):
+        if all(isinstance(ld.get(key), (int, float)) for ld in loads):
+            out[key] = sum(ld[key] * w for ld, w in zip(loads, weights)) / sum(weights)
+    out.update(per_pair=per_pair, busy=any(ld.get("busy") for ld in loads))
     return out
 
 
@@ -336,6 +398,18 @@ def one_line(record: dict[str, Any]) -> str:
     word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")
     figure = f"speedup {fmt_speedup(c)}" + (f" over {c['pairs']} pairs" if c.get("pairs") else "")
     return f"{word}: {figure}{load_text}, checks {passed}/{len(checks)} passed"
+
+
+def process_line(record: dict[str, Any]) -> str:
+    """One process of a case, for the progress display: its own estimate (no verdict: that is the case's)."""
+    if record["status"] != "ok":
+        return one_line(record)
+    c = record.get("comparison") or {}
+    load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+    figure = (f"{c['speedup']:.2f}x over {c.get('pairs')} pairs" if c.get("speedup") else
+              f"median {record['optimized']['latency']['median'] * 1e3:.3g} ms")
+    return f"{figure}" + (f", foreign CPU {load:.0%}" if load is not None else "") + \
+        f" ({record.get('duration_s') or 0:.1f} s)"
 
 
 def fmt_speedup(comparison: dict[str, Any]) -> str:

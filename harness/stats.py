@@ -5,13 +5,16 @@ in a random order, back to back (`harness.timing.paired_blocks`). Everything her
 
 - per-pair ratio r_i = median(baseline block i) / median(optimized block i): a burst of foreign load or a clock
   change that lasts longer than a pair hits both sides of it;
-- speedup = exp(median_i log r_i), so every pair has equal weight and the estimate lies within the per-pair range;
-- 95% interval: percentile bootstrap that resamples whole pairs (a cluster bootstrap, Kalibera & Jones,
-  "Rigorous benchmarking in reasonable time", ISMM 2013), two-level when a case ran in several processes
-  (`--repeat`): processes first, then pairs within each, as that paper prescribes for nested repetition levels;
+- speedup = exp(median_i log r_i) over the pairs of every process, so every pair has equal weight and the
+  estimate lies within the per-pair range;
+- a case is measured in several processes (`measure.repeat`, one per round of the suite); the estimate pools
+  their pairs;
+- 95% interval: percentile bootstrap that resamples whole processes, then whole pairs within each (a two-level
+  cluster bootstrap, Kalibera & Jones, "Rigorous benchmarking in reasonable time", ISMM 2013), widened by a
+  small-sample t factor (`bootstrap_interval`); `variance_components` says which level varies;
 - verdict (`verdict`): "faster"/"slower" only when the interval excludes 1, the estimate differs from 1 by at least
   `min_effect`, and the machine was not busy; "no significant difference" when the interval lies within the
-  equivalence band [1/(1 + 2 min_effect), 1 + 2 min_effect]; otherwise "inconclusive", with the reason.
+  equivalence band [1/(1 + min_effect), 1 + min_effect]; otherwise "inconclusive", with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -124,36 +128,91 @@ def pair_ratios(baseline_blocks: Blocks, optimized_blocks: Blocks) -> list[float
 
 
 def estimate(groups: Sequence[Sequence[float]]) -> float:
-    """Speedup from per-pair ratios grouped by process: exp(median over processes of median log-ratio).
+    """Speedup from per-pair ratios grouped by process: exp(median of every pair's log-ratio), the processes
+    pooled. It lies within the range of the per-pair ratios whatever the block sizes and process counts."""
+    return math.exp(float(np.median(np.log(np.concatenate([np.asarray(g, dtype=float) for g in groups])))))
 
-    One process: the median of its pair ratios; it lies within their range whatever the block sizes."""
-    return math.exp(float(np.median([np.median(np.log(g)) for g in groups])))
+
+def variance_components(groups: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Where the log-ratios vary (one-way random effects, method of moments, unbalanced): `within_cv`, the
+    spread of one pair within a process; `between_cv`, the spread of the process means beyond what that
+    explains (0 when the processes agree more than their pairs do); both as standard deviations of the natural
+    log, which for small values read as a coefficient of variation. `df`: Satterthwaite's degrees of freedom of
+    the variance of the pooled estimate; few when processes dominate, many when pairs do."""
+    logs = [np.log(np.asarray(g, dtype=float)) for g in groups if len(g)]
+    k, n = len(logs), np.array([len(g) for g in logs], dtype=float)
+    total = n.sum()
+    out = {"processes": k, "pairs": int(total), "within_cv": None, "between_cv": None, "df": None}
+    if total - k < 1:
+        return out
+    means = np.array([g.mean() for g in logs])
+    msw = sum(float(((g - g.mean()) ** 2).sum()) for g in logs) / (total - k)
+    between = 0.0
+    if k > 1:
+        msb = float((n * (means - np.concatenate(logs).mean()) ** 2).sum()) / (k - 1)
+        n0 = (total - (n ** 2).sum() / total) / (k - 1)
+        between = max(0.0, (msb - msw) / n0)
+    var_between, var_within = between / k, msw / total
+    df = total - k
+    if var_between > 0:
+        df = (var_between + var_within) ** 2 / (var_between ** 2 / (k - 1) + var_within ** 2 / (total - k))
+    out.update(within_cv=math.sqrt(msw), between_cv=math.sqrt(between), df=float(df))
+    return out
+
+
+def t_quantile(df: float, p: float = 0.975) -> float:
+    """Student's t quantile: exact for 1 and 2 degrees of freedom, else the Cornish-Fisher expansion of
+    Abramowitz & Stegun 26.7.5 (within 0.01 of the table from 3 degrees of freedom on)."""
+    one, two = math.tan(math.pi * (p - 0.5)), (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    if df <= 2:  # between 1 and 2: linear in df
+        return one + (two - one) * (max(df, 1.0) - 1)
+    x = NormalDist().inv_cdf(p)
+    g = ((x ** 3 + x) / 4, (5 * x ** 5 + 16 * x ** 3 + 3 * x) / 96,
+         (3 * x ** 7 + 19 * x ** 5 + 17 * x ** 3 - 15 * x) / 384,
+         (79 * x ** 9 + 776 * x ** 7 + 1482 * x ** 5 - 1920 * x ** 3 - 945 * x) / 92160)
+    return x + sum(term / df ** (i + 1) for i, term in enumerate(g))
+
+
+def _pooled_median_resamples(groups: Sequence[Sequence[float]], rng: np.random.Generator,
+                             resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+    """Medians of the pooled log-ratios in `resamples` two-level resamples: the processes drawn with
+    replacement (one process: itself), then each drawn process's pairs with replacement."""
+    logs = [np.log(np.asarray(g, dtype=float)) for g in groups]
+    sizes = np.array([len(g) for g in logs])
+    flat, offsets = np.concatenate(logs), np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    k, widest = len(logs), int(sizes.max())
+    pick = rng.integers(0, k, size=(resamples, k)) if k > 1 else np.zeros((resamples, 1), dtype=int)
+    n = sizes[pick][:, :, None]
+    idx = offsets[pick][:, :, None] + np.floor(rng.random((resamples, k, widest)) * n).astype(int)
+    values = np.where(np.arange(widest)[None, None, :] < n, flat[np.minimum(idx, len(flat) - 1)], np.nan)
+    return np.nanmedian(values.reshape(resamples, -1), axis=1)
 
 
 def bootstrap_interval(groups: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of `estimate`, resampling whole pairs (and whole processes when there
-    are several: two-level cluster bootstrap). Fixed seed: the same ratios give the same interval."""
+    """95% interval of `estimate`: percentile bootstrap of the pooled median, resampling whole processes and
+    then whole pairs within each (two-level cluster bootstrap, Kalibera & Jones 2013). With several processes
+    it is widened about the estimate by t(df) / z, Satterthwaite's df of `variance_components`: a bootstrap over
+    a handful of processes shows too little of their spread (five processes: 80 % of pairings instead of 83 %
+    when they dominate, docs/measurement.md); when the processes agree, df is large and the factor is ~1. Fixed
+    seed: the same ratios give the same interval."""
     rng = np.random.default_rng(seed)
-    per_group = []
-    for g in groups:
-        logs = np.log(np.asarray(g, dtype=float))
-        idx = rng.integers(0, len(logs), size=(resamples, len(logs)))
-        per_group.append(np.median(logs[idx], axis=1))
-    medians = np.stack(per_group)  # [processes, resamples]
-    if len(groups) == 1:
-        dist = medians[0]
-    else:  # each resample draws processes with replacement, each with an independent inner resample
-        pick = rng.integers(0, len(groups), size=(resamples, len(groups)))
-        col = rng.integers(0, resamples, size=(resamples, len(groups)))
-        dist = np.median(medians[pick, col], axis=1)
-    lo, hi = np.percentile(dist, [2.5, 97.5])
+    lo, hi = np.percentile(_pooled_median_resamples(groups, rng, resamples), [2.5, 97.5])
+    if len([g for g in groups if len(g)]) > 1:
+        center = math.log(estimate(groups))
+        df = variance_components(groups)["df"] or 1.0
+        widen = t_quantile(df) / NormalDist().inv_cdf(0.975)
+        lo, hi = center - widen * (center - lo), center + widen * (hi - center)
     return math.exp(float(lo)), math.exp(float(hi))
 
 
 def equivalence_band(min_effect: float = MIN_EFFECT) -> tuple[float, float]:
-    """Speedups this close to 1 count as "no difference": [1/(1 + 2 min_effect), 1 + 2 min_effect]."""
-    return 1.0 / (1.0 + 2 * min_effect), 1.0 + 2 * min_effect
+    """Speedups this close to 1 count as "no difference": [1/(1 + min_effect), 1 + min_effect], the band below
+    the smallest effect called faster or slower. An interval inside it cannot hold an estimate that another run
+    would call faster or slower, so two runs whose intervals hold each other's estimates never read "faster"
+    and "no significant difference" (a band of twice min_effect let 1.06x [1.02, 1.09] and 1.04x [1.00, 1.08]
+    do that)."""
+    return 1.0 / (1.0 + min_effect), 1.0 + min_effect
 
 
 def verdict(speedup: float, lo: float, hi: float, min_effect: float = MIN_EFFECT,
@@ -166,7 +225,7 @@ def verdict(speedup: float, lo: float, hi: float, min_effect: float = MIN_EFFECT
     if hi < 1.0 and speedup <= 1.0 / (1.0 + min_effect):
         return "slower", None
     band_lo, band_hi = equivalence_band(min_effect)
-    if band_lo <= lo and hi <= band_hi:
+    if band_lo < lo and hi < band_hi:
         return "no significant difference", None
     return "inconclusive", (f"interval [{lo:.2f}, {hi:.2f}] too wide: it neither excludes 1 by the "
                             f"{min_effect:.0%} minimum effect nor lies within [{band_lo:.2f}, {band_hi:.2f}]")
@@ -186,7 +245,8 @@ def compare_groups(groups: Sequence[Sequence[float]], min_effect: float = MIN_EF
     if n < MIN_PAIRS and word != "inconclusive":
         word, reason = "inconclusive", f"only {n} pairs of blocks (a verdict needs {MIN_PAIRS})"
     return {"speedup": speedup, "ci95": [lo, hi], "verdict": word, "reason": reason, "pairs": n,
-            "min_effect": min_effect, "equivalence": list(equivalence_band(min_effect))}
+            "processes": len(groups), "variance": variance_components(groups), "min_effect": min_effect,
+            "equivalence": list(equivalence_band(min_effect))}
 
 
 def compare(baseline_blocks: Blocks, optimized_blocks: Blocks, min_effect: float = MIN_EFFECT,
@@ -252,7 +312,7 @@ def process_guard(result: dict[str, Any], value_key: str, margin: float, words: 
     if result.get("verdict") in words and value and 1 / margin < value < margin:
         result.update(verdict="inconclusive", reason=(
             f"one process per run: a change under {margin:g}x can be process-to-process variation, which "
-            "these intervals do not cover; measure both runs with --repeat 3"))
+            "these intervals do not cover; measure both runs in several processes (the default --repeat)"))
     return result
 
 
@@ -305,3 +365,82 @@ def compare_effects(first: Sequence[float], later: Sequence[float], min_effect: 
     word, reason = verdict(ratio, lo, hi, min_effect, busy)
     word = {"faster": "larger", "slower": "smaller"}.get(word, word)
     return {"ratio": ratio, "ci95": [lo, hi], "verdict": word, "reason": reason, "min_effect": min_effect}
+
+
+def _nonempty(groups: Sequence[Sequence[float]]) -> list[list[float]]:
+    """The groups that hold values, as lists."""
+    return [list(g) for g in groups if len(g)]
+
+
+def _run_variance(groups: Sequence[Sequence[float]]) -> tuple[float | None, float | None]:
+    """(variance of a run's pooled log estimate, its Satterthwaite df) from `variance_components`:
+    between_cv² / K + within_cv² / N; (None, None) when too few values to tell."""
+    v = variance_components(groups)
+    if v["df"] is None:
+        return None, None
+    return v["between_cv"] ** 2 / v["processes"] + v["within_cv"] ** 2 / v["pairs"], v["df"]
+
+
+def runs_df(first: Sequence[Sequence[float]], later: Sequence[Sequence[float]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of the difference of two runs' pooled log estimates:
+    (var1 + var2)² / (var1² / df1 + var2² / df2) with each run's `_run_variance`; 1 when a run's is unknown (as
+    `bootstrap_interval`), infinite when neither varies."""
+    parts = [_run_variance(first), _run_variance(later)]
+    if any(var is None for var, _ in parts):
+        return 1.0
+    denominator = sum(var ** 2 / df for var, df in parts if var > 0)
+    return sum(var for var, _ in parts) ** 2 / denominator if denominator else math.inf
+
+
+def _runs_interval(first: Sequence[Sequence[float]], later: Sequence[Sequence[float]],
+                   seed: int = 0) -> tuple[float, float, float, float]:
+    """(log(pooled median of `first` / pooled median of `later`), its 95% interval in logs, df): the difference
+    of two independent two-level bootstraps (`_pooled_median_resamples`: processes, then values within each),
+    percentile 2.5 / 97.5, widened about the estimate by t(df) / z with `runs_df` when either run has several
+    processes, as `bootstrap_interval` widens a case's."""
+    rng = np.random.default_rng(seed)
+    center = float(np.median(np.log(np.concatenate(first))) - np.median(np.log(np.concatenate(later))))
+    diff = _pooled_median_resamples(first, rng) - _pooled_median_resamples(later, rng)
+    lo, hi = (float(x) for x in np.percentile(diff, [2.5, 97.5]))
+    df = runs_df(first, later)
+    if max(len(first), len(later)) > 1:
+        widen = t_quantile(df) / NormalDist().inv_cdf(0.975)
+        lo, hi = center - widen * (center - lo), center + widen * (hi - center)
+    return center, lo, hi, df
+
+
+def compare_runs(first_groups: Sequence[Sequence[float]], later_groups: Sequence[Sequence[float]],
+                 min_effect: float = MIN_EFFECT, seed: int = 0, busy: str | None = None) -> dict[str, Any]:
+    """Two runs of one case side timed apart, each measured in several processes: the same two-level comparison
+    as a case instead of fixed margins. Arguments: per run, one list of block medians (seconds) per process.
+
+    speedup = exp(median log first - median log later), every run's processes pooled (> 1 = later faster); its
+    interval `_runs_interval`; verdict by `verdict`. Returns compare_unpaired's keys plus `processes` [K1, K2]
+    and `df`."""
+    first, later = _nonempty(first_groups), _nonempty(later_groups)
+    out = {"min_effect": min_effect, "processes": [len(first), len(later)]}
+    if sum(map(len, first)) < 2 or sum(map(len, later)) < 2:
+        return {"speedup": None, "ci95": None, "verdict": "inconclusive", "reason": "fewer than 2 blocks",
+                "df": None, **out}
+    center, lo, hi, df = _runs_interval(first, later, seed)
+    speedup, lo, hi = math.exp(center), math.exp(lo), math.exp(hi)
+    word, reason = verdict(speedup, lo, hi, min_effect, busy)
+    return {"speedup": speedup, "ci95": [lo, hi], "verdict": word, "reason": reason, "df": df, **out}
+
+
+def compare_effects_runs(first_groups: Sequence[Sequence[float]], later_groups: Sequence[Sequence[float]],
+                         min_effect: float = MIN_EFFECT, seed: int = 0, busy: str | None = None) -> dict[str, Any]:
+    """Whether an optimization's effect differs between two runs measured in several processes: from each run's
+    per-pair ratios (baseline / optimized), one list per process, the ratio of the pooled speedups later / first
+    (> 1: it buys more in the later run) with the interval of `_runs_interval` and the verdict of `verdict`
+    renamed as `compare_effects` does: "larger" / "smaller" / "no significant difference" / "inconclusive"."""
+    first, later = _nonempty(first_groups), _nonempty(later_groups)
+    out = {"min_effect": min_effect, "processes": [len(first), len(later)]}
+    if sum(map(len, first)) < MIN_PAIRS or sum(map(len, later)) < MIN_PAIRS:
+        return {"ratio": None, "ci95": None, "verdict": "inconclusive",
+                "reason": f"fewer than {MIN_PAIRS} pairs in a run", "df": None, **out}
+    center, lo, hi, df = _runs_interval(later, first, seed)
+    ratio, lo, hi = math.exp(center), math.exp(lo), math.exp(hi)
+    word, reason = verdict(ratio, lo, hi, min_effect, busy)
+    word = {"faster": "larger", "slower": "smaller"}.get(word, word)
+    return {"ratio": ratio, "ci95": [lo, hi], "verdict": word, "reason": reason, "df": df, **out}

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -19,6 +20,7 @@ from harness.optimization import ParamError
 from harness.stats import MIN_EFFECT, MIN_PAIRS
 
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
+MIN_PAIRS_PER_PROCESS = 2  # a process's within-process spread needs two pairs
 
 
 @dataclass
@@ -27,7 +29,9 @@ class MeasureSettings:
 
     Sampling is in pairs of blocks (docs/measurement.md): each pair times a block of the baseline and a block of
     the optimization, in a random order; `block_s` is a block's target duration. Counts and times are per side,
-    summed over blocks."""
+    summed over blocks, and over the case's `repeat` processes: each process gets its share (`per_process`)."""
+
+    repeat: int = 5  # processes a case is measured in, one per round of the suite (harness run --repeat)
 
     warmup_min_iters: int = 3
     warmup_min_s: float | None = None  # 0.5 s GPU, 0.2 s CPU
@@ -46,7 +50,7 @@ class MeasureSettings:
     memory_limit_gb: float | None = None  # CPU address-space cap for the case process (RLIMIT_AS)
 
     def __post_init__(self) -> None:
-        for key in ("warmup_min_iters", "min_pairs"):
+        for key in ("warmup_min_iters", "min_pairs", "repeat"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ParamError(key, f"must be at least 1 (got {getattr(self, key)})")
         for key in ("min_samples", "max_samples"):  # a spread, quartiles and percentiles need two samples per side
@@ -65,6 +69,21 @@ class MeasureSettings:
                                   "warmup_min_s": _pick(self.warmup_min_s, 0.5, 0.2, cuda),
                                   "block_s": _pick(self.block_s, 0.1, 0.2, cuda),
                                   "min_time_s": _pick(self.min_time_s, 2.0, 4.0, cuda)})
+
+
+    def per_process(self, processes: int) -> MeasureSettings:
+        """One process's share of a case measured in `processes` processes: the pair, sample and time minimums
+        and budgets divided among them (at least MIN_PAIRS_PER_PROCESS pairs and 2 samples a side each); the
+        runner adds processes, not pairs, for `until_conclusive`. The same settings for one process."""
+        if processes <= 1:
+            return self
+        share = {key: getattr(self, key) / processes for key in ("min_time_s", "max_time_s")
+                 if getattr(self, key) is not None}
+        return MeasureSettings(**{**self.__dict__, **share,
+                                  "min_pairs": max(MIN_PAIRS_PER_PROCESS, math.ceil(self.min_pairs / processes)),
+                                  "min_samples": max(2, math.ceil(self.min_samples / processes)),
+                                  "max_samples": max(2, self.max_samples // processes),
+                                  "until_conclusive": False})
 
 
 def _pick(value, gpu, cpu, cuda):
@@ -138,11 +157,17 @@ class WarmupResult:
     samples: list[float]
     seconds: float
     iterations: int  # block size chosen for sampling (T7)
+    settled: int = 0  # samples before the stable window began (0 when the cap ended the warm-up)
 
 
-def warm_up(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings) -> WarmupResult:
+def warm_up(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings,
+            settled: int | None = None) -> WarmupResult:
     """Run `fn` until its time is stable (T5): min iterations and seconds, then last-5 median within 5% of the
-    5 before, capped at `warmup_max_s`. Returns the block size that keeps a sample above 100x resolution."""
+    5 before, capped at `warmup_max_s`. Returns the block size that keeps a sample above 100x resolution.
+
+    `settled`: how many samples an earlier process of the same case needed before its times settled
+    (`WarmupResult.settled`): then run that many and 3 more (at least the minimum iterations and seconds) instead
+    of searching for stability again, which needs 10 samples whatever the step."""
     first = clock.time(fn)
     samples: list[float] = []
     total = 0.0
@@ -150,13 +175,18 @@ def warm_up(fn: Callable[[], Any], clock: Clock, settings: MeasureSettings) -> W
         samples.append(clock.time(fn))
         total += samples[-1]
         enough = len(samples) >= settings.warmup_min_iters and total >= settings.warmup_min_s
-        if enough and (_stable(samples) or total >= settings.warmup_max_s):
+        if settled is not None:
+            if enough and len(samples) >= settled + 3 or total >= settings.warmup_max_s:
+                break
+        elif enough and (_stable(samples) or total >= settings.warmup_max_s):
             break
     iterations = 1
     floor = 100 * clock.resolution_s
     while statistics.median(samples[-5:]) * iterations < floor:
         iterations *= 10
-    return WarmupResult(first, samples, total, iterations)
+    if settled is None:  # a warm-up the cap ended never settled: later processes do the minimum, not the cap again
+        settled = len(samples) - 10 if _stable(samples) else 0
+    return WarmupResult(first, samples, total, iterations, max(0, settled))
 
 
 def _stable(samples: list[float]) -> bool:

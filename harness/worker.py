@@ -14,6 +14,7 @@ import json
 import os
 import statistics
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (int(limit_gb * 2**30), int(limit_gb * 2**30)))
     rank = int(os.environ.get("RANK", "0"))
     try:
-        result = run_case(job)
+        result = run_case(job, started_s(job_path))
     except Unsupported as exc:
         result = {"status": "unsupported", "error": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - every failure must become a recorded result
@@ -71,8 +72,26 @@ def is_oom(exc: BaseException) -> bool:
             or "out of memory" in text or "can't allocate memory" in text)
 
 
-def run_case(job: dict[str, Any]) -> dict[str, Any]:
+def started_s(job_path: str) -> float | None:
+    """Seconds since the runner wrote the job, just before starting this process (interpreter start and imports,
+    or a fork): what a case process costs before it does any work."""
+    try:
+        return max(0.0, time.time() - os.stat(job_path).st_mtime)
+    except OSError:
+        return None
+
+
+def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any]:
     import torch
+
+    phases = {"start": start_s}
+    mark = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - mark
+        mark = now
 
     case, env = job["case"], job["env"]
     registry = load_registry(job.get("plugins_dirs", []))
@@ -84,7 +103,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.set_device(torch.device(device_name))
     device = torch.device(device_name)
     cuda = device.type == "cuda"
-    settings = MeasureSettings(**job["measure"]).resolved(cuda)
+    settings = MeasureSettings(**job["measure"]).resolved(cuda).per_process(job.get("repeat") or 1)
     threads = job["threads"]
     rank_threads = max(1, threads // dist.world_size)
     torch.set_num_threads(rank_threads)
@@ -96,7 +115,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     sides = build_sides(registry, {side: [(u["name"], u["params"]) for u in uses] for side, uses in pairs}, env,
                         type(workload))
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
-                     world_size=dist.world_size, threads=rank_threads)
+                     world_size=dist.world_size, threads=rank_threads, case_dir=job.get("case_dir"))
 
     probe = job.get("probe")
     if probe:  # one side at one value of a capacity or serving search, in this fresh process
@@ -106,7 +125,12 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
                                                                           job.get("runner_pid"))}
         return capacity.measure_probe(workload, spec, opts, ctx, device, dist, probe["budget_bytes"])
 
-    warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)
+    phase("setup")
+    settled = job.get("warmup_settled")  # from the case's first process: this one only times (`timing_only`)
+    timing_only = settled is not None
+    if not timing_only:
+        warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)
+    phase("runtime")
     clock_dist = Clock(device, reduce=dist.max)
     clock_local = Clock(device)
     runs, outputs, first_call, peaks = {}, {}, {}, {}
@@ -115,7 +139,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         before = memory.current_bytes(device) if dist.rank == 0 else None
         run = workload.build(spec, opts, ctx)
         runs[side] = run
-        if not owns(run, dist):
+        if timing_only or not owns(run, dist):
             dist.barrier()
             continue
         with_threads(run, dist, threads, rank_threads)
@@ -129,41 +153,51 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             peak["side_peak"] = peak["peak"] - before
         peaks[side] = peak
         dist.barrier()
-    if cuda and "baseline" in sides:
+    phase("build")
+    if cuda and "baseline" in sides and not timing_only:
         log("repeating the baseline's correctness pass (CUDA kernels are not deterministic)")
         noise = repeat_noise_pass(workload, spec, sides["baseline"], ctx, outputs.get("baseline"),
                                   owned=owns(runs["baseline"], dist))
         dist.barrier()
         if noise is not None and dist.rank == 0:
             outputs["baseline"]["noise"] = noise
-    checks = run_checks(sides, outputs) if dist.rank == 0 else []
-    outputs.clear()
-    gc.collect()
+    checks = run_checks(sides, outputs) if dist.rank == 0 and not timing_only else []
+    if outputs:
+        outputs.clear()
+        gc.collect()
+    phase("checks")
 
     warm = {}
     for side, run in runs.items():
         if owns(run, dist):
             log(f"warming up {side}")
             with_threads(run, dist, threads, rank_threads)
-            warm[side] = warm_up(run.timed_step, clock_dist if run.distributed else clock_local, settings)
+            warm[side] = warm_up(run.timed_step, clock_dist if run.distributed else clock_local, settings,
+                                 (settled or {}).get(side))
         dist.barrier()
+    phase("warmup")
     for run in runs.values():
         run.timed = True
     timing, load_record, clocks_log = time_pairs(runs, warm, settings, dist, threads, rank_threads, device, cuda,
-                                                 clock_dist, clock_local, job.get("seed", 0), job.get("runner_pid"))
+                                                 clock_dist, clock_local, job.get("process", 0), job.get("runner_pid"))
     for run in runs.values():
         run.timed = False
+    phase("timing")
     blocks = timing.blocks
     extras = {}
     for side, run in runs.items():  # on every rank that runs the side: extra_metrics may use collectives
-        if owns(run, dist):
+        if timing_only:  # the case's record keeps its first process's figures beside the timing
+            extras[side] = {}
+        elif owns(run, dist):
             extras[side] = run.extra_metrics(statistics.median(s for b in blocks[side] for s in b))
         dist.barrier()
 
+    phase("extras")
     result = None
     if dist.rank == 0:
         result = summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settings, clocks_log,
                                 load_record, threads, rank_threads, dist.world_size, device, cuda)
+        result["measurement"].update(phases_s=phases, timing_only=timing_only)
     dist.barrier()
     dist.close()
     return result if result is not None else {"status": "ok"}
@@ -266,7 +300,7 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
         warnings += stats.warnings_for(side if side == "baseline" else "optimized", samples,
                                        [len(b) for b in timing.blocks[side]])
         median = latency["median"]
-        mem = side_memory(run, peaks[side])
+        mem = side_memory(run, peaks.get(side) or {"side_peak": None, "source": None})
         energy = None
         if cuda and settings.energy and not (run.distributed and world_size > 1):  # rank 0 alone
             energy = energy_window(run.timed_step, Clock(device).sync, device.index or 0, median)
@@ -275,7 +309,7 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
         out[side] = {
             "latency": latency,
             "throughput": {f"{unit}_per_s": count / median for unit, count in run.units.items()},
-            "compile_s": first_call[side],
+            "compile_s": first_call.get(side, warm[side].first_call_s),
             "memory": mem,
             "energy": energy,
             "extra": extras[side],
@@ -291,6 +325,7 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
         blocks = timing.blocks
         comparison = stats.compare(blocks["baseline"], blocks["optimized"], settings.min_effect, busy=busy)
         unequal = different_work(runs["baseline"].units, runs["optimized"].units)
+        comparison["different_work"] = unequal
         if unequal and comparison["verdict"] != "inconclusive":
             comparison.update(verdict="inconclusive", reason=unequal)
         if unequal:
@@ -298,7 +333,7 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
     base_peak = (out.get("baseline") or {}).get("memory", {}).get("peak_bytes")
     opt_peak = out["optimized"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
-    if not cuda and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
+    if not cuda and peaks and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
         comparison["memory_ratio"] = None
         warnings.append(("memory: both sides' peaks are" if "baseline" in runs else "memory: the peak is")
                         + " under 8 MiB, below what RSS measurement resolves" + ("; no memory ratio"
@@ -327,6 +362,7 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
         "stopped_by": timing.stopped_by, "foreign_load": load_record,
         "num_threads": threads, "processes": world_size,
         "warmup_s": {side: w.seconds for side, w in warm.items()},
+        "warmup_settled": {side: w.settled for side, w in warm.items()},
         "settings": {k: v for k, v in settings.__dict__.items()},
         "gpu_state": [s for s in clocks_log if s],
     }

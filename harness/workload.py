@@ -54,7 +54,11 @@ def literal_choices(cls: type) -> dict[str, tuple]:
 
 @dataclass
 class RunContext:
-    """Where a run is built: device, environment block, seed and, under torchrun, rank and world size."""
+    """Where a run is built: device, environment block, seed and, under torchrun, rank and world size.
+
+    `case_dir`: a folder the case's processes share (None when there is none, e.g. in the pytest plugin): an
+    optimization keeps there what is costly to make and the same in every process (a trained student, say),
+    keyed by everything it depends on (`cache_path`)."""
 
     device: Any  # torch.device
     env: dict[str, Any]
@@ -62,6 +66,20 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     threads: int = 1
+    case_dir: str | None = None
+
+    def cache_path(self, name: str, key: Any) -> Any:
+        """`case_dir`/NAME-HASH.pt for an artifact determined by `key` (any JSON-able value), or None without a
+        case folder. Write it with harness.results.write_bytes (atomic): a process may be killed mid-write."""
+        if not self.case_dir:
+            return None
+        import hashlib
+        import json
+        from pathlib import Path
+
+        digest = hashlib.sha256(json.dumps([key, self.seed, str(self.device)], sort_keys=True, default=str)
+                                .encode()).hexdigest()[:16]
+        return Path(self.case_dir) / f"{name}-{digest}.pt"
 
 
 class Run:

@@ -51,7 +51,7 @@ def test_withheld_verdict_commands_run(tmp_path, capsys):
     suite.write_text(SUITE)
     print_summary(withheld_results(suite))
     commands = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("harness ")]
-    assert len(commands) == 3  # busy: run again; too wide: --until-conclusive, --repeat 3
+    assert len(commands) == 3  # busy: run again; too wide: --until-conclusive, --repeat 5 (one process before)
     ran = {}
     for i, command in enumerate(commands):
         argv = shlex.split(command)[1:] + ["--out", str(tmp_path / f"run{i}")]
@@ -61,7 +61,7 @@ def test_withheld_verdict_commands_run(tmp_path, capsys):
         ran[command] = [c["id"] for c in results["cases"]]
     assert ran[commands[0]] == ["gen/kv_cache(kind=static)"]  # --only the busy case's plugin
     assert ran[commands[1]] == ran[commands[2]] == ["gen/quantization"]
-    assert "--until-conclusive" in commands[1] and "--repeat 3" in commands[2]
+    assert "--until-conclusive" in commands[1] and "--repeat 5" in commands[2]
 
 
 def test_cost_advice_command_runs(tmp_path):

@@ -1,13 +1,16 @@
 """The runner: each failure path is recorded with the right status while the other cases finish; an
 interrupted run keeps what was measured and resumes without redoing finished cases."""
 
+import dataclasses
 import json
+import random
 import shlex
 import signal
 import subprocess
 import sys
 import time
 
+from harness import stats
 from tests.conftest import FAULTY_PLUGINS, FIXTURES, harness_cli
 
 
@@ -41,8 +44,10 @@ def test_faulty_plugins_are_recorded_and_the_suite_goes_on(tmp_path):
 def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     suite = tmp_path / "suite.yaml"
     text = (FIXTURES / "faulty.yaml").read_text()
-    suite.write_text(text.split("cases:")[0] + "cases:\n  - workload: toy\n    plugins: [noop]\n"
-                     "  - workload: toy\n    plugins: [hangs]\n  - workload: toy\n    plugins: [wrong_scale]\n")
+    # listed hangs, noop, wrong_scale: the first round's seeded order runs noop, then hangs (round_order permutes
+    # positions), so the run is interrupted during the hang with noop's first process kept
+    suite.write_text(text.split("cases:")[0] + "cases:\n  - workload: toy\n    plugins: [hangs]\n"
+                     "  - workload: toy\n    plugins: [noop]\n  - workload: toy\n    plugins: [wrong_scale]\n")
     out = tmp_path / "run"
     # SIGINT's default disposition in the runner, whatever this test process inherited (a shell's background job
     # ignores SIGINT, and Python then installs no KeyboardInterrupt handler)
@@ -60,19 +65,23 @@ def test_interrupted_run_keeps_results_and_resumes(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     kept = json.loads(results_path.read_text())
-    assert kept["status"] == "interrupted" and [c["id"] for c in kept["cases"]] == ["toy/noop"]
+    assert kept["status"] == "interrupted" and [c["id"] for c in kept["cases"]] == ["toy/noop"], err
     command = err.split("finish with: ")[1].splitlines()[0]  # the printed advice, run as printed
     assert shlex.split(command) == ["harness", "--plugins-dir", str(FAULTY_PLUGINS), "run", str(suite), "--out",
                                     str(out), "--resume"]
-    first_median = kept["cases"][0]["optimized"]["latency"]["median"]
+    kept_processes = json.loads((out / "cases" / "toy_noop.processes.json").read_text())
+    assert len(kept_processes) == 1
 
     suite.write_text(suite.read_text().replace("plugins: [hangs]", "plugins: [hangs]\n    timeout_s: 3"))
     resumed = harness_cli(*shlex.split(command)[1:])
     assert resumed.returncode == 1, resumed.stderr
-    assert "1 of 3 cases already done" in resumed.stderr
+    assert "resuming: 1 case processes already done" in resumed.stderr
     final = json.loads(results_path.read_text())
-    assert [c["id"] for c in final["cases"]] == ["toy/noop", "toy/hangs", "toy/wrong_scale"]
-    assert final["cases"][0]["optimized"]["latency"]["median"] == first_median  # not redone
+    assert [c["id"] for c in final["cases"]] == ["toy/hangs", "toy/noop", "toy/wrong_scale"]
+    assert [c["status"] for c in final["cases"]] == ["timeout", "ok", "ok"]
+    processes = json.loads((out / "cases" / "toy_noop.processes.json").read_text())
+    assert processes[0] == kept_processes[0] and len(processes) == final["suite"]["repeat"]  # the first not redone
+    assert final["cases"][1]["measurement"]["processes_repeated"] == final["suite"]["repeat"]
     assert final["status"] == "complete"
 
 
@@ -98,33 +107,77 @@ def test_inline_runs_in_process_and_refuses_multi_process_cases(tmp_path):
     assert record["status"] == "failed" and "without --inline" in record["error"]
 
 
-def test_repeat_runs_fresh_processes_and_combines_their_pairs(tmp_path):
+def test_repeat_runs_processes_and_combines_their_pairs(tmp_path):
     suite = tmp_path / "suite.yaml"
     text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
     suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [noop]\n")
     out = tmp_path / "run"
     proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", out, "--repeat", "3")
     assert proc.returncode == 0, proc.stderr
-    assert "process 3/3" in proc.stderr
+    assert "round 3/3" in proc.stderr and "process 3:" in proc.stderr
     (case,) = json.loads((out / "results.json").read_text())["cases"]
     repeats = case["repeats"]
-    assert len(repeats) == 3 and len({r["log"] for r in repeats}) == 1  # one log name, rewritten per process
+    assert len(repeats) == 3 and len({r["log"] for r in repeats}) == 3  # one log per process
     assert case["comparison"]["pairs"] == sum(r["pairs"] for r in repeats) == case["measurement"]["pairs"]
+    assert case["comparison"]["process_pairs"] == [r["pairs"] for r in repeats]
+    assert case["comparison"]["variance"]["processes"] == 3
     speeds = [r["speedup"] for r in repeats]
     assert min(speeds) <= case["comparison"]["speedup"] <= max(speeds)
     for side in ("baseline", "optimized"):
         latency = case[side]["latency"]
         assert sum(latency["blocks"]) == len(latency["data"]) and len(latency["blocks"]) == case["measurement"]["pairs"]
+        assert sum(latency["process_blocks"]) == len(latency["blocks"]) and len(latency["process_blocks"]) == 3
+    processes = json.loads((out / "cases" / "toy_noop.processes.json").read_text())
+    assert [p["measurement"]["timing_only"] for p in processes] == [False, True, True]  # checks, memory: the first
+    single = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "one", "--repeat", "1")
+    (one,) = json.loads((tmp_path / "one" / "results.json").read_text())["cases"]
+    assert any("covers the noise within that process only" in w for w in one["warnings"]), single.stderr
     bad = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "bad", "--repeat", "0")
     assert bad.returncode == 2 and "--repeat must be at least 1" in bad.stderr
 
 
-def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_kept(tmp_path, monkeypatch):
+def test_rounds_interleave_the_cases_in_a_seeded_order(tmp_path, monkeypatch):
+    """Round k runs the k-th process of every case before any case's next one; each round's order is shuffled
+    from a fixed seed, the same on a rerun."""
     from harness import runner
     from harness.plugins import load_registry
     from harness.suite import load_suite
 
-    monkeypatch.setattr(runner, "EXIT_GRACE_S", 1.0)
+    suite = tmp_path / "suite.yaml"
+    text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
+    suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [noop]\n")
+    loaded = load_suite(suite, load_registry([str(FAULTY_PLUGINS)]))
+    cases = [loaded.cases[0]] + [dataclasses.replace(loaded.cases[0], id=f"toy/{i}") for i in range(1, 5)]
+    loaded.cases = cases
+    calls = []
+
+    def fake_run_case(case, suite, env, threads, workdir, plugins_dirs, inline=False, probe=None, process=0,
+                      fresh=False, warmup_settled=None):
+        calls.append((case.id, process))
+        rng = random.Random(len(calls))
+        blocks = [[1.0 + rng.random() * 0.01] for _ in range(3)]
+        side = {"latency": stats.summarize([b[0] for b in blocks], 1, [1, 1, 1]), "throughput": {"x_per_s": 1.0}}
+        return {**runner.case_record(case), "status": "ok", "checks": [], "warnings": [], "duration_s": 0.1,
+                "baseline": side, "optimized": side, "measurement": {"pairs": 3, "warmup_settled": {"baseline": 1}},
+                "comparison": stats.compare(blocks, blocks)}
+
+    monkeypatch.setattr(runner, "run_case", fake_run_case)
+    results = runner.run_suite(loaded, {"device": "cpu"}, tmp_path / "out", threads=1, plugins_dirs=[], repeat=3,
+                               progress=lambda line: None)
+    assert [c["measurement"]["processes_repeated"] for c in results["cases"]] == [3] * 5
+    rounds = [[cid for cid, k in calls if k == r] for r in range(3)]
+    assert calls == [(cid, r) for r in range(3) for cid in rounds[r]]  # interleaved: whole rounds in turn
+    assert all(sorted(r) == sorted(c.id for c in cases) for r in rounds)
+    assert rounds[0] != rounds[1] or rounds[1] != rounds[2]  # shuffled per round
+    assert [runner.round_order([c.id for c in cases], r) for r in range(3)] == rounds  # seeded: a rerun agrees
+
+
+def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_kept(tmp_path, monkeypatch):
+    from harness import launch, runner
+    from harness.plugins import load_registry
+    from harness.suite import load_suite
+
+    monkeypatch.setattr(launch, "EXIT_GRACE_S", 1.0)
     suite = tmp_path / "suite.yaml"
     text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
     suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [hangs_at_exit]\n")
