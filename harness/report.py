@@ -46,11 +46,12 @@ TEMPLATES = Path(__file__).parent / "templates"
 # ---- what the charts and tables show ----
 
 def comparison_band(cases: list[dict[str, Any]]) -> tuple[float, float]:
-    """The equivalence band of the measured cases (the most common one; from min_effect in older files)."""
+    """The equivalence band of the measured cases (the most common one). Files that did not record theirs
+    predate the min_effect band: their verdicts used twice min_effect."""
     bands = []
     for c in cases:
         cmp = c.get("comparison") or {}
-        band = cmp.get("equivalence") or stats.equivalence_band(cmp.get("min_effect") or stats.MIN_EFFECT)
+        band = cmp.get("equivalence") or stats.equivalence_band(2 * (cmp.get("min_effect") or stats.MIN_EFFECT))
         bands.append((round(band[0], 6), round(band[1], 6)))
     return max(bands, key=bands.count) if bands else stats.equivalence_band()
 

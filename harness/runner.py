@@ -353,12 +353,28 @@ def combine_processes(records: list[dict[str, Any]], min_effect: float) -> dict[
     for i, r in enumerate(records[1:], start=2):
         out["checks"] += [{**c, "name": f"{c['name']} (process {i})"} for c in r.get("checks", [])
                           if not c["passed"] or c["name"] not in names]
-    out["warnings"] = list(dict.fromkeys(w for r in records for w in r.get("warnings", [])))
+    out["warnings"] = combined_warnings(records, out)
     if len(records) == 1 and isinstance(out.get("baseline"), dict):
         out["warnings"].append("one process (--repeat 1): the interval covers the noise within that process only, "
                                "not what changes between processes (docs/measurement.md)")
     out["duration_s"] = sum(r.get("duration_s") or 0.0 for r in records)
     return out
+
+
+NOISE_WARNINGS = (": noisy:", ": significant environmental influence:", ": the first sample", ": the first timed sample")
+
+
+def combined_warnings(records: list[dict[str, Any]], combined: dict[str, Any]) -> list[str]:
+    """Every process's warnings once, except the per-side noise and warm-up ones, which are said again of the
+    pooled samples (`stats.warnings_for`) rather than once per process with its own figure."""
+    if len(records) == 1:
+        return list(records[0].get("warnings", []))
+    kept = [w for r in records for w in r.get("warnings", []) if not any(n in w for n in NOISE_WARNINGS)]
+    for side in ("baseline", "optimized"):
+        if isinstance(combined.get(side), dict):
+            latency = combined[side]["latency"]
+            kept += stats.warnings_for(side, latency["data"], latency.get("blocks"))
+    return list(dict.fromkeys(kept))
 
 
 def combine_loads(loads: list[dict[str, Any]]) -> dict[str, Any] | None:

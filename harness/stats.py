@@ -138,7 +138,9 @@ def variance_components(groups: Sequence[Sequence[float]]) -> dict[str, Any]:
     spread of one pair within a process; `between_cv`, the spread of the process means beyond what that
     explains (0 when the processes agree more than their pairs do); both as standard deviations of the natural
     log, which for small values read as a coefficient of variation. `df`: Satterthwaite's degrees of freedom of
-    the variance of the pooled estimate; few when processes dominate, many when pairs do."""
+    the variance of the pooled estimate with the pairs' part taken as known (the bootstrap resamples many
+    pairs, and a one-process interval gets no correction for them either): K - 1 when the processes dominate,
+    more as the pairs' share grows; None when there is no process-level part (then nothing to widen)."""
     logs = [np.log(np.asarray(g, dtype=float)) for g in groups if len(g)]
     k, n = len(logs), np.array([len(g) for g in logs], dtype=float)
     total = n.sum()
@@ -153,10 +155,8 @@ def variance_components(groups: Sequence[Sequence[float]]) -> dict[str, Any]:
         n0 = (total - (n ** 2).sum() / total) / (k - 1)
         between = max(0.0, (msb - msw) / n0)
     var_between, var_within = between / k, msw / total
-    df = total - k
-    if var_between > 0:
-        df = (var_between + var_within) ** 2 / (var_between ** 2 / (k - 1) + var_within ** 2 / (total - k))
-    out.update(within_cv=math.sqrt(msw), between_cv=math.sqrt(between), df=float(df))
+    df = (var_between + var_within) ** 2 / (var_between ** 2 / (k - 1)) if var_between > 0 else None
+    out.update(within_cv=math.sqrt(msw), between_cv=math.sqrt(between), df=df)
     return out
 
 
@@ -198,9 +198,9 @@ def bootstrap_interval(groups: Sequence[Sequence[float]], resamples: int = BOOTS
     seed: the same ratios give the same interval."""
     rng = np.random.default_rng(seed)
     lo, hi = np.percentile(_pooled_median_resamples(groups, rng, resamples), [2.5, 97.5])
-    if len([g for g in groups if len(g)]) > 1:
+    df = variance_components(groups)["df"] if len([g for g in groups if len(g)]) > 1 else None
+    if df is not None:
         center = math.log(estimate(groups))
-        df = variance_components(groups)["df"] or 1.0
         widen = t_quantile(df) / NormalDist().inv_cdf(0.975)
         lo, hi = center - widen * (center - lo), center + widen * (hi - center)
     return math.exp(float(lo)), math.exp(float(hi))
@@ -373,12 +373,13 @@ def _nonempty(groups: Sequence[Sequence[float]]) -> list[list[float]]:
 
 
 def _run_variance(groups: Sequence[Sequence[float]]) -> tuple[float | None, float | None]:
-    """(variance of a run's pooled log estimate, its Satterthwaite df) from `variance_components`:
-    between_cv² / K + within_cv² / N; (None, None) when too few values to tell."""
+    """(variance of a run's pooled log estimate, its Satterthwaite df: infinite without a process-level part) from
+    `variance_components`: between_cv² / K + within_cv² / N; (None, None) when too few values to tell."""
     v = variance_components(groups)
-    if v["df"] is None:
+    if v["within_cv"] is None:
         return None, None
-    return v["between_cv"] ** 2 / v["processes"] + v["within_cv"] ** 2 / v["pairs"], v["df"]
+    variance = v["between_cv"] ** 2 / v["processes"] + v["within_cv"] ** 2 / v["pairs"]
+    return variance, v["df"] if v["df"] is not None else math.inf
 
 
 def runs_df(first: Sequence[Sequence[float]], later: Sequence[Sequence[float]]) -> float:
