@@ -361,7 +361,8 @@ def combine_processes(records: list[dict[str, Any]], min_effect: float) -> dict[
     return out
 
 
-NOISE_WARNINGS = (": noisy:", ": significant environmental influence:", ": the first sample", ": the first timed sample")
+NOISE_WARNINGS = (": noisy:", ": significant environmental influence:", ": the first sample",
+                  ": the first timed sample")
 
 
 def combined_warnings(records: list[dict[str, Any]], combined: dict[str, Any]) -> list[str]:
