@@ -1,5 +1,6 @@
-"""Runs a suite: one fresh process per case (torchrun when it needs several), a timeout per case, results
-written atomically after every case, resume, Ctrl-C that keeps what was measured."""
+"""Runs a suite: each case in several short processes, one per round over the suite (harness.launch starts them),
+a timeout per process, results written atomically after every process, resume, Ctrl-C that keeps what was
+measured."""
 
 from __future__ import annotations
 
@@ -55,12 +56,15 @@ def case_record(case: CaseSpec) -> dict[str, Any]:
 
 
 def job_for(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, plugins_dirs: list[str],
-            probe: dict[str, Any] | None = None, process: int = 0) -> dict[str, Any]:
+            probe: dict[str, Any] | None = None, process: int = 0, case_dir: str | None = None,
+            warmup_settled: dict[str, int] | None = None) -> dict[str, Any]:
     """The job file a worker runs (`python -m harness.worker JOB RESULT`, under torchrun on any number of nodes).
-    `process`: which of the case's processes this is (it seeds the order of the pairs)."""
+    `process`: which of the case's processes this is (it seeds the order of the pairs); `case_dir`: the folder
+    its processes share; `warmup_settled`: from the case's first process, which makes this one timing-only."""
     return {"case": dataclasses.asdict(case), "env": env, "threads": threads,
             "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
-            "process": process, "repeat": suite.measure.repeat, "runner_pid": os.getpid(), "probe": probe}
+            "process": process, "repeat": suite.measure.repeat, "runner_pid": os.getpid(), "probe": probe,
+            "case_dir": case_dir, "warmup_settled": warmup_settled}
 
 
 def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, workdir: Path,
@@ -77,11 +81,10 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     safe += f".{probe.get('kind', 'capacity')}-{probe['side']}-{probe['value']}" if probe else f".p{process + 1}"
     job_path, result_path, log_path = (workdir / f"{safe}.{ext}" for ext in ("job.json", "result.json", "log"))
     timeout = case.timeout_s or suite.measure.timeout_s
-    job = job_for(case, suite, env, threads, plugins_dirs, probe, process)
-    job["case_dir"] = str(workdir / f"{safe_id(case.id)}.shared")
-    job["warmup_settled"] = warmup_settled
-    os.makedirs(job["case_dir"], exist_ok=True)
-    write_json(str(job_path), job)
+    case_dir = workdir / f"{safe_id(case.id)}.shared"
+    case_dir.mkdir(exist_ok=True)
+    write_json(str(job_path), job_for(case, suite, env, threads, plugins_dirs, probe, process, str(case_dir),
+                                      warmup_settled))
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
     status = None
@@ -335,8 +338,7 @@ def combine_processes(records: list[dict[str, Any]], min_effect: float) -> dict[
         comparison["per_pair"] = [x for g in groups for x in g]
         comparison["process_pairs"] = [len(g) for g in groups]
         comparison["memory_ratio"] = out["comparison"].get("memory_ratio")
-        comparison["different_work"] = out["comparison"].get("different_work")
-        unequal = records[0]["comparison"].get("different_work")
+        unequal = comparison["different_work"] = out["comparison"].get("different_work")
         if unequal and comparison["verdict"] != "inconclusive":
             comparison.update(verdict="inconclusive", reason=unequal)
         out["comparison"] = comparison

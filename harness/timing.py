@@ -70,7 +70,6 @@ class MeasureSettings:
                                   "block_s": _pick(self.block_s, 0.1, 0.2, cuda),
                                   "min_time_s": _pick(self.min_time_s, 2.0, 4.0, cuda)})
 
-
     def per_process(self, processes: int) -> MeasureSettings:
         """One process's share of a case measured in `processes` processes: the pair, sample and time minimums
         and budgets divided among them (at least MIN_PAIRS_PER_PROCESS pairs and 2 samples a side each); the

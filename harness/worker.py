@@ -1,7 +1,8 @@
 """Runs one case in its own process (M1): `python -m harness.worker JOB.json RESULT.json`, or under torchrun.
 
 Both sides of the case are built in this process: the baseline first, then the optimization, each measured
-for memory while it is the newest thing in the process; then both are warmed up and timed in pairs of short
+for memory while it is the newest thing in the process (in the case's first process; a later one, given
+`warmup_settled`, only builds and times: docs/measurement.md §1); then both are warmed up and timed in pairs of short
 blocks in a random order (harness.timing.paired_blocks), with the load of the rest of the machine read between
 pairs (harness.load). The result is written atomically by rank 0; an exception becomes a failed/oom/unsupported
 result. A crash, an OOM kill or a hang is handled by the parent (`harness.runner`).
