@@ -1,8 +1,8 @@
 """harness: what each training and inference optimization really buys, measured on the hardware in front of you."""
 
-from harness.hookspecs import hookimpl
-from harness.optimization import Check, NoParams, Optimization, ParamError
-from harness.workload import Run, RunContext, Workload
+from harness.core.hookspecs import hookimpl
+from harness.core.optimization import Check, NoParams, Optimization, ParamError
+from harness.core.workload import Run, RunContext, Workload
 
 __version__ = "0.1.0"
 __all__ = ["Check", "NoParams", "Optimization", "ParamError", "Run", "RunContext", "Workload", "hookimpl"]

@@ -6,7 +6,7 @@
 The fixture builds the baseline and the optimized run (same seed), fails the test if an invariant check fails,
 then times one side with `benchmark.pedantic` (each call ends with a CUDA synchronize, so the host clock sees
 the GPU work) and puts the harness metrics in `benchmark.extra_info`. With `compare=True` it also times both sides
-in paired blocks and records the speedup, interval and verdict of `harness.stats.compare`, the rule `harness run`
+in paired blocks and records the speedup, interval and verdict of `harness.core.stats.compare`, the rule `harness run`
 uses (never asserted: performance belongs in reports, not in test outcomes). Those pairs are timed in the test's
 one process, so that interval covers the noise within it only (`comparison.processes` is 1); `harness compare`
 of such files applies the one-process margins and says so. `--benchmark-disable` runs each step
@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from harness.optimization import build_params
-from harness.plugins import load_registry
-from harness.sides import Unsupported, build_sides, repeat_noise_pass, run_checks
-from harness.workload import RunContext
+from harness.core.optimization import build_params
+from harness.core.plugins import load_registry
+from harness.core.sides import Unsupported, build_sides, repeat_noise_pass, run_checks
+from harness.core.workload import RunContext
 
 
 def _uses(items: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -44,10 +44,10 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
              compare: bool = False, measure: Any = None) -> dict[str, Any]:
     """Check the case's invariants, time `side` ("baseline" or "optimized") with `benchmark.pedantic`, and
     return the extra_info recorded (checks, units, memory, info, extra metrics, throughput; with `compare`, the
-    paired comparison of both sides under `measure`, a harness.timing.MeasureSettings)."""
+    paired comparison of both sides under `measure`, a harness.core.timing.MeasureSettings)."""
     import torch
 
-    from harness import env as harness_env
+    from harness.core import env as harness_env
 
     if side not in ("baseline", "optimized"):
         raise ValueError(f"side must be 'baseline' or 'optimized', got {side!r}")
@@ -100,9 +100,9 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
 
 
 def _paired(runs: dict[str, Any], device: Any, measure: Any) -> dict[str, Any]:
-    """Both sides warmed up and timed in paired blocks, compared by harness.stats (as a `harness run` case)."""
-    from harness import stats
-    from harness.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
+    """Both sides warmed up and timed in paired blocks, compared by harness.core.stats (as a `harness run` case)."""
+    from harness.core import stats
+    from harness.core.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
 
     clock = Clock(device)
     settings = (measure or MeasureSettings()).resolved(clock.cuda)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keyword
 from pathlib import Path
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 
 MODULE = '''"""{name}: generate with the model's weights in bfloat16 (a starting point: edit `apply` and `check`)."""
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import Check, Optimization, hookimpl
+from harness.api import Check, GenerateAPI, Optimization, hookimpl
 
 
 @dataclass
@@ -29,15 +29,14 @@ class {cls}(Optimization):
     """Casts the weights to bfloat16 for generation; keeps held-out perplexity within a bound."""
 
     name = "{name}"
-    kind = "inference"
-    workloads = ("generate",)  # its check reads the generate workload's perplexity
+    requires = GenerateAPI  # it changes `model` and `dtype`, and its check reads the perplexity outputs() gives
     description = "bfloat16 weights for generation (tutorial plugin)"
     Params = Params
 
     def supports(self, env):
         return None  # bf16 runs on every CPU and CUDA device torch supports (emulated where not native)
 
-    def apply(self, run):
+    def apply(self, run: GenerateAPI):
         run.model = run.model.to(torch.bfloat16)
         run.dtype = torch.bfloat16  # KV caches follow the run's dtype
 
@@ -73,7 +72,7 @@ py-modules = ["harness_{name}"]
 TEST = '''"""The plugin loads through its entry point and keeps its invariant on a tiny model."""
 
 from harness import RunContext
-from harness.plugins import load_registry
+from harness.core.plugins import load_registry
 
 
 def test_{name}_keeps_perplexity():

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.checks import noise_of, precision_mismatch, tensors_check
+from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
+from harness.core.checks import noise_of, precision_mismatch, tensors_check
 
 # Recompute runs the same kernels on the same inputs, so gradients match to fp32 round-off (bitwise on CPU in
 # our runs); the tolerance allows for non-deterministic reductions on GPUs.
@@ -38,35 +38,34 @@ class CheckpointParams:
             raise ParamError("every", f"every must be >= 1 (1 = every block; got {self.every})")
 
 
-def checkpointed(run: Any, forward):
+def checkpointed(run: TrainAPI, forward):
     """`forward` of a block run under non-reentrant `torch.utils.checkpoint`."""
 
     def wrapped(x: torch.Tensor, *args) -> torch.Tensor:
-        if run.saved is not None and torch.is_grad_enabled():  # the input the checkpoint keeps for recompute
-            run.saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        run.keep_for_backward(x)  # the input the checkpoint keeps for recompute
         return checkpoint(forward, x, *args, use_reentrant=False)
 
     return wrapped
 
 
-def count_input(run: Any, module, args, kwargs) -> None:
+def count_input(run: TrainAPI, module, args, kwargs) -> None:
     """Forward pre-hook of a layer the library checkpoints: count the hidden states it keeps for recompute."""
     x = args[0] if args else kwargs.get("hidden_states")
-    if run.saved is not None and torch.is_grad_enabled() and isinstance(x, torch.Tensor):
-        run.saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+    if isinstance(x, torch.Tensor):
+        run.keep_for_backward(x)
 
 
 class ActivationCheckpointing(Optimization):
     """Checkpoint transformer blocks (Chen et al. 2016): less activation memory for one extra forward."""
 
     name = "activation_checkpointing"
-    kind = "training"
+    requires = TrainAPI
     description = "torch.utils.checkpoint (non-reentrant) on every k-th block; gradients equal the plain run."
     Params = CheckpointParams
 
     def validate(self, spec: Any, plugins: list) -> None:
         if getattr(spec, "model", "").startswith("hf:"):  # the library's own switch must exist for this model
-            from harness.hf import meta_model
+            from harness.models.hf import meta_model
 
             hf = meta_model(spec.model[3:])
             if not getattr(hf, "supports_gradient_checkpointing", False):
@@ -76,8 +75,8 @@ class ActivationCheckpointing(Optimization):
                 raise ParamError("every", "every > 1 on an hf: model needs a transformers with "
                                           "activation_checkpointing_enable(every_n_layers=...); use every: 1")
 
-    def apply(self, run: Any) -> None:
-        model, blocks = run.raw_model, run.raw_model.blocks
+    def apply(self, run: TrainAPI) -> None:
+        model, blocks = run.raw_model, run.blocks()
         if hasattr(model, "checkpoint_layers"):  # a user model: its library's own checkpointing
             chosen = model.checkpoint_layers(self.params.every)
             for i in chosen:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.checks import tokens_check
+from harness.api import Check, GenerateAPI, Optimization, ParamError, hookimpl
+from harness.core.checks import tokens_check
 
 PAD_TOKEN = 0
 
@@ -44,8 +44,7 @@ class Batching(Optimization):
     """Run the batch together (or, as the baseline, one sequence at a time)."""
 
     name = "batching"
-    kind = "inference"
-    workloads = ("generate",)
+    requires = GenerateAPI
     description = "static batching; each sequence's tokens must equal generating it alone"
     Params = BatchingParams
     baseline_needs = ("batching is measured against the same prompts one at a time: give the case "
@@ -57,7 +56,7 @@ class Batching(Optimization):
             raise ParamError("prompt_min", f"must be <= the workload's prompt_len {spec.prompt_len} "
                                            f"(got {self.params.prompt_min})")
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: GenerateAPI) -> None:
         if self.params.batch_size is not None and self.params.batch_size != run.batch:
             run.prompts = run.held_out(self.params.batch_size, run.spec.prompt_len, run.ctx.seed)
         if self.params.prompt_min is not None:

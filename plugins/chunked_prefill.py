@@ -3,7 +3,7 @@ prefilled at most `chunk` tokens per scheduler iteration, with the running reque
 chunks, instead of whole before the next decode. A long prompt then no longer stalls every running request for
 its whole prefill: their TPOT tail falls, at the cost of more forward calls and a later first token for the long
 prompt itself. The baseline is the same scheduler with whole-prompt prefill; each chunk attends to the slot's
-earlier chunks (plugins/serve.py, SlotCache), so every request's tokens must still equal serving it alone.
+earlier chunks (harness/workloads/serve/, SlotCache), so every request's tokens must still equal serving it alone.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness_plugins.serve import serving_checks
-
-from harness import Check, Optimization, ParamError, hookimpl
+from harness.api import Check, Optimization, ParamError, ServeAPI, hookimpl
+from harness.workloads.serve import serving_checks
 
 
 @dataclass
@@ -31,12 +30,11 @@ class ChunkedPrefill(Optimization):
     """Prefill prompts `chunk` tokens per iteration, decoding the running requests between chunks."""
 
     name = "chunked_prefill"
-    kind = "inference"
-    workloads = ("serve",)
+    requires = ServeAPI
     description = "prompts prefilled in chunks between decode iterations, so a long prompt does not stall decodes"
     Params = ChunkedPrefillParams
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: ServeAPI) -> None:
         run.knobs.prefill_chunk = self.params.chunk
         run.info["prefill_chunk"] = self.params.chunk
 

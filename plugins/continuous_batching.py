@@ -1,7 +1,7 @@
 """Continuous (iteration-level) batching (Orca, OSDI 2022) on the `serve` workload: after every decode iteration
 finished requests leave their slots and waiting ones join, instead of static batches that hold every slot until
 their longest request ends (the workload's baseline scheduler). The scheduler itself, the trace and the metrics
-(TTFT, TPOT, goodput) are the workload's (plugins/serve.py); this plugin sets `run.knobs.scheduler` and checks
+(TTFT, TPOT, goodput) are the workload's (harness/workloads/serve/); this plugin sets `run.knobs.scheduler` and checks
 that scheduling changed no request's tokens (`serve.serving_checks`).
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from harness_plugins.serve import serving_checks
-
-from harness import Check, Optimization, hookimpl
+from harness.api import Check, Optimization, ServeAPI, hookimpl
+from harness.workloads.serve import serving_checks
 
 
 @dataclass
@@ -28,12 +27,11 @@ class ContinuousBatching(Optimization):
     """Serve the trace with the iteration-level scheduler; the baseline serves it with static batches."""
 
     name = "continuous_batching"
-    kind = "inference"
-    workloads = ("serve",)
+    requires = ServeAPI
     description = "iteration-level scheduling of a request trace vs static batches of the same trace"
     Params = ContinuousBatchingParams
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: ServeAPI) -> None:
         run.knobs.scheduler = "continuous"
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

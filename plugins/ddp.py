@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.checks import loss_check, noise_of, tensors_check
+from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
+from harness.core.checks import loss_check, noise_of, tensors_check
 
 # The ranks' gradient average is summed in a different order than the single-process mean, so parameters
 # differ by fp32 round-off, which AdamW's normalisation can amplify near zero gradients. Measured on nano
@@ -78,7 +78,7 @@ class DDP(Optimization):
     """DistributedDataParallel over `world_size` processes (Li et al. 2020); same global batch as baseline."""
 
     name = "ddp"
-    kind = "training"
+    requires = TrainAPI
     description = "DistributedDataParallel (gloo on CPU, NCCL on CUDA); parameters equal one process's run."
     Params = WorldParams
 
@@ -91,7 +91,7 @@ class DDP(Optimization):
     def supports(self, env: dict[str, Any]) -> str | None:
         return backend_reason(env)
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         wrap_ddp(run, self.params.world_size)
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:

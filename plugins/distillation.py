@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.accounting import weight_bytes
-from harness.model import GPT, PRESETS, ModelArgs
-from harness.results import write_bytes
+from harness.api import Check, GenerateAPI, Optimization, ParamError, hookimpl
+from harness.core.results import write_bytes
+from harness.models.accounting import weight_bytes
+from harness.models.gpt import GPT, PRESETS, ModelArgs
 
 
 @dataclass
@@ -43,10 +43,10 @@ class DistillationParams:
 
 
 def training_tokens(synthetic: bool, vocab: int, seed: int) -> torch.Tensor:
-    """1-D token stream to distill on: the training split of harness.data, or seeded random tokens."""
+    """1-D token stream to distill on: the training split of harness.models.data, or seeded random tokens."""
     if not synthetic:
         try:
-            from harness.data import splits
+            from harness.models.data import splits
         except ImportError:
             pass
         else:
@@ -79,8 +79,7 @@ class Distillation(Optimization):
     """Replace the model by a student distilled from it; quality against the teacher is the check."""
 
     name = "distillation"
-    kind = "inference"
-    workloads = ("generate",)
+    requires = GenerateAPI
     description = "smaller student trained on the teacher's logits; speed, size and quality vs the teacher"
     Params = DistillationParams
 
@@ -91,7 +90,7 @@ class Distillation(Optimization):
                                         f"workload's prompt_len + new_tokens ({spec.prompt_len + spec.new_tokens}) "
                                         f"or seq_len ({self.params.seq_len})")
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: GenerateAPI) -> None:
         teacher, p = run.model, self.params
         args = ModelArgs.from_name(p.student, vocab_size=teacher.args.vocab_size)
         if run.spec.prompt_len + run.spec.new_tokens > args.block_size or p.seq_len > args.block_size:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.checks import loss_check, noise_of, precision_mismatch, tensors_check
+from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
+from harness.core.checks import loss_check, noise_of, precision_mismatch, tensors_check
 
 # Summing k micro-batch gradients adds the same terms in another order than one big reduction: in fp32 the
 # first-step gradients differ by round-off (measured max |diff| 3e-8 on nano, 7e-9 on `cpu`; gradients up to
@@ -52,7 +52,7 @@ class GradientAccumulation(Optimization):
     """Accumulate gradients over k micro-batches of the global batch; one AdamW step on their mean."""
 
     name = "gradient_accumulation"
-    kind = "training"
+    requires = TrainAPI
     description = "k micro-batches (loss / k each), one optimizer step; parameters equal the one-big-batch run."
     Params = AccumulationParams
 
@@ -65,14 +65,8 @@ class GradientAccumulation(Optimization):
             raise ParamError("", "gradient_accumulation does not combine with FSDP here (it would "
                                  "reduce-scatter every micro-batch); use it alone, with ddp or zero1")
 
-    def apply(self, run: Any) -> None:
-        k = self.params.micro_batches
-        if run.spec.batch % k:
-            raise ParamError("micro_batches", f"the batch of {run.spec.batch} does not split into {k} equal "
-                                              "micro-batches; use a micro_batches that divides the batch")
-        if run.knobs.sharding in ("fsdp_grad_op", "fsdp_full"):
-            raise ValueError("gradient_accumulation does not combine with FSDP here (it would reduce-scatter "
-                             "every micro-batch); use it alone, with ddp or with zero1")
+    def apply(self, run: TrainAPI) -> None:
+        k = self.params.micro_batches  # validate() checked it splits the batch and that no FSDP is on this side
         run.knobs.micro_batches = k  # TrainRun.train_step: loss / k per micro-batch, no_sync on all but the last
         run.info["micro_batches"] = k
 

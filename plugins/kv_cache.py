@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, hookimpl
-from harness.checks import tokens_check
-from harness.generate import decode_one_token
+from harness.api import Check, GenerateAPI, Optimization, hookimpl
+from harness.core.checks import tokens_check
+from harness.workloads.generate.decode import decode_one_token
 
 
 @dataclass
@@ -23,8 +23,7 @@ class KVCache(Optimization):
     """Decode with a KV cache instead of recomputing the whole prefix for every token."""
 
     name = "kv_cache"
-    kind = "inference"
-    workloads = ("generate",)
+    requires = GenerateAPI
     description = "KV cache (dynamic, static, static + CUDA graphs); tokens must equal the no-cache decode"
     Params = KVCacheParams
 
@@ -33,7 +32,7 @@ class KVCache(Optimization):
             return "CUDA graphs need a CUDA device; on CPU use kind: static"
         return None
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: GenerateAPI) -> None:
         run.knobs.cache_kind = "dynamic" if self.params.kind == "dynamic" else "static"
         if self.params.kind == "static_cuda_graphs":
             if run.device.type != "cuda":

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import Check, Optimization, ParamError, hookimpl
+from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
 
 TARGETS = ("qkv", "proj", "fc", "lm_head")  # attention qkv, attention and MLP output projections, MLP up, head
 DEFAULT_TARGETS = ["qkv", "proj", "fc"]
@@ -117,7 +117,7 @@ def peft_reason(model: str, targets: list[str] | None) -> str | None:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
     except ImportError:
         return "lora on an hf: model uses peft: pip install 'harness[hf]'"
-    from harness.hf import meta_model
+    from harness.models.hf import meta_model
 
     hf = meta_model(model[3:])
     if targets is None:
@@ -139,7 +139,7 @@ class LoRA(Optimization):
 
     name = "lora"
     before = ("ddp", "zero", "torch_compile")  # they wrap the model lora changes
-    kind = "training"
+    requires = TrainAPI
     description = "Low-rank adapters (frozen base); starts equal to the base model, base weights never change."
     Params = LoRAParams
 
@@ -152,7 +152,7 @@ class LoRA(Optimization):
             raise ParamError("targets", f"targets of the built-in GPT are among {', '.join(TARGETS)} "
                                         f"(got {self.params.targets})")
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         if run.model is not run.raw_model:
             raise ValueError(
                 "lora must be applied to the plain model: list it before ddp / zero / torch_compile "

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, hookimpl
-from harness.checks import loss_check
-from harness.precision import resolve_dtype
+from harness.api import Check, Optimization, TrainAPI, hookimpl
+from harness.core.checks import loss_check
+from harness.models.precision import resolve_dtype
 
 # Final loss after K steps vs the fp32 run. Measured on nano / cpu presets, K=3-4: |diff| ~1e-3 (bf16),
 # ~1e-4 (fp16); bf16 keeps 8 mantissa bits, so 0.02 on a loss of ~5.5 (0.4 %) leaves room for longer runs
@@ -42,7 +42,7 @@ class MixedPrecision(Optimization):
     """Autocast the forward to bf16/fp16; fp32 weights and AdamW states (Micikevicius et al. 2018)."""
 
     name = "mixed_precision"
-    kind = "training"
+    requires = TrainAPI
     description = "torch.autocast bf16/fp16 (fp16 with GradScaler); loss after K steps close to fp32."
     Params = MixedPrecisionParams
 
@@ -50,7 +50,7 @@ class MixedPrecision(Optimization):
         device_type = str(env.get("device", "cpu")).split(":")[0]
         return autocast_works(device_type, resolve_dtype(self.params.dtype))
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         dtype = resolve_dtype(self.params.dtype)
         run.knobs.autocast_dtype = dtype
         run.info["autocast"] = str(dtype).removeprefix("torch.")
@@ -74,7 +74,7 @@ class TF32(Optimization):
     """TF32 tensor-core matmuls for the fp32 model (10-bit mantissa inputs, fp32 accumulate), CUDA sm80+."""
 
     name = "tf32"
-    kind = "training"
+    requires = TrainAPI
     description = "TF32 matmuls for fp32 training on CUDA (Ampere+); loss after K steps close to strict fp32."
 
     def supports(self, env: dict[str, Any]) -> str | None:
@@ -86,7 +86,7 @@ class TF32(Optimization):
             return f"TF32 needs compute capability >= 8.0 (Ampere); this GPU is {capability}"
         return None
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         run.knobs.tf32 = True
         run.info["tf32"] = True
 

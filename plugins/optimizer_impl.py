@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import torch
 
-from harness import Check, Optimization, hookimpl
-from harness.checks import loss_check, noise_of, tensors_check
-from harness.training import adamw_name
+from harness.api import Check, Optimization, TrainAPI, hookimpl
+from harness.core.checks import loss_check, noise_of, tensors_check
+from harness.workloads.train import adamw_name
 
 # The implementations evaluate the same formula with other op orders (fused on CPU computes the step in one
 # loop per element, foreach / for-loop as separate tensor ops), so parameters agree to fp32 round-off per
@@ -61,14 +61,14 @@ class OptimizerImpl(Optimization):
 
     name = "optimizer_impl"
     before = ("zero",)  # zero wraps the plain AdamW this rebuilds
-    kind = "training"
+    requires = TrainAPI
     description = "AdamW fused, foreach or for-loop; parameters after K steps equal the baseline's implementation."
     Params = OptimizerImplParams
 
     def supports(self, env: dict[str, Any]) -> str | None:
         return impl_works(self.params.impl, str(env.get("device", "cpu")).split(":")[0])
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         if type(run.optimizer) is not torch.optim.AdamW:
             raise ValueError(
                 f"optimizer_impl rebuilds a plain AdamW, but this run's optimizer is "

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.accounting import weight_bytes
+from harness.api import Check, GenerateAPI, Optimization, ParamError, hookimpl
+from harness.models.accounting import weight_bytes
 
 
 @dataclass
@@ -132,8 +132,7 @@ class Quantization(Optimization):
     """Quantize the model's Linear layers; check perplexity on held-out text against the unquantized model."""
 
     name = "quantization"
-    kind = "inference"
-    workloads = ("generate",)
+    requires = GenerateAPI
     description = "int8/int4/fp8 weights; perplexity change within a bound, top-1 agreement and bytes reported"
     Params = QuantizationParams
 
@@ -164,7 +163,7 @@ class Quantization(Optimization):
                              f"{self.params.method} with torchao needs torchao installed (pip install "
                              "'harness[torchao]')")
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: GenerateAPI) -> None:
         before = weight_bytes(run.model)
         method = self.params.method
         use_ao = self.params.backend == "torchao" or (

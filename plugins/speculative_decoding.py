@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.checks import tokens_check
-from harness.generate import probabilities, static_cache
-from harness.inference import load_model
+from harness.api import Check, GenerateAPI, Optimization, ParamError, hookimpl
+from harness.core.checks import tokens_check
+from harness.workloads.generate import load_model
+from harness.workloads.generate.decode import probabilities, static_cache
 
 
 @dataclass
@@ -101,14 +101,13 @@ class SpeculativeDecoding(Optimization):
     """Replace the run's generate function by draft-then-verify decoding with static caches."""
 
     name = "speculative_decoding"
-    kind = "inference"
-    workloads = ("generate",)
+    requires = GenerateAPI
     description = "draft model proposes gamma tokens, target verifies in one forward; greedy output unchanged"
     Params = SpeculativeParams
     greedy = True  # set from the run's sampling in apply()
 
     def validate(self, spec: Any, plugins: list) -> None:
-        from harness.reference import model_facts
+        from harness.models.reference import model_facts
 
         target, draft = model_facts(spec.model), model_facts(self.params.draft)
         if draft.vocab_size != target.vocab_size:
@@ -126,7 +125,7 @@ class SpeculativeDecoding(Optimization):
             raise ParamError("", "speculative_decoding decodes one sequence at a time: do not combine it with "
                                  "batching mode: batched")
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: GenerateAPI) -> None:
         draft = load_model(self.params.draft, run.device, run.dtype, run.ctx.seed)
         if draft.args.vocab_size != run.model.args.vocab_size:
             raise ParamError("draft", f"draft vocabulary {draft.args.vocab_size} != target "

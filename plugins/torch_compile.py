@@ -10,8 +10,8 @@ from typing import Any, Literal
 import torch
 from harness_plugins.mixed_precision import LOSS_ATOL as MIXED_ATOL
 
-from harness import Check, Optimization, hookimpl
-from harness.checks import loss_check
+from harness.api import Check, Optimization, TrainAPI, hookimpl
+from harness.core.checks import loss_check
 
 # Inductor fuses and reorders reductions: measured |diff| of the loss after K steps ~5e-7 on nano in fp32.
 # Under bf16/fp16 autocast its fused kernels round at other points than eager's, so the mixed-precision
@@ -31,7 +31,7 @@ class TorchCompile(Optimization):
     """torch.compile(model, mode=...); compile time lands in the first call, which the worker keeps apart."""
 
     name = "torch_compile"
-    kind = "training"
+    requires = TrainAPI
     description = "torch.compile (Inductor) of the model; loss after K steps equals eager within tolerance."
     Params = CompileParams
 
@@ -46,7 +46,7 @@ class TorchCompile(Optimization):
             return "Inductor on CPU needs a C++ compiler (g++ or clang++) on PATH"
         return None
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         run.model = torch.compile(run.model, mode=self.params.mode)
         run.knobs.count_activations = False  # saved-tensor hooks would force graph breaks
         run.info["compile_mode"] = self.params.mode

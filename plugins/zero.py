@@ -9,8 +9,8 @@ import torch
 from harness_plugins.ddp import PARAM_ATOL, PARAM_RTOL, backend_reason, check_batch_splits, join_group, wrap_ddp
 from torch.nn.parallel import DistributedDataParallel
 
-from harness import Check, Optimization, ParamError, hookimpl
-from harness.checks import noise_of, tensors_check
+from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
+from harness.core.checks import noise_of, tensors_check
 
 # ZeroRedundancyOptimizer gives whole parameters to ranks (greedy by size), so a rank's share of the Adam
 # states is 8 Psi / N only up to the largest tensor; FSDP2 shards every tensor on dim 0 (exact up to padding).
@@ -48,7 +48,7 @@ class Zero(Optimization):
     """
 
     name = "zero"
-    kind = "training"
+    requires = TrainAPI
     description = "ZeroRedundancyOptimizer / FSDP2 sharding; params equal DDP, per-rank bytes match ZeRO formula."
     Params = ZeroParams
 
@@ -67,7 +67,7 @@ class Zero(Optimization):
             raise ParamError("", f"zero stage {self.params.stage} shards with FSDP, which replaces DDP: do not "
                                  "apply ddp to the same side (use ddp as the baseline only)")
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: TrainAPI) -> None:
         stage = self.params.stage
         if stage == "zero1":
             if not isinstance(run.model, DistributedDataParallel):
@@ -91,7 +91,7 @@ class Zero(Optimization):
         rank, world = join_group(run, self.params.world_size)
         run.shard_batches(rank, world)
         mesh = init_device_mesh(run.device.type, (world,))
-        for block in run.raw_model.blocks:  # one all-gather unit per block, then the rest at the root
+        for block in run.blocks():  # one all-gather unit per block, then the rest at the root
             fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
         fully_shard(run.raw_model, mesh=mesh, reshard_after_forward=reshard)
         run.model = run.raw_model

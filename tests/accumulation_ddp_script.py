@@ -14,8 +14,8 @@ from harness_plugins.ddp import DDP, WorldParams
 from harness_plugins.gradient_accumulation import AccumulationParams, GradientAccumulation
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from harness.training import TrainSpec, TrainWorkload
-from harness.workload import RunContext
+from harness.core.workload import RunContext
+from harness.workloads.train import TrainSpec, TrainWorkload
 
 
 def all_reduces_per_step(workload, spec, ctx, k: int) -> int:

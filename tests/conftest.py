@@ -20,6 +20,6 @@ def harness_cli(*args, cwd=None, env=None, timeout=600):
 
 @pytest.fixture
 def registry():
-    from harness.plugins import load_registry
+    from harness.core.plugins import load_registry
 
     return load_registry([FAULTY_PLUGINS])

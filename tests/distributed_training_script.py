@@ -12,8 +12,8 @@ import torch.distributed as dist
 from harness_plugins.ddp import DDP, WorldParams
 from harness_plugins.zero import Zero, ZeroParams
 
-from harness.training import TrainSpec, TrainWorkload
-from harness.workload import RunContext
+from harness.core.workload import RunContext
+from harness.workloads.train import TrainSpec, TrainWorkload
 
 
 def main(path: str) -> None:

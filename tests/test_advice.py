@@ -9,11 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from harness import load, stats
-from harness.cli import print_summary
-from harness.plugins import load_registry
-from harness.report import render_report
-from harness.suite import load_suite
+from harness.core import load, stats
+from harness.core.cli import print_summary
+from harness.core.plugins import load_registry
+from harness.core.suite import load_suite
+from harness.report.page import render_report
 from tests.conftest import harness_cli
 
 DATA = Path(__file__).parent / "data"

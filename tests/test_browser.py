@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import compare
-from harness.report import write_report
+from harness.report import compare
+from harness.report.page import write_report
 
 DATA = Path(__file__).parent / "data"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

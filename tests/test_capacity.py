@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from harness import capacity
-from harness.errors import InputError
-from harness.plugins import load_registry
-from harness.suite import load_suite
+from harness.core import capacity
+from harness.core.errors import InputError
+from harness.core.plugins import load_registry
+from harness.core.suite import load_suite
 from tests.conftest import harness_cli
 
 
@@ -147,12 +147,13 @@ cases:
 
 def probe_peak(path, value: int, workdir) -> float:
     """The baseline's measured peak at batch `value`, by one capacity probe in a fresh process."""
-    from harness import env as envmod
-    from harness.runner import run_case
+    from harness.core import env as envmod
+    from harness.core.runner import run_case
 
     suite = load_suite(path, load_registry())
     record = run_case(suite.cases[0], suite, envmod.detect("cpu", 2), 2, workdir, [],
-                      probe={"side": "baseline", "value": value, "budget_bytes": 2**30})
+                      probe={"search": "capacity", "side": "baseline", "value": value,
+                             "budget_bytes": 2**30})
     assert record["status"] == "ok", record
     return record["probe"]["peak_bytes"]
 
@@ -192,7 +193,7 @@ def test_a_cpu_capacity_search_agrees_with_the_peaks_it_measured(tmp_path):
 
 
 def test_advice_commands_repeat_the_overrides():
-    from harness.runner import run_command
+    from harness.core.runner import run_command
 
     results = {"suite": {"path": "suites/laptop-finetune.yaml", "plugins_dirs": [],
                          "overrides": {"model": "hf:/models/my model", "budget_gb": 6.0}}}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import compare as cmp
-from harness import compare_page
-from harness.errors import InputError
-from harness.export import to_pytest_benchmark
+from harness.core.errors import InputError
+from harness.report import compare as cmp
+from harness.report import compare_page
+from harness.report.export import to_pytest_benchmark
 
 DATA = Path(__file__).parent / "data"
 CPU, GPU = DATA / "results-cpu.json", DATA / "results-gpu.json"
@@ -19,7 +19,7 @@ CPU, GPU = DATA / "results-cpu.json", DATA / "results-gpu.json"
 
 def scaled(tmp_path: Path, factor: float, name: str = "later.json") -> Path:
     """The CPU fixture with every optimized-side sample multiplied by `factor` (a regression when > 1)."""
-    from harness.stats import summarize
+    from harness.core.stats import summarize
 
     r = json.loads(CPU.read_text())
     for c in r["cases"]:
@@ -223,7 +223,7 @@ def test_a_case_already_broken_in_the_first_run_is_not_a_new_failure(tmp_path):
 
 
 def test_geometric_mean_speedup_and_its_interval_on_known_inputs():
-    from harness.stats import geomean_speedup
+    from harness.core.stats import geomean_speedup
 
     twice_as_fast = ([[2.0]] * 6, [[1.0]] * 6)  # every block of the later run half the time
     same = ([[1.0]] * 6, [[1.0]] * 6)
@@ -245,7 +245,7 @@ def test_geometric_mean_speedup_and_its_interval_on_known_inputs():
 def test_an_optimization_that_pays_off_less_on_another_machine_is_flagged():
     import numpy as np
 
-    from harness.stats import compare_effects
+    from harness.core.stats import compare_effects
 
     rng = np.random.default_rng(0)
     bf16_here = 1.9 * rng.lognormal(0, 0.03, 30)

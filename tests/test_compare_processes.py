@@ -1,5 +1,5 @@
 """`harness compare` between runs measured in several processes: the case's two-level comparison
-(`harness.stats.compare_runs`, `compare_effects_runs`) instead of the one-process margins, which stay, with a
+(`harness.core.stats.compare_runs`, `compare_effects_runs`) instead of the one-process margins, which stay, with a
 note, when either run has one process. Synthetic numbers, no timing, no torch."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import compare as cmp
-from harness import compare_page, stats
-from harness.export import load_run
+from harness.core import stats
+from harness.report import compare as cmp
+from harness.report import compare_page
+from harness.report.export import load_run
 
 CPU = Path(__file__).parent / "data" / "results-cpu.json"
 CALLED = ("faster", "slower", "larger", "smaller")

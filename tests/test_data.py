@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import data
+from harness.models import data
 
 SMALL = 300_000  # bytes of corpus: enough files for both splits, quick to read
 

@@ -63,7 +63,7 @@ def test_worker_destroys_the_process_group_a_plugin_made_even_when_the_case_fail
     """A one-rank group (ddp at world_size 1) is destroyed after the result is written, failed case or not."""
     import torch.distributed as dist
 
-    from harness import worker
+    from harness.core import worker
 
     def failing_case(job):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from harness import env as envmod
-from harness.model import GPT, ModelArgs
+from harness.core import env as envmod
+from harness.models.gpt import GPT, ModelArgs
 from tests.conftest import harness_cli
 
 
@@ -91,7 +91,7 @@ class FakeNVML:
 
 
 def test_nvml_finds_the_cuda_device_by_uuid_and_reads_old_throttle_reasons(monkeypatch):
-    from harness import energy
+    from harness.core import energy
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNVML())
     monkeypatch.setattr(energy, "cuda_uuid", lambda index: "bbbbbbbb-1111-1111-1111-111111111111")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.stats import Stats
 
-from harness import compare, export
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.report import compare, export
 
 DATA = Path(__file__).parent / "data"
 CPU = DATA / "results-cpu.json"
@@ -160,7 +160,7 @@ def test_exports_carry_the_headline_of_each_kind_of_case():
 
 
 def test_a_schema_1_file_reads_as_the_current_schema_without_changing_the_input():
-    from harness.results import SCHEMA_VERSION, validate
+    from harness.core.results import SCHEMA_VERSION, validate
 
     path = Path(__file__).parent / "data" / "quick-schema-1.json"  # the quick reference as schema 1 wrote it
     raw = json.loads(path.read_text())

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from harness.errors import InputError
-from harness.model import kv_cache_bytes
-from harness.reference import load_model
+from harness.core.errors import InputError
+from harness.models.gpt import kv_cache_bytes
+from harness.models.reference import load_model
 
 
 def greedy(model, idx: torch.Tensor, new_tokens: int, cache_kind: str | None) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_without_transformers_says_how_to_install(monkeypatch, tmp_path):
 @torch.no_grad()
 @pytest.mark.parametrize("cache_kind", ["none", "dynamic", "static"])
 def test_left_padded_batch_equals_each_prompt_alone(hf_dir, cache_kind):
-    from harness.generate import decode_one_token, generate_cached, generate_no_cache
+    from harness.workloads.generate.decode import decode_one_token, generate_cached, generate_no_cache
 
     _, path = hf_dir
     model = load_model(f"hf:{path}", "cpu")
@@ -142,8 +142,8 @@ def speculative_checks(target_dir, draft_dir):
     from harness_plugins.kv_cache import KVCache, KVCacheParams
     from harness_plugins.speculative_decoding import SpeculativeDecoding, SpeculativeParams
 
-    from harness.inference import GenerateSpec, GenerateWorkload
-    from harness.workload import RunContext
+    from harness.core.workload import RunContext
+    from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
     spec = GenerateSpec(model=f"hf:{target_dir}", prompts="synthetic", batch=1, prompt_len=12, new_tokens=16)
@@ -157,7 +157,7 @@ def speculative_checks(target_dir, draft_dir):
 
 
 def test_speculative_decoding_with_hf_models_rolls_back_rejected_positions(hf_dir, hf_draft_dir, monkeypatch):
-    from harness.hf import HFCache
+    from harness.models.hf import HFCache
 
     _, path = hf_dir
     checks, opt = speculative_checks(path, hf_draft_dir)
@@ -176,9 +176,9 @@ def test_text_prompts_use_the_models_own_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from harness import data
-    from harness.inference import GenerateSpec, GenerateWorkload
-    from harness.workload import RunContext
+    from harness.core.workload import RunContext
+    from harness.models import data
+    from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
     train, val = data._split_bytes(data.DEFAULT_MAX_BYTES)
     bpe = Tokenizer(models.BPE())
@@ -202,9 +202,9 @@ def test_text_prompts_use_the_models_own_tokenizer(tmp_path):
 
 def test_tied_head_and_mask_buffers_are_counted_once(tmp_path):
     """GPT-2 ties its output head to the input embedding: one matrix in every byte and parameter count."""
-    from harness.accounting import weight_bytes
-    from harness.inference import GenerateSpec, GenerateWorkload
-    from harness.workload import RunContext
+    from harness.core.workload import RunContext
+    from harness.models.accounting import weight_bytes
+    from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -233,8 +233,8 @@ def test_library_generate_gives_the_harness_tokens_with_each_cache_implementatio
     measured like the harness's, and ITL comes from a streamer."""
     from harness_plugins.kv_cache import KVCache, KVCacheParams
 
-    from harness.inference import GenerateSpec, GenerateWorkload
-    from harness.workload import RunContext
+    from harness.core.workload import RunContext
+    from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
     _, path = hf_dir
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
@@ -256,8 +256,8 @@ def test_library_assisted_generation_keeps_the_targets_greedy_tokens(hf_dir, hf_
     from harness_plugins.kv_cache import KVCache, KVCacheParams
     from harness_plugins.speculative_decoding import SpeculativeDecoding, SpeculativeParams
 
-    from harness.inference import GenerateSpec, GenerateWorkload
-    from harness.workload import RunContext
+    from harness.core.workload import RunContext
+    from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
     _, path = hf_dir
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
@@ -272,8 +272,8 @@ def test_library_assisted_generation_keeps_the_targets_greedy_tokens(hf_dir, hf_
 
 
 def test_library_decoder_needs_an_hf_model_and_greedy_decoding(hf_dir):
-    from harness.inference import GenerateSpec
-    from harness.optimization import ParamError
+    from harness.core.optimization import ParamError
+    from harness.workloads.generate import GenerateSpec
 
     with pytest.raises(ParamError, match="needs an hf: model") as err:
         GenerateSpec(model="nano", decoder="library")

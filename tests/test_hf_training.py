@@ -15,9 +15,9 @@ from harness_plugins.lora import LoRA, LoRAParams
 from harness_plugins.mixed_precision import MixedPrecision, MixedPrecisionParams
 from harness_plugins.optimizer_impl import OptimizerImpl, OptimizerImplParams
 
-from harness.optimization import ParamError
-from harness.training import TrainSpec, TrainWorkload
-from harness.workload import RunContext
+from harness.core.optimization import ParamError
+from harness.core.workload import RunContext
+from harness.workloads.train import TrainSpec, TrainWorkload
 from tests.conftest import harness_cli
 
 transformers = pytest.importorskip("transformers")
@@ -202,17 +202,17 @@ def test_ddp_fsdp_and_lora_under_torchrun_keep_their_invariants(tmp_path):
 @pytest.mark.slow
 def test_the_readme_multi_node_recipe_runs_ddp_on_a_user_model_across_two_torchrun_agents(tmp_path):
     """README: copy the runner's job file to every node and start `torchrun --nnodes 2 ... --rdzv-backend c10d
-    -m harness.worker JOB RESULT` on each. Here two agents on this machine meet on the loopback address, one gloo
+    -m harness.core.worker JOB RESULT` on each. Here two agents on this machine meet on the loopback address, one gloo
     rank each, and DDP on the tiny Llama must equal one process."""
     import socket
     import subprocess
     import sys
 
-    from harness import env as envmod
-    from harness.plugins import load_registry
-    from harness.results import write_json
-    from harness.runner import job_for
-    from harness.suite import load_suite
+    from harness.core import env as envmod
+    from harness.core.plugins import load_registry
+    from harness.core.results import write_json
+    from harness.core.runner import job_for
+    from harness.core.suite import load_suite
 
     model = save_tiny("llama", tmp_path / "llama")
     path = tmp_path / "suite.yaml"
@@ -227,7 +227,7 @@ def test_the_readme_multi_node_recipe_runs_ddp_on_a_user_model_across_two_torchr
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
                                 "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                                 "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "harness-test",
-                                "-m", "harness.worker", str(job), str(result)],
+                                "-m", "harness.core.worker", str(job), str(result)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     logs = [a.communicate(timeout=300)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], logs[0][-2000:] + logs[1][-2000:]

@@ -5,12 +5,12 @@ import time
 import pytest
 import torch
 
-from harness.accounting import regime, weight_bytes
-from harness.checks import compare_tokens
-from harness.inference import GenerateSpec, GenerateWorkload
-from harness.model import GPT, ModelArgs, kv_cache_bytes
-from harness.optimization import ParamError, build_params
-from harness.workload import RunContext
+from harness.core.checks import compare_tokens
+from harness.core.optimization import ParamError, build_params
+from harness.core.workload import RunContext
+from harness.models.accounting import regime, weight_bytes
+from harness.models.gpt import GPT, ModelArgs, kv_cache_bytes
+from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
 CTX = RunContext(device=torch.device("cpu"), env={"peak": None}, seed=0)
 
@@ -116,7 +116,7 @@ def test_spec_validation(values, field):
 
 
 def test_registered_as_inference_workload():
-    from harness.plugins import load_registry
+    from harness.core.plugins import load_registry
 
     registry = load_registry()
     assert registry.workloads["generate"] is GenerateWorkload and GenerateWorkload.kind == "inference"
@@ -151,7 +151,7 @@ def test_ties_list_the_greedy_token_first_and_only_close_logits():
 def test_kv_bytes_moved_per_decode_step_follow_the_cache_kind():
     """static: the whole max_len cache is read every step; dynamic: torch.cat reads L, writes L + 1, attention
     reads L + 1, at the mean length; one sequence's worth when rows run one at a time."""
-    from harness.accounting import kv_step_bytes
+    from harness.models.accounting import kv_step_bytes
 
     args = ModelArgs.from_name("nano")
     per_position = kv_cache_bytes(args, 4, 1, 4)
@@ -184,7 +184,7 @@ def test_near_tie_band_is_the_measured_noise_not_a_fixed_share_of_the_logits():
     1e-3 (band 4 x noise), and not when it does not move them (band 2 eps x max|logit| = 2.4e-6)."""
     from torch import nn
 
-    from harness.checks import near_ties
+    from harness.core.checks import near_ties
 
     class Logits(nn.Module):
         def __init__(self, noise: float):
@@ -205,8 +205,8 @@ def test_near_tie_band_is_the_measured_noise_not_a_fixed_share_of_the_logits():
 
 def test_decode_figures_bandwidth_and_itl_follow_their_definitions():
     """The metric formulas of docs/measurement.md on numbers worked by hand (no model, no timing)."""
-    from harness.accounting import bandwidth_figures, decode_figures
-    from harness.stats import itl_percentiles
+    from harness.core.stats import itl_percentiles
+    from harness.models.accounting import bandwidth_figures, decode_figures
 
     together = decode_figures(2.0, 0.2, new_tokens=10, batch=4, sequential=False)
     assert together["tpot_s"] == pytest.approx(0.2) and together["tokens_per_s_total"] == pytest.approx(20.0)

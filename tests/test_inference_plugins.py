@@ -3,17 +3,17 @@
 import pytest
 import torch
 from harness_plugins import continuous_batching as cb
-from harness_plugins import serve
+from harness.workloads import serve
 from harness_plugins import speculative_decoding as sd
 from harness_plugins.batching import Batching, BatchingParams
 from harness_plugins.distillation import Distillation, DistillationParams
 from harness_plugins.kv_cache import KVCache, KVCacheParams
 from harness_plugins.quantization import Quantization, QuantizationParams
 
-from harness.inference import GenerateSpec, GenerateWorkload
-from harness.model import StaticCache
-from harness.optimization import ParamError, build_params
-from harness.workload import RunContext
+from harness.core.optimization import ParamError, build_params
+from harness.core.workload import RunContext
+from harness.models.gpt import StaticCache
+from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
 CTX = RunContext(device=torch.device("cpu"), env={}, seed=0)
 SPEC = {"model": "nano", "prompts": "synthetic", "batch": 2, "prompt_len": 16, "new_tokens": 12}
@@ -192,15 +192,15 @@ def test_ragged_batching_ignores_what_the_padding_holds():
 
 @pytest.mark.parametrize("broken", ["attends_to_padding", "positions_not_shifted"])
 def test_ragged_batching_with_broken_padding_is_caught(monkeypatch, broken):
-    import harness.model
+    import harness.models.gpt
 
     seq, run, opt = ragged_pair([KVCache()])
     expected = seq.outputs()
     if broken == "attends_to_padding":
-        real = harness.model.padding_mask
-        monkeypatch.setattr(harness.model, "padding_mask", lambda pos, pad, n: real(pos, torch.zeros_like(pad), n))
+        real = harness.models.gpt.padding_mask
+        monkeypatch.setattr(harness.models.gpt, "padding_mask", lambda pos, pad, n: real(pos, torch.zeros_like(pad), n))
     else:
-        monkeypatch.setattr(harness.model.GPT, "forward", unshifted_forward)
+        monkeypatch.setattr(harness.models.gpt.GPT, "forward", unshifted_forward)
     assert passed(opt.check(expected, run.outputs())) == {"tokens_identical_to_one_at_a_time": False}
 
 

@@ -1,4 +1,4 @@
-"""Foreign load (harness.load): CPU time outside the case's process tree is seen, the case's own is not."""
+"""Foreign load (harness.core.load): CPU time outside the case's process tree is seen, the case's own is not."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import load
+from harness.core import load
 
 SPIN = "import time\nend = time.perf_counter() + {s}\nwhile time.perf_counter() < end: pass\n"
 
@@ -67,7 +67,7 @@ def test_summary_withholds_the_verdict_and_says_which_threads_to_use():
 
 def test_throttling_from_nvml_violation_counters_across_pairs():
     """Counter differences across each pair, capped at the pair's wall time; no counters, no record."""
-    from harness.energy import throttle_record
+    from harness.core.energy import throttle_record
 
     counters = [{"power": 10.0, "thermal": 5.0}, {"power": 10.0, "thermal": 5.0}, {"power": 10.3, "thermal": 5.1},
                 {"power": 11.5, "thermal": 5.6}]

@@ -3,7 +3,7 @@
 
 import time
 
-from harness.timing import Clock, MeasureSettings, measure
+from harness.core.timing import Clock, MeasureSettings, measure
 
 
 def test_clock_overhead_per_sample(benchmark):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.plugins import get_plugin_manager, load_registry
+from harness.core.plugins import get_plugin_manager, load_registry
 from tests.conftest import FAULTY_PLUGINS, harness_cli
 
 
@@ -58,7 +58,7 @@ def test_new_plugin_package_installs_and_runs_through_the_cli(tmp_path):
     assert install.returncode == 0, install.stderr
     env = {"PYTHONPATH": str(site)}
     listed = harness_cli("plugins", env=env)
-    listing = "bf16_weights  [optimization, inference (generate workloads)]  from harness-bf16-weights 0.1.0"
+    listing = "bf16_weights  [optimization, inference, requires GenerateAPI]  from harness-bf16-weights 0.1.0"
     assert listing in listed.stdout
     own_test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg)],
                               capture_output=True, text=True, cwd=pkg, env={**__import__("os").environ, **env})
@@ -84,7 +84,7 @@ def test_plugins_piped_into_a_reader_that_leaves_early_ends_quietly():
 def test_defaults_from_a_factory_and_required_parameters_are_shown_as_such():
     import dataclasses
 
-    from harness.optimization import describe_params
+    from harness.core.optimization import describe_params
 
     @dataclasses.dataclass
     class Params:
@@ -104,10 +104,9 @@ def knob_table() -> str:
     """The knobs table of docs/plugins.md, from the knob dataclasses' fields and help texts."""
     import dataclasses
 
-    from harness_plugins.serve import ServeKnobs
-
-    from harness.inference import GenerateKnobs
-    from harness.training import TrainKnobs
+    from harness.workloads.generate import GenerateKnobs
+    from harness.workloads.serve import ServeKnobs
+    from harness.workloads.train import TrainKnobs
 
     rows = ["| run | knob | type | default | what it does (set by) |", "|---|---|---|---|---|"]
     for run, cls in (("TrainRun", TrainKnobs), ("GenerateRun", GenerateKnobs), ("ServeRun", ServeKnobs)):
@@ -129,10 +128,10 @@ def test_the_plugin_guide_lists_every_knob_a_plugin_may_set():
 
 
 def test_a_plugin_adds_a_model_source_that_suites_and_workloads_resolve(tmp_path):
-    from harness.inference import GenerateSpec, GenerateWorkload
-    from harness.optimization import ParamError
-    from harness.reference import LOADERS, load_model, model_facts
-    from harness.workload import RunContext
+    from harness.core.optimization import ParamError
+    from harness.core.workload import RunContext
+    from harness.models.reference import LOADERS, load_model, model_facts
+    from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
     load_registry([FAULTY_PLUGINS])
     assert {"reference", "hf", "tiny"} <= set(LOADERS)

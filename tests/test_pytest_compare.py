@@ -1,7 +1,7 @@
 """The pytest plugin's `compare=True`: both sides in paired blocks, judged by the same rule as `harness run`."""
 
 from harness.pytest_plugin import run_case
-from harness.timing import MeasureSettings
+from harness.core.timing import MeasureSettings
 
 
 class FakeBenchmark:
@@ -30,15 +30,15 @@ def test_identical_sides_are_never_called_faster_or_slower():
 
 def test_harness_run_and_the_pytest_plugin_judge_a_case_by_the_same_checks(tmp_path):
     """One case through the worker (as `harness run --inline` runs it) and through the pytest fixture: the same
-    sides (harness.sides.build_sides), the same checks with the same values (harness.sides.run_checks)."""
+    sides (harness.core.sides.build_sides), the same checks with the same values (harness.core.sides.run_checks)."""
     import json
 
-    from harness import env as envmod
-    from harness import worker
-    from harness.plugins import load_registry
-    from harness.results import write_json
-    from harness.runner import job_for
-    from harness.suite import load_suite
+    from harness.core import env as envmod
+    from harness.core import worker
+    from harness.core.plugins import load_registry
+    from harness.core.results import write_json
+    from harness.core.runner import job_for
+    from harness.core.suite import load_suite
 
     spec = {"model": "micro", "batch": 2, "seq_len": 16, "steps": 2}
     suite_path = tmp_path / "s.yaml"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import reference
-from harness.errors import InputError
-from harness.reference import ReferenceConfig
+from harness.core.errors import InputError
+from harness.models import reference
+from harness.models.reference import ReferenceConfig
 
 TINY = ReferenceConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, steps=40, batch=8, lr=1e-2, min_lr=1e-3,
                        warmup=5, max_bytes=300_000, eval_batches=2)
@@ -45,7 +45,7 @@ def test_training_is_deterministic(tiny):
 def test_trained_beats_untrained_and_unigram(tiny):
     model, report = reference.train_reference("tiny")
     untrained = reference.load_model("nano", "cpu")  # any random-init byte model
-    from harness import data
+    from harness.models import data
 
     _, val = data.splits(TINY.max_bytes)
     trained_ppl = reference.perplexity(model, val, seq_len=32, max_batches=2)

@@ -1,4 +1,4 @@
-"""harness.replicate and scripts/replicate-bench --from, on synthetic results dicts (nothing is timed)."""
+"""harness.core.replicate and scripts/replicate-bench --from, on synthetic results dicts (nothing is timed)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import replicate
-from harness.errors import InputError
+from harness.core import replicate
+from harness.core.errors import InputError
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "scripts" / "replicate-bench"
@@ -160,7 +160,7 @@ def test_script_run_mode_runs_harness_n_times_and_passes_extra_args(tmp_path, mo
 
     monkeypatch.setattr(module.subprocess, "run", fake_run)
     assert module.main(["quick", "3", "--out", str(tmp_path), "--", "--repeat", "1", "--device", "cpu"]) == 0
-    assert calls == [[sys.executable, "-m", "harness.cli", "run", "quick", "--out", str(tmp_path / f"run-{i}"),
+    assert calls == [[sys.executable, "-m", "harness.core.cli", "run", "quick", "--out", str(tmp_path / f"run-{i}"),
                       "--repeat", "1", "--device", "cpu"] for i in (1, 2, 3)]
     assert "coverage: 6 of 6 pairings (100 %)" in capsys.readouterr().out
     assert json.loads((tmp_path / "replication.json").read_text())["coverage"]["total"] == 6

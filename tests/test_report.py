@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from markupsafe import escape as html_escape
 
-from harness import compare, compare_page, cost
-from harness.errors import InputError
-from harness.formatting import fmt_bytes, memory_saved, short_reason, verdict_text
-from harness.report import render_report, write_report
-from harness.results import load
+from harness.core import cost
+from harness.core.errors import InputError
+from harness.core.results import load
+from harness.report import compare, compare_page
+from harness.report.formatting import fmt_bytes, memory_saved, short_reason, verdict_text
+from harness.report.page import render_report, write_report
 
 DATA = Path(__file__).parent / "data"
 
@@ -262,7 +263,8 @@ def test_bad_results_file_is_an_input_error(tmp_path):
 
 
 def test_report_imports_no_torch():
-    code = ("import sys, json; from harness.report import render_report; from harness import compare, export, cost; "
+    code = ("import sys, json; from harness.report.page import render_report; "
+            "from harness.report import compare, export; from harness.core import cost; "
             f"render_report(json.load(open({str(DATA / 'results-gpu.json')!r}))); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -316,7 +318,7 @@ def test_fmt_bytes_uses_binary_units():
     assert fmt_bytes(3 * 2**20) == "3 MiB"
 
 
-# ---- real files written by harness/runner.py + harness/worker.py (tests/data/real) ----
+# ---- real files written by harness/core/runner.py + harness/core/worker.py (tests/data/real) ----
 
 REAL = DATA / "real"
 

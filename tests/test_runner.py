@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from harness import stats
+from harness.core import stats
 from tests.conftest import FAULTY_PLUGINS, FIXTURES, harness_cli
 
 
@@ -95,9 +95,9 @@ def test_inline_runs_in_process_and_refuses_multi_process_cases(tmp_path):
     (case,) = json.loads((out / "results.json").read_text())["cases"]
     assert case["status"] == "ok" and case["log"] is None and case["checks"][0]["passed"]
 
-    from harness.plugins import load_registry
-    from harness.runner import run_case
-    from harness.suite import load_suite
+    from harness.core.plugins import load_registry
+    from harness.core.runner import run_case
+    from harness.core.suite import load_suite
 
     ddp_suite = tmp_path / "ddp.yaml"
     ddp_suite.write_text("name: d\nworkloads:\n  t: {type: train, model: micro}\ncases:\n"
@@ -139,9 +139,9 @@ def test_repeat_runs_processes_and_combines_their_pairs(tmp_path):
 def test_rounds_interleave_the_cases_in_a_seeded_order(tmp_path, monkeypatch):
     """Round k runs the k-th process of every case before any case's next one; each round's order is shuffled
     from a fixed seed, the same on a rerun."""
-    from harness import runner
-    from harness.plugins import load_registry
-    from harness.suite import load_suite
+    from harness.core import runner
+    from harness.core.plugins import load_registry
+    from harness.core.suite import load_suite
 
     suite = tmp_path / "suite.yaml"
     text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
@@ -173,9 +173,9 @@ def test_rounds_interleave_the_cases_in_a_seeded_order(tmp_path, monkeypatch):
 
 
 def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_kept(tmp_path, monkeypatch):
-    from harness import launch, runner
-    from harness.plugins import load_registry
-    from harness.suite import load_suite
+    from harness.core import launch, runner
+    from harness.core.plugins import load_registry
+    from harness.core.suite import load_suite
 
     monkeypatch.setattr(launch, "EXIT_GRACE_S", 1.0)
     suite = tmp_path / "suite.yaml"
@@ -191,7 +191,7 @@ def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_k
 
 def test_results_files_are_strict_json_and_say_which_value_was_not_finite(tmp_path):
     """Issue 11 (4): a diverging run's NaN is written as null with a warning, never as a bare NaN."""
-    from harness.results import write_json
+    from harness.core.results import write_json
 
     path = tmp_path / "result.json"
     write_json(str(path), {"status": "ok", "warnings": [], "metrics": {"extra": {"loss": float("nan")},
@@ -206,7 +206,7 @@ def test_results_files_are_strict_json_and_say_which_value_was_not_finite(tmp_pa
 
 
 def test_sides_doing_different_work_get_no_time_verdict():
-    from harness.worker import different_work
+    from harness.core.worker import different_work
 
     assert different_work({"tokens": 64, "sequences": 4}, {"tokens": 64, "sequences": 4}) is None
     reason = different_work({"tokens": 64, "sequences": 4}, {"tokens": 310, "requests": 12})

@@ -8,13 +8,14 @@ import statistics
 import pytest
 import torch
 from harness_plugins.continuous_batching import ContinuousBatching
-from harness_plugins.serve import ServeSpec, ServeWorkload
 
-from harness import serving, traces
-from harness.errors import InputError
-from harness.optimization import ParamError, build_params
-from harness.traces import make_trace
-from harness.workload import RunContext
+from harness.core.errors import InputError
+from harness.core.optimization import ParamError, build_params
+from harness.core.workload import RunContext
+from harness.workloads.serve import ServeSpec, ServeWorkload
+from harness.workloads.serve import search as serving
+from harness.workloads.serve import trace as traces
+from harness.workloads.serve.trace import make_trace
 
 
 def test_arrivals_have_the_asked_rate_and_burstiness():
@@ -283,7 +284,7 @@ def test_the_report_shows_every_search_and_the_sweep():
     import json
     from pathlib import Path
 
-    from harness.report import render_report
+    from harness.report.page import render_report
 
     spec = build_params(serving.ServingSpec, {"slo": {"ttft_p90_s": 0.02}, "start_rate": 4.0, "repeats": 2,
                                               "rates": "auto"})
@@ -323,16 +324,16 @@ def test_old_style_trace_parameters_say_where_the_trace_moved():
 
 
 def test_a_serve_run_counts_embeddings_and_its_slot_cache_and_refuses_generate_plugins():
-    from harness.accounting import tensor_bytes
-    from harness.plugins import load_registry
-    from harness.sides import build_sides
+    from harness.core.plugins import load_registry
+    from harness.core.sides import build_sides
+    from harness.models.accounting import tensor_bytes
 
     run = ServeWorkload().build(build_params(ServeSpec, TRACE), [], CTX)
     memory = run.memory()
     assert memory["weights"] == tensor_bytes(run.model.parameters())  # wte, wpe and the untied head included
     assert memory["kv_cache"] == run.cache.nbytes() == 2 * run.cache.k.numel() * 4
     registry = load_registry()
-    with pytest.raises(ValueError, match="'kv_cache' applies to generate workloads, not to 'serve'"):
+    with pytest.raises(ValueError, match="'kv_cache' applies to GenerateAPI runs, but 'serve' .type: serve. runs ServeRun"):
         build_sides(registry, {"optimized": [("kv_cache", {})]}, {}, ServeWorkload)
     assert build_sides(registry, {"optimized": [("continuous_batching", {})]}, {}, ServeWorkload)["optimized"]
 
@@ -355,7 +356,8 @@ def test_chunked_prefill_runs_decodes_between_the_chunks_of_a_long_prompt(tmp_pa
     prefilled over several iterations, each chunk at most 8 tokens at contiguous positions, with the short
     request's decode steps between them; every output still equals the request served alone."""
     from harness_plugins.chunked_prefill import ChunkedPrefill, ChunkedPrefillParams
-    from harness_plugins.serve import ServeRun
+
+    from harness.workloads.serve import ServeRun
 
     lengths = tmp_path / "lengths.jsonl"
     lengths.write_text('{"prompt_len": 4, "output_len": 12}\n{"prompt_len": 30, "output_len": 4}\n')
@@ -386,8 +388,8 @@ def test_chunked_prefill_runs_decodes_between_the_chunks_of_a_long_prompt(tmp_pa
 def test_knobs_refuse_a_typo_and_a_value_outside_their_choices():
     """A plugin that misspells a knob or sets a value the run does not know fails its case at apply time,
     instead of leaving the baseline's setting (which would time the baseline against itself)."""
-    from harness.inference import GenerateKnobs
-    from harness.training import TrainKnobs
+    from harness.workloads.generate import GenerateKnobs
+    from harness.workloads.train import TrainKnobs
 
     run = ServeWorkload().build(build_params(ServeSpec, TRACE), [], CTX)
     with pytest.raises(AttributeError, match="ServeKnobs has no knob 'schedular'; did you mean 'scheduler'"):
@@ -424,7 +426,7 @@ def test_a_side_the_budget_never_reached_is_said_not_searched():
 def test_a_plain_serve_case_flags_percentiles_over_too_few_requests():
     """36 requests (12 served three times): p99 needs 100, so it is listed in too_few_requests and the headline
     says so; p50 and p90 are not."""
-    from harness.formatting import fmt_headline
+    from harness.report.formatting import fmt_headline
 
     run = ServeWorkload().build(build_params(ServeSpec, {**TRACE, "requests": 12}), [], CTX)
     run.timed = True

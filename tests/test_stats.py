@@ -7,8 +7,8 @@ import statistics
 import pytest
 from pytest_benchmark.stats import Stats
 
-from harness import stats
-from harness.timing import MeasureSettings, paired_blocks
+from harness.core import stats
+from harness.core.timing import MeasureSettings, paired_blocks
 
 
 def test_summary_matches_pytest_benchmark_stats():

@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from harness.errors import InputError
-from harness.suite import load_suite
+from harness.core.errors import InputError
+from harness.core.suite import load_suite
 from tests.conftest import FAULTY_PLUGINS, FIXTURES, harness_cli
 
 GOOD = """\
@@ -104,7 +104,7 @@ def test_missing_device_is_bad_input(tmp_path):
 
 
 def test_shipped_suites_validate():
-    from harness.plugins import load_registry
+    from harness.core.plugins import load_registry
 
     registry = load_registry()
     for path in sorted((FIXTURES.parent.parent / "suites").glob("*.yaml")):
@@ -113,7 +113,7 @@ def test_shipped_suites_validate():
 
 
 def test_sweep_sets_the_parameter_on_both_sides(tmp_path):
-    from harness.plugins import load_registry
+    from harness.core.plugins import load_registry
 
     reg = load_registry()
     sweep = """\
@@ -136,7 +136,7 @@ cases:
 def test_sweep_over_a_workload_field_makes_one_case_per_value(tmp_path):
     """`workload.FIELD` sweeps the workload's own settings (a trace's rate, a batch): each case gets the value in
     its spec and in its id; a bad value names the sweep's field and line."""
-    from harness.plugins import load_registry
+    from harness.core.plugins import load_registry
 
     reg = load_registry()
     sweep = """\

@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from harness import memory, timing
-from harness.timing import Clock, MeasureSettings, measure
+from harness.core import memory, timing
+from harness.core.timing import Clock, MeasureSettings, measure
 
 FAST = MeasureSettings(min_samples=5, min_time_s=0.05, max_time_s=1.0, warmup_min_iters=3,
                        warmup_min_s=0.01, warmup_max_s=0.5)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from harness.checks import tensors_check
-from harness.optimization import ParamError, build_params
-from harness.plugins import load_registry
-from harness.training import TrainRun, TrainSpec, TrainWorkload
-from harness.workload import RunContext
+from harness.core.checks import tensors_check
+from harness.core.optimization import ParamError, build_params
+from harness.core.plugins import load_registry
+from harness.core.workload import RunContext
+from harness.workloads.train import TrainRun, TrainSpec, TrainWorkload
 
 SPEC = dict(model="nano", batch=2, seq_len=16, steps=2)
 
@@ -116,7 +116,7 @@ def test_shard_batches_takes_this_ranks_rows_of_the_global_batch():
 
 @pytest.mark.parametrize("name", ["training", "gpu-training"])
 def test_training_suites_load_and_cover_every_training_plugin(name):
-    from harness.suite import builtin_suite_path, load_suite
+    from harness.core.suite import builtin_suite_path, load_suite
 
     suite = load_suite(builtin_suite_path(name), load_registry())
     used = {use.name for case in suite.cases for use in case.plugins}
@@ -133,10 +133,10 @@ def test_tolerances_widen_to_the_baselines_own_repeat_noise():
     deviation beyond that still fails. On the CPU the repeat is identical (noise 0)."""
     import torch
 
-    from harness.checks import loss_check, repeat_noise, tensors_check
-    from harness.sides import repeat_noise_pass
-    from harness.training import TrainSpec, TrainWorkload
-    from harness.workload import RunContext
+    from harness.core.checks import loss_check, repeat_noise, tensors_check
+    from harness.core.sides import repeat_noise_pass
+    from harness.core.workload import RunContext
+    from harness.workloads.train import TrainSpec, TrainWorkload
 
     ctx = RunContext(device=torch.device("cpu"), env={}, seed=0)
     spec = TrainSpec(model="nano", batch=2, seq_len=16, steps=2)

@@ -14,10 +14,10 @@ from harness_plugins.lora import LoRA, LoRAParams
 from harness_plugins.mixed_precision import MixedPrecision, MixedPrecisionParams
 from harness_plugins.optimizer_impl import OptimizerImpl, OptimizerImplParams
 
-from harness.optimization import ParamError, build_params
-from harness.plugins import load_registry
-from harness.training import TrainRun, TrainSpec, TrainWorkload
-from harness.workload import RunContext
+from harness.core.optimization import ParamError, build_params
+from harness.core.plugins import load_registry
+from harness.core.workload import RunContext
+from harness.workloads.train import TrainRun, TrainSpec, TrainWorkload
 
 ENV = {"device": "cpu", "peak": None}
 SPEC = {"model": "nano", "batch": 4, "seq_len": 32, "steps": 3}
@@ -69,7 +69,8 @@ def test_bad_params_are_refused_naming_the_field(cls, values, field):
 
 
 def test_accumulation_refuses_a_batch_it_cannot_split():
-    with pytest.raises(ParamError, match="does not split into 4") as err:
+    # validate() runs inside build, before apply: the same message `harness validate` gives
+    with pytest.raises(ParamError, match=r"does not split into 1 rank\(s\) x 4") as err:
         build([GradientAccumulation(AccumulationParams(4))], batch=6)
     assert err.value.field == "micro_batches"
 
@@ -236,14 +237,14 @@ def test_lora_must_come_before_ddp():
 
 
 def test_train_workload_accepts_a_reference_model_and_fine_tunes_it(monkeypatch):
-    import harness.reference
-    from harness.model import GPT, ModelArgs
+    import harness.models.reference
+    from harness.models.gpt import GPT, ModelArgs
 
     with pytest.raises(ParamError, match="unknown reference") as err:
         build_params(TrainSpec, {"model": "reference:nope"})
     assert err.value.field == "model"
     trained = GPT(ModelArgs.from_name("micro")).eval()  # stands in for the cached reference (no training here)
-    monkeypatch.setattr(harness.reference, "load_reference", lambda name, device: trained)
+    monkeypatch.setattr(harness.models.reference, "load_reference", lambda name, device: trained)
     run = build([LoRA(LoRAParams(rank=2))], model="reference:draft", data="corpus")
     assert run.raw_model is trained and trained.training and run.info["model"] == "reference:draft"
     assert run.args.n_embd == 32 and run.outputs()["facts"]["lora"]["step0_logits_equal"]

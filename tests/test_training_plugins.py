@@ -11,10 +11,10 @@ from harness_plugins.mixed_precision import TF32, MixedPrecision, MixedPrecision
 from harness_plugins.torch_compile import CompileParams, TorchCompile
 from harness_plugins.zero import Zero, ZeroParams
 
-from harness.optimization import ParamError, build_params
-from harness.plugins import load_registry
-from harness.training import TrainSpec, TrainWorkload
-from harness.workload import RunContext
+from harness.core.optimization import ParamError, build_params
+from harness.core.plugins import load_registry
+from harness.core.workload import RunContext
+from harness.workloads.train import TrainSpec, TrainWorkload
 
 ENV = {"device": "cpu", "peak": None}
 

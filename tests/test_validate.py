@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import InputError
-from harness.plugins import load_registry
-from harness.suite import load_suite
+from harness.core.errors import InputError
+from harness.core.plugins import load_registry
+from harness.core.suite import load_suite
 from tests.conftest import harness_cli
 
 HEAD = """\
@@ -56,9 +56,9 @@ CASE = "  - workload: gen\n    plugins: [kv_cache]\n"
     ("{type: serve, model: nano, prompt_max: 200, output_max: 100}", "plugins: [continuous_batching]",
      "workloads.serve.output_max", "exceeds the 'nano' context of 256"),
     ("{type: serve, model: nano}", "plugins: [kv_cache]", "cases[0].plugins[0].kv_cache",
-     "applies to generate workloads, but 'serve' is type: serve"),
+     "applies to GenerateAPI runs, but 'serve' (type: serve) runs ServeRun, which lacks"),
     ("{type: generate, model: nano}", "plugins: [{kv_cache: {kind: dynamic}}]\n    serving: {slo: {ttft_p90_s: 1}}",
-     "cases[0].serving", "needs a workload that serves a request trace (type: serve)"),
+     "cases[0].serving", "a serving search is offered by serve workloads; 'serve' is type: generate, which offers capacity"),
 ], ids=["serve-context", "kv_cache-on-serve", "search-on-generate"])
 def test_a_serve_workload_and_its_plugins_are_checked_at_validate(tmp_path, registry, workload, case, field, words):
     text = f"name: v\ndevice: cpu\nworkloads:\n  serve: {workload}\ncases:\n  - workload: serve\n    {case}\n"
@@ -104,7 +104,7 @@ def test_one_sample_is_not_enough(tmp_path, registry):
     ("  - workload: gen\n    plugins: [speculative_decoding, {batching: {batch_size: 2}}]\n",
      "cases[0].plugins[0].speculative_decoding", "one sequence at a time"),
     ("  - workload: gen\n    plugins: [continuous_batching]\n", "cases[0].plugins[0].continuous_batching",
-     "applies to serve workloads, but 'gen' is type: generate"),
+     "applies to ServeAPI runs, but 'gen' (type: generate) runs GenerateRun, which lacks"),
     ("  - workload: gen\n    plugins: [{batching: {prompt_min: 61}}]\n",
      "cases[0].plugins[0].batching.prompt_min", "prompt_len 60"),
     ("  - workload: train\n    plugins: [ddp, lora]\n", "cases[0].plugins[1].lora", "before ddp"),

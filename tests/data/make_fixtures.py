@@ -3,7 +3,7 @@
 They follow docs/results.md exactly but their samples are drawn from a seeded RNG: they test rendering and
 comparison, they are not measurements. Each case is timed as the worker times it, in pairs of blocks (PAIRS pairs,
 BLOCK samples per block, a random order per pair) with a drift per pair that both sides of the pair share, and
-compared by harness.stats.compare; the CPU file holds a busy case (foreign load over the threshold: inconclusive)
+compared by harness.core.stats.compare; the CPU file holds a busy case (foreign load over the threshold: inconclusive)
 and a noisy one whose interval is too wide (inconclusive). Re-run with `.venv/bin/python tests/data/make_fixtures.py`.
 """
 
@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from harness.stats import compare, summarize, warnings_for
+from harness.core.stats import compare, summarize, warnings_for
 
 HERE = Path(__file__).parent
 GIB = 2**30
@@ -63,7 +63,7 @@ def foreign_load(rng, busy):
 
 def case(rng, cid, wl, spec, kind, plugins, b_med, o_med, b_peak, o_peak, tokens, samples, checks, cuda=False,
          b_extra=None, o_extra=None, energy=None, noise=0.03, busy=False):
-    """An ok CASE with both sides timed in pairs of blocks, the comparison computed by harness.stats, and noise
+    """An ok CASE with both sides timed in pairs of blocks, the comparison computed by harness.core.stats, and noise
     warnings. busy: other work loaded the machine (the verdict is withheld)."""
     src = "cuda_max_memory_allocated" if cuda else "cpu_vmhwm"
 

@@ -1,0 +1,381 @@
+"""The `harness` command: run, validate, plugins, env, report, compare, export, train-reference, new-plugin.
+
+Exit codes: 0 all ok, 1 some case failed (or a regression gate tripped), 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+from harness.core.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `harness plugins | head`: the reader left; no traceback (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
+                        help="also load every *.py plugin file in DIR (repeatable)")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a suite (default: the quick suite) and write results + report")
+    p.add_argument("suite", nargs="?", help="a suite file, or a built-in suite name (quick, training, inference, "
+                                            "serving, laptop-finetune, gpu-training, gpu-inference, serving-gpu)")
+    p.add_argument("--device", help="override the suite's device: auto, cpu, cuda, cuda:N")
+    add_suite_overrides(p)
+    p.add_argument("--out", type=Path,
+                   help="output folder (default: reports/<run-id>); with --resume, the run to finish")
+    p.add_argument("--only", action="append", metavar="PLUGIN", help="run only cases using PLUGIN (repeatable)")
+    p.add_argument("--resume", action="store_true", help="finish the interrupted run in --out without redoing cases")
+    p.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no isolation)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the suite's, else physical cores)")
+    p.add_argument("--repeat", type=int, metavar="N",
+                   help="measure each case in N processes, one per round over the suite (default: the suite's "
+                        "measure.repeat, 5); the interval covers process-to-process variation; 1: one process, "
+                        "whose interval covers the noise within it only")
+    p.add_argument("--fresh-processes", action="store_true",
+                   help="start every case process as a new interpreter instead of forking it from a server that "
+                        "imported torch once")
+    p.add_argument("--until-conclusive", action="store_true",
+                   help="after the minimum pairs, keep adding pairs until the verdict is decided or the suite's "
+                        "max_time_s per side is spent")
+    p.add_argument("--price-per-hour", type=float, help="device price in $/hour for cost figures")
+    p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name (overrides the examples)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a suite without running it")
+    p.add_argument("suite")
+    add_suite_overrides(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list every plugin with kind, parameters, defaults and source")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("env", help="show the detected environment (CPU, GPU, NVML, peaks)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--probe", action="store_true", help="measure bf16 matmul and copy ceilings (GPU)")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("report", help="render results.json into a self-contained HTML report")
+    p.add_argument("results", type=Path)
+    p.add_argument("-o", "--out", type=Path)
+    p.add_argument("--price-per-hour", type=float)
+    p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare runs (machines, versions) case by case")
+    p.add_argument("results", type=Path, nargs="+")
+    p.add_argument("-o", "--out", type=Path, help="write an HTML comparison here")
+    p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
+                   help='regression gate, e.g. "median:10%%": exit 1 if a later run is significantly 10%% slower; '
+                        'any --fail-if (or "--fail-if status" alone) also fails when a case that was ok is not ok, '
+                        'fails a check it passed, or is missing')
+    p.add_argument("--allow-missing", action="store_true", help="with --fail-if: a case missing from a later run "
+                                                                 "is not a failure")
+    p.add_argument("--price-per-hour", type=float)
+    p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="export results as pytest-benchmark JSON, CSV or Markdown")
+    p.add_argument("results", type=Path)
+    p.add_argument("--format", choices=["pytest-benchmark", "csv", "markdown"], default="pytest-benchmark")
+    p.add_argument("-o", "--out", type=Path)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train-reference", help="train (or load cached) reference models for inference suites")
+    p.add_argument("names", nargs="*", default=["target", "draft"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="retrain even when cached")
+    p.set_defaults(func=cmd_train_reference)
+
+    p = sub.add_parser("new-plugin", help="write a working plugin package (module, entry point, test)")
+    p.add_argument("name", help="optimization name, e.g. my_opt")
+    p.add_argument("--dir", type=Path, default=None, help="where to create the package (default: ./harness-NAME)")
+    p.set_defaults(func=cmd_new_plugin)
+    return parser
+
+
+def add_suite_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="use this model in every workload that has one: a preset, reference:NAME or "
+                                   "hf:DIR (a local Hugging Face folder)")
+    p.add_argument("--budget-gb", type=float, metavar="GB", help="memory budget of every capacity search (GiB)")
+
+
+def cmd_run(args) -> int:
+    from harness.core import env as envmod
+    from harness.core.plugins import load_registry
+    from harness.core.runner import prepare_references, run_suite
+    from harness.core.suite import load_suite, resolve_suite_path
+
+    registry = load_registry(args.plugins_dir)
+    warn_load_errors(registry)
+    suite = load_suite(resolve_suite_path(args.suite), registry, args.model, args.budget_gb)
+    if args.only:
+        unknown = [name for name in args.only if name not in registry.optimizations]
+        if unknown:
+            raise InputError(f"unknown plugin '{unknown[0]}'; known: {', '.join(registry.optimizations)}",
+                             field="--only")
+        used = {u.name for c in suite.cases for u in c.plugins}
+        if not used & set(args.only):
+            raise InputError(f"no case of suite '{suite.name}' uses {', '.join(args.only)}; its cases use "
+                             f"{', '.join(sorted(used))}", suite.path, field="--only")
+    if args.repeat is not None and args.repeat < 1:
+        raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
+    if args.until_conclusive:
+        suite.measure.until_conclusive = True
+    device = args.device or suite.device
+    threads = args.threads or suite.threads or envmod.physical_cores()
+    try:
+        env = envmod.detect(device, threads)
+    except ValueError as exc:
+        raise InputError(str(exc), suite.path if not args.device else None, field="device") from None
+    registry.manager.hook.harness_environment(env=env)
+    if args.resume and not args.out:
+        raise InputError("--resume needs --out: the folder of the run to finish", field="--resume")
+    out = args.out or Path("reports") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{safe_name(suite.name)}"
+    if args.resume and not (out / "results.json").exists():
+        raise InputError(f"nothing to resume: {out / 'results.json'} does not exist", field="--resume")
+    print(f"suite {suite.name}: {len(suite.cases)} cases on {env['device']} ({threads} threads) -> {out}",
+          file=sys.stderr)
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        prepare_references(suite, env["device"], progress)
+        results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
+                            inline=args.inline, resume=args.resume, only=args.only, progress=progress,
+                            registry=registry, repeat=args.repeat, fresh=args.fresh_processes)
+    except KeyboardInterrupt:
+        write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
+        return 130
+    report = write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
+    print_summary(results)
+    print(f"results: {out / 'results.json'}" + (f"\nreport:  {report}" if report else ""))
+    return 0 if all(c["status"] == "ok" and all(ch["passed"] for ch in c.get("checks", []))
+                    for c in results["cases"]) else 1
+
+
+def safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path | None:
+    """Render the HTML report; a report bug must not lose the run (the results file is already written)."""
+    try:
+        from harness.report.page import write_report
+
+        return write_report(results_path, price_per_hour=price_per_hour, prices=prices)
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: could not render the report: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def print_summary(results: dict) -> None:
+    """The end-of-run table: one line per case."""
+    from harness.core.runner import fmt_speedup, run_command
+    from harness.core.timing import MeasureSettings
+
+    rows = [("case", "status", "speedup [95% CI]", "verdict", "foreign CPU", "memory", "checks")]
+    for c in results["cases"]:
+        if c["status"] != "ok":
+            rows.append((c["id"], c["status"], "", "", "", "", ""))
+            continue
+        cmp = c["comparison"]
+        mem = f"{cmp['memory_ratio']:.2f}x" if cmp.get("memory_ratio") else "n/a"
+        checks = c.get("checks", [])
+        load = ((c.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+        rows.append((c["id"], "ok", fmt_speedup(cmp), cmp["verdict"], "n/a" if load is None else f"{load:.0%}",
+                     mem, f"{sum(ch['passed'] for ch in checks)}/{len(checks)}"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    withheld = [c for c in results["cases"] if c["status"] == "ok" and c["comparison"]["verdict"] == "inconclusive"]
+    if withheld:
+        print(f"\n{len(withheld)} verdict(s) withheld:")
+        for c in withheld:
+            print(f"  {c['id']}: {c['comparison'].get('reason')}")
+        busy = [c for c in withheld if ((c.get("measurement") or {}).get("foreign_load") or {}).get("busy")]
+        wide = [c for c in withheld if c not in busy]
+        if busy:
+            print("  busy: other processes used the CPU while these cases were timed; when the machine is quiet, "
+                  f"run:\n    {run_command(results, *only_flags(busy))}")
+        if wide:
+            flags = only_flags(wide)
+            done = max((c.get("measurement") or {}).get("processes_repeated") or 1 for c in wide)
+            more = str(2 * done if done > 1 else MeasureSettings().repeat)
+            print("  too wide: add processes until decided, or measure in more of them:\n"
+                  f"    {run_command(results, *flags, '--until-conclusive')}\n"
+                  f"    {run_command(results, *flags, '--repeat', more)}")
+
+
+def only_flags(cases: list[dict]) -> list[str]:
+    """--only PLUGIN for every plugin of `cases` (run only the cases that use them)."""
+    return [f"--only {name}" for name in sorted({p["name"] for c in cases for p in c.get("plugins") or []})]
+
+
+def warn_load_errors(registry) -> None:
+    for name, error in registry.errors.items():
+        print(f"warning: plugin {name} failed to load: {error}", file=sys.stderr)
+
+
+def cmd_validate(args) -> int:
+    from harness.core.plugins import load_registry
+    from harness.core.suite import load_suite, resolve_suite_path
+
+    registry = load_registry(args.plugins_dir)
+    warn_load_errors(registry)
+    suite = load_suite(resolve_suite_path(args.suite), registry, args.model, args.budget_gb)
+    print(f"{suite.path}: ok, suite '{suite.name}' with {len(suite.cases)} cases")
+    for case in suite.cases:
+        print(f"  {case.id}" + (f"  ({case.processes} processes)" if case.processes > 1 else ""))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from harness.core.optimization import describe_params, missing_members
+    from harness.core.plugins import load_registry
+
+    registry = load_registry(args.plugins_dir)
+    interfaces = {o.requires for o in registry.optimizations.values() if o.requires is not None}
+    rows = []
+    for name, cls in sorted(registry.optimizations.items()):
+        requires = cls.requires.__name__ if cls.requires is not None else None
+        rows.append({"name": name, "type": "optimization", "kind": cls.kind, "description": cls.description,
+                     "requires": requires, "workloads": list(cls.workloads), "params": describe_params(cls.Params),
+                     "source": registry.sources[name]})
+    for name, cls in sorted(registry.workloads.items()):
+        run = getattr(cls, "run_class", None)
+        implements = sorted(p.__name__ for p in interfaces if run is not None and not missing_members(run, p))
+        rows.append({"name": name, "type": "workload", "kind": cls.kind, "description": cls.description,
+                     "implements": implements, "searches": [s.key for s in getattr(cls, "searches", ())],
+                     "params": describe_params(cls.Spec), "source": registry.sources[name]})
+    if args.json:
+        print(json.dumps({"plugins": rows, "errors": registry.errors}, indent=1, default=str))
+        return 0
+    for row in rows:
+        if row["type"] == "optimization":
+            on = f", requires {row['requires']}" if row["requires"] else \
+                f" ({' / '.join(row['workloads'])} workloads)" if row["workloads"] else ""
+        else:
+            on = f", implements {', '.join(row['implements'])}" if row["implements"] else ""
+        print(f"{row['name']}  [{row['type']}, {row['kind']}{on}]  from {row['source']}")
+        if row["description"]:
+            print(f"    {row['description']}")
+        for p in row["params"]:
+            default = "(required)" if p["required"] else f"= {p['default']!r}"
+            print(f"    {p['name']}: {p['type']} {default}" + (f"  # {p['help']}" if p["help"] else ""))
+    for name, error in registry.errors.items():
+        print(f"{name}  FAILED TO LOAD: {error}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    from harness.core import env as envmod
+
+    try:
+        env = envmod.detect(args.device)
+        if args.probe:
+            env["probe"] = envmod.probe(env["device"])
+    except ValueError as exc:
+        raise InputError(str(exc), field="--device") from None
+    if args.json:
+        print(json.dumps(env, indent=1, default=str))
+        return 0
+    cpu = env["cpu"]
+    print(f"device     {env['device']}")
+    print(f"cpu        {cpu['model']} ({cpu['cores_physical']} physical / {cpu['cores_logical']} logical cores, "
+          f"{(cpu['memory_bytes'] or 0) / 2**30:.1f} GiB)")
+    print(f"software   Python {env['python']}, torch {env['torch']}, {env['os']}")
+    print(f"threads    {env['threads']['torch_num_threads']}")
+    for d in (env["cuda"] or {}).get("devices", []):
+        print(f"gpu        {d['name']}, {d['memory_bytes'] / 2**30:.1f} GiB, cc {d['capability']}, "
+              f"{d['sm_count']} SMs, bf16 native: {d['bf16_native']}")
+    print(f"nvml       {env['nvml']}")
+    peak = env["peak"]
+    print("peak       " + (f"bf16 {peak.get('bf16_flops', 0) / 1e12:.0f} TFLOP/s, "
+                           f"{peak['bandwidth_bytes_s'] / 1e12:.2f} TB/s ({peak['source']})" if peak else "n/a"))
+    if "probe" in env:
+        pr = env["probe"]
+        print(f"probe      bf16 matmul {pr['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s, "
+              f"copy {pr['copy_bytes_s'] / 1e12:.2f} TB/s")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.report.page import write_report
+
+    print(write_report(args.results, args.out, price_per_hour=args.price_per_hour, prices=load_prices(args)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from harness.report import compare
+
+    return compare.main(args.results, out=args.out, fail_if=args.fail_if, price_per_hour=args.price_per_hour,
+                        prices=load_prices(args), allow_missing=args.allow_missing)
+
+
+def load_prices(args):
+    """The --prices YAML table ({device name: $ per hour}), or None for the built-in examples."""
+    if not getattr(args, "prices", None):
+        return None
+    from harness.core.cost import load_prices as load
+
+    return load(args.prices)
+
+
+def cmd_export(args) -> int:
+    from harness.report import export
+
+    return export.main(args.results, args.format, args.out)
+
+
+def cmd_train_reference(args) -> int:
+    from harness.core import env as envmod
+    from harness.models.reference import main_train_reference
+
+    try:
+        device = envmod.resolve_device(args.device, {"cuda": envmod.cuda_info() if _cuda() else None})
+    except ValueError as exc:
+        raise InputError(str(exc), field="--device") from None
+    return main_train_reference(args.names, device, args.force)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_new_plugin(args) -> int:
+    from harness.scaffold import write_plugin_package
+
+    path = write_plugin_package(args.name, args.dir)
+    print(f"wrote {path}; install it with: pip install -e {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

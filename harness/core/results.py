@@ -1,0 +1,114 @@
+"""The results file on disk: its schema version, the one reader and the one atomic writer (docs/results.md).
+
+Every file the harness writes goes through `write_text` (a temporary file in the same folder, then a rename, so
+a reader never sees half a file) and every JSON file through `write_json` (standard JSON: a non-finite number
+becomes null, with a warning naming it). Every results file is read through `load`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import InputError
+
+SCHEMA_VERSION = 2  # 2: a case's optimized side is "optimized" (1 called it "metrics"); `validate` reads both
+
+
+def finite(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`data` with every non-finite float (NaN, +-inf) replaced by None, and the paths of those replaced: strict
+    JSON parsers (a browser's JSON.parse, node) reject the bare NaN that Python's json writes by default."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where or "value"]
+    if isinstance(data, dict):
+        pairs = [(k, finite(v, f"{where}.{k}" if where else str(k))) for k, v in data.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(data, (list, tuple)):
+        items = [finite(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return data, []
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (`write_bytes`), UTF-8."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same folder, then a rename; how results,
+    reports, exports and the reference cache are written (no reader ever sees half a file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write standard JSON atomically (`write_text`); non-finite numbers are written as null (`finite`), and a
+    dict with a "warnings" list gets a warning naming them."""
+    data, bad = finite(data)
+    if bad and isinstance(data, dict) and isinstance(data.get("warnings"), list):
+        data["warnings"].append(f"not finite, written as null: {', '.join(bad[:8])}"
+                                + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    write_text(path, json.dumps(data, indent=1, default=str, allow_nan=False))
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; InputError for a missing or malformed file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+
+
+def validate(data: Any, path: str | Path | None = None) -> dict[str, Any]:
+    """Check that `data` is a harness results file this harness can read (schema_version 1 up to
+    SCHEMA_VERSION; a newer one asks for a newer harness) and return it in the current schema (`upgrade`; the
+    input is not changed); raise InputError saying what is wrong."""
+    where = None if path is None else str(path)
+    if not isinstance(data, dict) or "cases" not in data or "schema_version" not in data:
+        raise InputError("not a harness results file (no schema_version/cases)", path=where)
+    version = data["schema_version"]
+    if not isinstance(version, int) or version < 1:
+        raise InputError(f"unsupported schema_version {version!r}", path=where, field="schema_version")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"schema_version {version} is newer than this harness reads ({SCHEMA_VERSION}); "
+                         "upgrade harness", path=where, field="schema_version")
+    if not isinstance(data["cases"], list):
+        raise InputError("cases must be a list", path=where, field="cases")
+    return upgrade(data)
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A results dict of any readable schema in the current one (a copy where anything changes): schema 1's
+    side key "metrics" becomes "optimized" in each case and in its measurement's per-side fields."""
+    if data["schema_version"] >= 2:
+        return data
+    return {**data, "schema_version": SCHEMA_VERSION, "read_from_schema": data["schema_version"],
+            "cases": [_renamed(c) if isinstance(c, dict) else c for c in data["cases"]]}
+
+
+def _renamed(case: dict[str, Any]) -> dict[str, Any]:
+    case = {("optimized" if k == "metrics" else k): v for k, v in case.items()}
+    measurement = case.get("measurement")
+    if isinstance(measurement, dict):
+        case["measurement"] = {k: ({("optimized" if s == "metrics" else s): x for s, x in v.items()}
+                                   if isinstance(v, dict) and "metrics" in v and "baseline" in v else v)
+                               for k, v in measurement.items()}
+    return case
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and check a results file (`read_json`, then `validate`)."""
+    return validate(read_json(path), path)

@@ -1,0 +1,375 @@
+"""Trained reference checkpoints (a "target" and a smaller "draft") and `load_model`, the resolver of `model:`.
+
+A reference is a small GPT trained deterministically on the built-in corpus (`harness.models.data`) the first time it
+is asked for, then cached: ``<cache>/references/<name>-<key>.pt`` (state_dict) beside a ``.json`` (config,
+held-out loss, training time). `<cache>` is ``$HARNESS_CACHE_DIR`` or ``~/.cache/harness``; `key` hashes the
+config, the corpus and `FORMAT_VERSION`, so changing any of them retrains instead of loading stale weights.
+A cache entry that cannot be read back (truncated, edited, wrong shapes) is retrained, not a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.core.errors import InputError
+from harness.core.hookspecs import hookimpl
+from harness.core.optimization import ParamError
+from harness.models import data, hf
+from harness.models.gpt import GPT, PRESETS, ModelArgs
+from harness.models.precision import resolve_dtype
+
+FORMAT_VERSION = 1
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Shape and training recipe of one reference model (byte-level vocab, trained at seq_len = block_size)."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int = 256
+    steps: int = 600
+    batch: int = 16
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 50
+    weight_decay: float = 0.1
+    seed: int = 1337
+    max_bytes: int = data.DEFAULT_MAX_BYTES
+    eval_batches: int = 16  # held-out windows of block_size, 16 per batch
+
+    def model_args(self) -> ModelArgs:
+        return ModelArgs(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                         vocab_size=data.VOCAB_SIZE, block_size=self.block_size)
+
+
+# Budgets on a 2-core CPU: target <= ~3 min, draft ~1 min (seconds on a GPU). The draft shares the target's
+# data, seed and block size, so the two learn the same easy bytes and agree often (speculative acceptance).
+REFERENCES: dict[str, ReferenceConfig] = {
+    "target": ReferenceConfig(n_layer=4, n_head=4, n_embd=128, steps=600, batch=16),
+    "draft": ReferenceConfig(n_layer=2, n_head=4, n_embd=64, steps=600, batch=16, lr=6e-3, min_lr=6e-4),
+}
+
+
+def cache_dir() -> Path:
+    """Where reference checkpoints live: ``$HARNESS_CACHE_DIR/references`` or ``~/.cache/harness/references``."""
+    root = os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "harness"
+    return Path(root) / "references"
+
+
+def _config(name: str) -> ReferenceConfig:
+    if name not in REFERENCES:
+        raise InputError(f"unknown reference '{name}'; known: {', '.join(REFERENCES)}")
+    return REFERENCES[name]
+
+
+def cache_key(cfg: ReferenceConfig) -> str:
+    """Hash of the config, the corpus bytes and the format version (16 hex digits)."""
+    blob = json.dumps({"config": asdict(cfg), "corpus": data.corpus_digest(cfg.max_bytes),
+                       "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_paths(name: str) -> tuple[Path, Path]:
+    """(weights .pt, report .json) of the cache entry for reference `name` with its current config."""
+    stem = cache_dir() / f"{name}-{cache_key(_config(name))}"
+    return stem.with_suffix(".pt"), stem.with_suffix(".json")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, tokens: torch.Tensor, seq_len: int, max_batches: int = 16, batch: int = 16) -> float:
+    """Mean next-token cross-entropy (nats/token) over consecutive non-overlapping windows of `tokens`."""
+    n_windows = min((tokens.numel() - 1) // seq_len, max_batches * batch)
+    if n_windows < 1:
+        raise ValueError(f"need more than seq_len = {seq_len} tokens, got {tokens.numel()}")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, n_windows, batch):
+        rows = torch.arange(start, min(start + batch, n_windows))[:, None] * seq_len
+        idx = rows + torch.arange(seq_len + 1)[None, :]  # [b, T+1]
+        window = tokens[idx].to(device)
+        out = model(window[:, :-1])
+        logits = out[0] if isinstance(out, tuple) else out  # [b, T, vocab]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten(), reduction="sum")
+        total, count = total + float(loss), count + window[:, 1:].numel()
+    return total / count
+
+
+def perplexity(model: nn.Module, tokens: torch.Tensor, seq_len: int = 256, max_batches: int = 16) -> float:
+    """exp(mean cross-entropy) of `model` on `tokens` (per byte for the byte-level models)."""
+    return math.exp(eval_loss(model, tokens, seq_len, max_batches))
+
+
+@torch.no_grad()
+def agreement(draft: nn.Module, target: nn.Module, tokens: torch.Tensor, seq_len: int = 256,
+              max_batches: int = 4, batch: int = 16) -> float:
+    """Share of positions where the draft's greedy next token equals the target's (teacher-forced on `tokens`):
+    the acceptance rate of greedy speculative decoding when drafting one token at a time. Chance is ~1/vocab."""
+    n_windows = min(tokens.numel() // seq_len, max_batches * batch)
+    same, count = 0, 0
+    for start in range(0, n_windows, batch):
+        rows = torch.arange(start, min(start + batch, n_windows))[:, None] * seq_len
+        x = tokens[rows + torch.arange(seq_len)[None, :]]
+        picks = [m(x.to(next(m.parameters()).device)).argmax(-1).cpu() for m in (draft, target)]
+        same, count = same + int((picks[0] == picks[1]).sum()), count + x.numel()
+    return same / count
+
+
+def _optimizer(model: GPT, cfg: ReferenceConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matmuls and embeddings; not biases, norms
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def _lr(cfg: ReferenceConfig, step: int) -> float:
+    if step < cfg.warmup:  # linear warm-up, then cosine decay to min_lr (nanoGPT)
+        return cfg.lr * (step + 1) / cfg.warmup
+    ratio = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def train_reference(name: str, device="cpu", progress: Progress | None = None) -> tuple[GPT, dict]:
+    """Train reference `name` from scratch, deterministically (fixed seed, data order and steps).
+
+    Returns the model in eval mode and a report: val_loss, unigram_loss (the context-free bar), steps,
+    seconds, tokens, params. Nothing is cached here; `load_reference` does that."""
+    cfg, say = _config(name), progress or _stderr
+    device = torch.device(device)
+    train, val = data.splits(cfg.max_bytes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.model_args())  # initialised on the CPU: the same start on every device
+    model.to(device).train()
+    opt = _optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    say(f"reference {name}: training {model.num_params() / 1e6:.2f}M params, {cfg.steps} steps of "
+        f"{cfg.batch}x{cfg.block_size} tokens on {device} (cached afterwards)")
+    t0, last, smooth = time.perf_counter(), time.perf_counter(), None
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        x, y = data.get_batch(train, cfg.batch, cfg.block_size, gen, device)  # [B, T] each
+        ctx = torch.autocast("cuda", torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value = loss.item()
+        smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+        now = time.perf_counter()
+        if now - last > 10 or step == cfg.steps - 1:
+            say(f"reference {name}: step {step + 1}/{cfg.steps} train loss {smooth:.3f} ({now - t0:.0f} s)")
+            last = now
+    seconds = time.perf_counter() - t0
+    model.eval()
+    report = {
+        "name": name, "config": asdict(cfg), "format": FORMAT_VERSION, "corpus": data.corpus_digest(cfg.max_bytes),
+        "val_loss": eval_loss(model, val, cfg.block_size, cfg.eval_batches), "train_loss": smooth,
+        "unigram_loss": data.unigram_loss(train, val), "uniform_loss": data.uniform_loss(),
+        "steps": cfg.steps, "seconds": seconds, "tokens": cfg.steps * cfg.batch * cfg.block_size,
+        "params": model.num_params(), "device": str(device), "torch": torch.__version__,
+    }
+    say(f"reference {name}: held-out loss {report['val_loss']:.3f} nats/byte "
+        f"(unigram {report['unigram_loss']:.3f}, uniform {report['uniform_loss']:.3f}) in {seconds:.0f} s")
+    return model, report
+
+
+def _read_cache(name: str, device) -> GPT | None:
+    pt, js = cache_paths(name)
+    if not (pt.exists() and js.exists()):
+        return None
+    try:
+        report = json.loads(js.read_text())
+        if report.get("sha256") != hashlib.sha256(pt.read_bytes()).hexdigest():
+            raise ValueError("checksum mismatch")
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        model = GPT(_config(name).model_args())
+        model.load_state_dict(state)
+    except (OSError, EOFError, ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        _stderr(f"reference {name}: cache entry {pt} is unreadable ({type(e).__name__}: {e}); retraining")
+        return None
+    model.reference = report
+    return model.to(device).eval()
+
+
+def _write_cache(name: str, model: GPT, report: dict) -> None:
+    from harness.core.results import write_bytes, write_text
+
+    pt, js = cache_paths(name)
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    report = dict(report, sha256=hashlib.sha256(weights).hexdigest())
+    write_bytes(pt, weights)  # weights first, then the JSON that vouches for them
+    write_text(js, json.dumps(report, indent=2))
+    model.reference = report
+
+
+def load_reference(name: str, device="cpu", progress: Progress | None = None) -> GPT:
+    """Reference `name` in eval mode, from the cache or trained now (and cached). `model.reference` holds the
+    training report (val_loss, seconds, ...)."""
+    model = _read_cache(name, device)
+    if model is None:
+        model, report = train_reference(name, device, progress)
+        _write_cache(name, model, report)
+        model = model.to(device).eval()
+    return model
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a `model:` field names, read without loading weights: context length (positions), vocabulary size,
+    and whether the model brings its own tokenizer (else text prompts are byte ids 0..255)."""
+
+    block_size: int
+    vocab_size: int
+    tokenizer: bool = False
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """A source of models for a suite's `model: PREFIX:NAME`: `load(name, device, dtype, seed)` returns a module
+    with the harness model interface (`forward(idx, targets=None, cache=None, input_pos=None, pad=None)`,
+    `args` with block_size / vocab_size, `num_params()`; see harness.models.hf.HFCausalLM for a wrapper) in eval mode;
+    `facts(name)` returns its `ModelFacts` without loading weights (ParamError("model") for a bad name)."""
+
+    load: Callable[..., nn.Module]
+    facts: Callable[[str], ModelFacts]
+    help: str = ""
+
+
+LOADERS: dict[str, ModelLoader] = {}  # prefix -> loader; a bare name is a preset
+
+
+def register_model_loader(prefix: str, load: Callable[..., nn.Module], facts: Callable[[str], ModelFacts],
+                          help: str = "") -> None:
+    """Add a model source for `model: PREFIX:NAME` (the `register` of the register_model_loaders hook);
+    ValueError if another loader has the prefix."""
+    loader = ModelLoader(load, facts, help)
+    if LOADERS.get(prefix, loader) != loader:
+        raise ValueError(f"model prefix '{prefix}:' is registered twice")
+    LOADERS[prefix] = loader
+
+
+def _split(spec: str) -> tuple[ModelLoader | None, str]:
+    """The loader and name of a `model:` field: (None, spec) for a preset's bare name."""
+    prefix, colon, name = spec.partition(":")
+    if not colon:
+        if spec in PRESETS:
+            return None, spec
+        raise ParamError("model", f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}) or "
+                                  + ", ".join(f"{p}:{loader.help or 'NAME'}" for p, loader in LOADERS.items()))
+    if prefix not in LOADERS:
+        raise ParamError("model", f"unknown model source '{prefix}:' in '{spec}'; known: "
+                                  f"{', '.join(p + ':' for p in LOADERS)} (a plugin adds one with "
+                                  "register_model_loaders)")
+    return LOADERS[prefix], name
+
+
+def model_facts(spec: str) -> ModelFacts:
+    """`ModelFacts` of a preset or of PREFIX:NAME (`LOADERS`); ParamError("model") when the name cannot be
+    resolved. Used to validate a suite before any case runs."""
+    loader, name = _split(spec)
+    if loader is None:
+        return ModelFacts(PRESETS[name].block_size, PRESETS[name].vocab_size)
+    return loader.facts(name)
+
+
+def load_model(spec: str, device="cpu", dtype=None, seed: int = 0) -> nn.Module:
+    """Resolve a suite's `model:` field, in eval mode (call `.train()` to train): a preset name ("nano", "cpu",
+    "small", ...: random init from `seed`) or PREFIX:NAME through its `ModelLoader`: "reference:NAME" (trained
+    reference, cached), "hf:PATH" (a local Hugging Face causal LM, see `harness.models.hf`), or a plugin's prefix."""
+    dtype = resolve_dtype(dtype)
+    try:
+        loader, name = _split(spec)
+    except ParamError as exc:
+        raise InputError(str(exc)) from None
+    if loader is not None:
+        try:
+            return loader.load(name, device, dtype, seed)
+        except ParamError as exc:  # a name the loader's facts refuse
+            raise InputError(str(exc)) from None
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        with dev:  # initialise in place: a `large` model is not built on the CPU first
+            model = GPT(ModelArgs.from_name(name))
+    model.eval()
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
+def _reference_facts(name: str) -> ModelFacts:
+    if name not in REFERENCES:
+        raise ParamError("model", f"unknown reference '{name}'; known: {', '.join(REFERENCES)}")
+    args = REFERENCES[name].model_args()
+    return ModelFacts(args.block_size, args.vocab_size)
+
+
+def _reference_load(name: str, device, dtype, seed: int) -> nn.Module:
+    _reference_facts(name)
+    model = load_reference(name, device)
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
+@hookimpl
+def register_model_loaders(register):
+    register("reference", _reference_load, _reference_facts, f"NAME ({', '.join(REFERENCES)})")
+    register("hf", hf.load, hf.config_facts, "PATH")
+
+
+register_model_loaders(register_model_loader)  # core's sources, through the same hook plugins use
+
+
+def main_train_reference(names: list[str], device: str = "cpu", force: bool = False) -> int:
+    """`harness train-reference`: train (or, if cached, load) each reference and print the loss it reached.
+
+    With `force` the cache entries are deleted first. With both "draft" and "target", also prints their greedy
+    top-1 agreement on held-out text. Returns the exit code (2 for an unknown name)."""
+    names = list(names) or list(REFERENCES)
+    unknown = [n for n in names if n not in REFERENCES]
+    if unknown:
+        print(f"error: unknown reference {', '.join(unknown)}; known: {', '.join(REFERENCES)}", file=sys.stderr)
+        return 2
+    models = {}
+    for name in names:
+        if force:
+            for path in cache_paths(name):
+                path.unlink(missing_ok=True)
+        models[name] = model = load_reference(name, device)
+        r = model.reference
+        print(f"{name}: held-out loss {r['val_loss']:.3f} nats/byte (unigram {r['unigram_loss']:.3f}), "
+              f"{r['params'] / 1e6:.2f}M params, {r['steps']} steps in {r['seconds']:.0f} s on {r['device']}; "
+              f"{cache_paths(name)[0]}")
+    if "draft" in models and "target" in models:
+        _, val = data.splits(REFERENCES["target"].max_bytes)
+        rate = agreement(models["draft"], models["target"], val, REFERENCES["target"].block_size)
+        print(f"draft/target greedy top-1 agreement on held-out text: {rate:.1%} (chance ~{1 / data.VOCAB_SIZE:.1%})")
+    return 0
+

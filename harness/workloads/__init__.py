@@ -1,0 +1,1 @@
+"""The built-in workloads, one package each, written against harness.api."""

@@ -1,0 +1,54 @@
+"""The package layout's rules, read from the import statements (ast), not from a picture."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function (relative imports resolved)."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+def test_core_imports_no_workload_and_no_plugin():
+    offenders = {}
+    for path in sorted((ROOT / "harness" / "core").rglob("*.py")):
+        bad = {m for m in imported_modules(path) if m.startswith(("harness.workloads", "harness_plugins", "plugins"))}
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_core_names_no_workload():
+    """Not even as a string (a plugin list, a `type == "serve"`): the workloads register themselves."""
+    names = ("harness.workloads", "harness_plugins", '"serve"', '"generate"', '"train"', "'serve'")
+    hits = [f"{p.relative_to(ROOT)}: {n}" for p in (ROOT / "harness" / "core").rglob("*.py")
+            for n in names if n in p.read_text()]
+    assert not hits, hits
+
+
+def test_the_report_needs_no_workload():
+    for path in sorted((ROOT / "harness" / "report").rglob("*.py")):
+        assert not {m for m in imported_modules(path) if m.startswith(("harness.workloads", "harness_plugins"))}, path
+
+
+def test_plugins_hold_optimizations_only():
+    for path in sorted((ROOT / "plugins").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        hooks = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "register_workloads" not in hooks, f"{path.name} registers a workload: it belongs in harness/workloads"
+
+
+def test_each_workload_package_imports_no_other_plugin():
+    """A workload is written against harness.api, core and models: never against an optimization."""
+    for path in sorted((ROOT / "harness" / "workloads").rglob("*.py")):
+        assert not {m for m in imported_modules(path) if m.startswith("harness_plugins")}, path
