@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
 from harness.core.checks import noise_of, precision_mismatch, tensors_check
+from harness.models.reference import model_source
 
 # Recompute runs the same kernels on the same inputs, so gradients match to fp32 round-off (bitwise on CPU in
 # our runs); the tolerance allows for non-deterministic reductions on GPUs.
@@ -64,10 +65,11 @@ class ActivationCheckpointing(Optimization):
     Params = CheckpointParams
 
     def validate(self, spec: Any, plugins: list) -> None:
-        if getattr(spec, "model", "").startswith("hf:"):  # the library's own switch must exist for this model
+        source, path = model_source(getattr(spec, "model", ""))
+        if source == "hf":  # the library's own switch must exist for this model
             from harness.models.hf import meta_model
 
-            hf = meta_model(spec.model[3:])
+            hf = meta_model(path)
             if not getattr(hf, "supports_gradient_checkpointing", False):
                 raise ParamError("", f"{type(hf).__name__} does not support activation checkpointing in "
                                      "transformers")

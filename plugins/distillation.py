@@ -92,9 +92,7 @@ class Distillation(Optimization):
 
     def apply(self, run: GenerateAPI) -> None:
         teacher, p = run.model, self.params
-        args = ModelArgs.from_name(p.student, vocab_size=teacher.args.vocab_size)
-        if run.spec.prompt_len + run.spec.new_tokens > args.block_size or p.seq_len > args.block_size:
-            raise ParamError("student", f"the '{p.student}' context ({args.block_size}) is shorter than the run's")
+        args = ModelArgs.from_name(p.student, vocab_size=teacher.args.vocab_size)  # validate() checked its context
         torch.manual_seed(run.ctx.seed)
         student = GPT(args).to(run.device)
         key = [dataclasses.asdict(p), dataclasses.asdict(run.spec), sum(float(w.double().sum()) for w in

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
+from harness.models.reference import model_source
 
 TARGETS = ("qkv", "proj", "fc", "lm_head")  # attention qkv, attention and MLP output projections, MLP up, head
 DEFAULT_TARGETS = ["qkv", "proj", "fc"]
@@ -119,7 +120,7 @@ def peft_reason(model: str, targets: list[str] | None) -> str | None:
         return "lora on an hf: model uses peft: pip install 'harness[hf]'"
     from harness.models.hf import meta_model
 
-    hf = meta_model(model[3:])
+    hf = meta_model(model_source(model)[1])
     if targets is None:
         if hf.config.model_type not in DEFAULTS:
             return (f"peft has no default target modules for model type '{hf.config.model_type}': "
@@ -144,7 +145,7 @@ class LoRA(Optimization):
     Params = LoRAParams
 
     def validate(self, spec: Any, plugins: list) -> None:
-        if spec.model.startswith("hf:"):
+        if model_source(spec.model)[0] == "hf":
             reason = peft_reason(spec.model, self.params.targets)
             if reason:
                 raise ParamError("targets", reason)
@@ -152,12 +153,7 @@ class LoRA(Optimization):
             raise ParamError("targets", f"targets of the built-in GPT are among {', '.join(TARGETS)} "
                                         f"(got {self.params.targets})")
 
-    def apply(self, run: TrainAPI) -> None:
-        if run.model is not run.raw_model:
-            raise ValueError(
-                "lora must be applied to the plain model: list it before ddp / zero / torch_compile "
-                "in the case's plugins"
-            )
+    def apply(self, run: TrainAPI) -> None:  # `before` put it ahead of what wraps the model
         model = run.raw_model
         probe = run.batches[0][0][:1]  # the first sequence of the first batch: [1, T]
         with torch.no_grad():

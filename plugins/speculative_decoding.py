@@ -13,6 +13,7 @@ import torch
 
 from harness.api import Check, GenerateAPI, Optimization, ParamError, hookimpl
 from harness.core.checks import tokens_check
+from harness.models.reference import model_source
 from harness.workloads.generate import load_model
 from harness.workloads.generate.decode import probabilities, static_cache
 
@@ -104,7 +105,6 @@ class SpeculativeDecoding(Optimization):
     requires = GenerateAPI
     description = "draft model proposes gamma tokens, target verifies in one forward; greedy output unchanged"
     Params = SpeculativeParams
-    greedy = True  # set from the run's sampling in apply()
 
     def validate(self, spec: Any, plugins: list) -> None:
         from harness.models.reference import model_facts
@@ -118,7 +118,7 @@ class SpeculativeDecoding(Optimization):
             if facts.block_size and need > facts.block_size:
                 raise ParamError("gamma", f"prompt_len + new_tokens + gamma + 1 = {need} positions exceed the "
                                           f"'{name}' context of {facts.block_size}")
-        if getattr(spec, "decoder", "harness") == "library" and not self.params.draft.startswith("hf:"):
+        if getattr(spec, "decoder", "harness") == "library" and model_source(self.params.draft)[0] != "hf":
             raise ParamError("draft", "decoder: library runs transformers' assisted generation: the draft must be "
                                       "an hf: model too")
         if any(o.name == "batching" and o.params.mode == "batched" for o in plugins):
@@ -126,13 +126,9 @@ class SpeculativeDecoding(Optimization):
                                  "batching mode: batched")
 
     def apply(self, run: GenerateAPI) -> None:
-        draft = load_model(self.params.draft, run.device, run.dtype, run.ctx.seed)
-        if draft.args.vocab_size != run.model.args.vocab_size:
-            raise ParamError("draft", f"draft vocabulary {draft.args.vocab_size} != target "
-                                      f"{run.model.args.vocab_size}")
-        self.draft, self.stats = draft, {"drafted": 0, "accepted": 0, "target_forwards": 0, "tokens": 0}
+        draft = load_model(self.params.draft, run.device, run.dtype, run.ctx.seed)  # validate(): same vocabulary
+        totals = {"drafted": 0, "accepted": 0, "target_forwards": 0, "tokens": 0}  # over the timed generates
         gamma, caches = self.params.gamma, {}
-        self.greedy = run.spec.sampling == "greedy"
         if run.spec.decoder == "library":
             self.assisted(run, draft)
             return
@@ -154,14 +150,14 @@ class SpeculativeDecoding(Optimization):
                 run.token_times.append(clock)
             if run.timed:  # the statistics describe the timed generates only (Run.timed)
                 for key in stats:
-                    self.stats[key] += stats[key]
-                self.stats["tokens"] += n
+                    totals[key] += stats[key]
+                totals["tokens"] += n
             return torch.tensor([row], device=prompts.device)
 
         run.knobs.generate_fn = generate
         run.knobs.layout = "sequential"  # rows are decoded one after another: TPOT and tokens/s per sequence say so
         run.knobs.cache_kind = "static"
-        run.knobs.metric_fns.append(lambda median_s: self.metrics(run))
+        run.knobs.metric_fns.append(lambda median_s: self.metrics(run, draft, totals))
         run.info.update(draft=self.params.draft, gamma=gamma, draft_params=sum(p.numel() for p in draft.parameters()))
 
     def assisted(self, run: Any, draft: Any) -> None:
@@ -177,13 +173,16 @@ class SpeculativeDecoding(Optimization):
                         draft_params=sum(p.numel() for p in draft.parameters()))
 
     @torch.inference_mode()
-    def metrics(self, run: Any) -> dict[str, Any]:
-        """alpha, tokens per target forward, cost ratio c and the speedup E / (gamma c + 1) it predicts."""
-        s, g = self.stats, self.params.gamma
+    def metrics(self, run: GenerateAPI, draft: Any, s: dict[str, int]) -> dict[str, Any]:
+        """alpha, tokens per target forward, cost ratio c and the speedup E / (gamma c + 1) it predicts, from the
+        timed generates' counts `s`."""
+        g = self.params.gamma
         alpha = s["accepted"] / s["drafted"] if s["drafted"] else 0.0
         expected = g + 1 if alpha >= 1 else (1 - alpha ** (g + 1)) / (1 - alpha)
-        c = self.forward_time(self.draft, run) / self.forward_time(run.model, run)
-        return {"acceptance_rate": alpha, "tokens_per_target_forward": s["tokens"] / max(s["target_forwards"], 1),
+        c = self.forward_time(draft, run) / self.forward_time(run.model, run)
+        return {"acceptance_rate": alpha, "drafted": s["drafted"], "accepted": s["accepted"],
+                "target_forwards": s["target_forwards"],
+                "tokens_per_target_forward": s["tokens"] / max(s["target_forwards"], 1),
                 "expected_tokens_per_step": expected, "cost_ratio_c": c,
                 "predicted_speedup_vs_cached_decode": expected / (g * c + 1)}
 
@@ -197,7 +196,7 @@ class SpeculativeDecoding(Optimization):
         return run.median_time(lambda: model(tok, cache=cache, input_pos=pos), repeats)
 
     def check(self, baseline: dict[str, Any], optimized: dict[str, Any]) -> list[Check]:
-        if not self.greedy:
+        if optimized.get("sampling", "greedy") != "greedy":
             return []  # sampled: rejection sampling keeps the target's distribution, not its tokens
         return [tokens_check("tokens_identical_to_target_greedy", baseline, optimized)]
 

@@ -76,10 +76,7 @@ class Zero(Optimization):
 
             run.optimizer = ZeroRedundancyOptimizer(run.raw_model.parameters(), optimizer_class=torch.optim.AdamW,
                                                     **run.optimizer_kwargs())
-        else:
-            if isinstance(run.model, DistributedDataParallel):
-                raise ValueError(f"zero stage {stage} shards with FSDP, which replaces DDP: do not apply ddp "
-                                 "to the same side (use ddp as the baseline only)")
+        else:  # validate() refused ddp on this side: FSDP replaces it
             self.shard_fsdp(run, reshard=stage == "fsdp_full")
         run.knobs.sharding = stage
         run.info["zero_stage"] = stage

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import InputError
 
@@ -125,6 +126,14 @@ def add_suite_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-gb", type=float, metavar="GB", help="memory budget of every capacity search (GiB)")
 
 
+def suite_overrides(args) -> dict[str, Any]:
+    """What this command line sets of a suite (harness.core.suite.OVERRIDES), read once: `load_suite` applies
+    it and keeps it for the re-run advice."""
+    from harness.core.suite import OVERRIDES
+
+    return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) not in (None, False)}
+
+
 def cmd_run(args) -> int:
     from harness.core import env as envmod
     from harness.core.plugins import load_registry
@@ -133,7 +142,9 @@ def cmd_run(args) -> int:
 
     registry = load_registry(args.plugins_dir)
     warn_load_errors(registry)
-    suite = load_suite(resolve_suite_path(args.suite), registry, args.model, args.budget_gb)
+    if args.repeat is not None and args.repeat < 1:
+        raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
+    suite = load_suite(resolve_suite_path(args.suite), registry, overrides=suite_overrides(args))
     if args.only:
         unknown = [name for name in args.only if name not in registry.optimizations]
         if unknown:
@@ -143,14 +154,9 @@ def cmd_run(args) -> int:
         if not used & set(args.only):
             raise InputError(f"no case of suite '{suite.name}' uses {', '.join(args.only)}; its cases use "
                              f"{', '.join(sorted(used))}", suite.path, field="--only")
-    if args.repeat is not None and args.repeat < 1:
-        raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
-    if args.until_conclusive:
-        suite.measure.until_conclusive = True
-    device = args.device or suite.device
-    threads = args.threads or suite.threads or envmod.physical_cores()
+    threads = suite.threads or envmod.physical_cores()
     try:
-        env = envmod.detect(device, threads)
+        env = envmod.detect(suite.device, threads)
     except ValueError as exc:
         raise InputError(str(exc), suite.path if not args.device else None, field="device") from None
     registry.manager.hook.harness_environment(env=env)
@@ -166,7 +172,7 @@ def cmd_run(args) -> int:
         prepare_references(suite, env["device"], progress)
         results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
-                            registry=registry, repeat=args.repeat, fresh=args.fresh_processes)
+                            registry=registry, fresh=args.fresh_processes)
     except KeyboardInterrupt:
         write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
         return 130
@@ -194,8 +200,9 @@ def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path
 
 def print_summary(results: dict) -> None:
     """The end-of-run table: one line per case."""
-    from harness.core.runner import fmt_speedup, run_command
+    from harness.core.runner import run_command
     from harness.core.timing import MeasureSettings
+    from harness.report.formatting import fmt_speedup
 
     rows = [("case", "status", "speedup [95% CI]", "verdict", "foreign CPU", "memory", "checks")]
     for c in results["cases"]:
@@ -246,7 +253,7 @@ def cmd_validate(args) -> int:
 
     registry = load_registry(args.plugins_dir)
     warn_load_errors(registry)
-    suite = load_suite(resolve_suite_path(args.suite), registry, args.model, args.budget_gb)
+    suite = load_suite(resolve_suite_path(args.suite), registry, overrides=suite_overrides(args))
     print(f"{suite.path}: ok, suite '{suite.name}' with {len(suite.cases)} cases")
     for case in suite.cases:
         print(f"  {case.id}" + (f"  ({case.processes} processes)" if case.processes > 1 else ""))

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness.core.workload import sync
+from harness.core.device import sync
 
 _LIBC = None
 

@@ -103,6 +103,17 @@ class Optimization:
         return f"{self.name}({inner})" if inner else self.name
 
 
+def validate_in_side(opt: Optimization, spec: Any, side: list[Optimization]) -> None:
+    """Everything checked of `opt` before a run is built: listed before the optimizations it names in `before`,
+    then its own `validate(spec, side)`. The suite loader calls it (file:line, exit 2) and so does
+    `Workload.build`, for every path that builds a run. Raises ParamError."""
+    late = [o.name for o in side[:side.index(opt)] if o.name in opt.before]
+    if late:
+        raise ParamError("", f"'{opt.name}' changes what {', '.join(late)} wrap(s): list it before "
+                             f"{', '.join(late)} in the case's plugins")
+    opt.validate(spec, side)
+
+
 def interface_members(protocol: type) -> tuple[list[str], list[str]]:
     """(attributes, methods) a `typing.Protocol` asks for: its annotated names and its functions and properties,
     its bases' included, private names and `typing.Protocol`'s own excluded."""

@@ -18,8 +18,8 @@ from typing import Any
 from harness import __version__
 from harness.core import launch, stats
 from harness.core.results import SCHEMA_VERSION, load, write_json
-from harness.core.suite import CaseSpec, Suite
-from harness.report.formatting import fmt_headline
+from harness.core.suite import CaseSpec, Suite, apply_overrides
+from harness.report.formatting import fmt_headline, one_line, process_line
 
 
 def now() -> str:
@@ -42,7 +42,9 @@ def run_command(results: dict[str, Any], *flags: str) -> str:
     ready to paste."""
     suite = results.get("suite") or {}
     dirs = [f"--plugins-dir {shlex.quote(d)}" for d in suite.get("plugins_dirs") or []]
-    overrides = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in (suite.get("overrides") or {}).items()]
+    given = {f.split()[0] for f in flags}
+    overrides = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+                 for k, v in (suite.get("overrides") or {}).items() if f"--{k.replace('_', '-')}" not in given]
     return " ".join(["harness", *dirs, "run", shlex.quote(str(suite.get("path") or suite.get("name"))), *overrides,
                      *flags])
 
@@ -125,11 +127,13 @@ def _tail(log_path: Path, lines: int = 8) -> str:
 
 def references_needed(suite: Suite) -> list[str]:
     """Names of trained reference models ("reference:NAME") that the suite's workloads or plugins use."""
+    from harness.models.reference import model_source  # here: it imports torch
+
     names = set()
     for case in suite.cases:
         values = list(case.workload_spec.values())
         values += [v for use in case.plugins + case.baseline for v in use.params.values()]
-        names.update(v.split(":", 1)[1] for v in values if isinstance(v, str) and v.startswith("reference:"))
+        names.update(model_source(v)[1] for v in values if isinstance(v, str) and model_source(v)[0] == "reference")
     return sorted(names)
 
 
@@ -158,7 +162,9 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
     (`combine_processes`); its capacity or serving search runs once, after the rounds. A case whose process fails
     gets no more processes. With `until_conclusive`, cases whose verdict is still too wide get further rounds, up
     to 2 x `repeat` processes. `fresh`: every process a new interpreter (harness.core.launch)."""
-    repeat = suite.measure.repeat = repeat or suite.measure.repeat
+    if repeat is not None:  # as `harness run --repeat` does (harness.core.suite.apply_overrides)
+        apply_overrides(suite, {"repeat": repeat})
+    repeat = suite.measure.repeat
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     workdir = out_dir / "cases"
@@ -396,42 +402,3 @@ def combine_loads(loads: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _fmt(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def one_line(record: dict[str, Any]) -> str:
-    """A case's verdict in one line, for the progress display."""
-    if record["status"] != "ok":
-        first = (record.get("error") or "").splitlines()[0][:160] if record.get("error") else ""
-        return f"{record['status'].upper()}: {first}"
-    c = record["comparison"]
-    checks = record.get("checks", [])
-    passed = sum(ch["passed"] for ch in checks)
-    load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
-    load_text = f", foreign CPU {load:.0%}" if load is not None else ""
-    if record.get("alone"):
-        lat = record["optimized"]["latency"]
-        return (f"timed alone: median {lat['median'] * 1e3:.3g} ms, p90 {lat['p90'] * 1e3:.3g} ms over "
-                f"{lat['rounds']} samples{load_text}")
-    word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")
-    figure = f"speedup {fmt_speedup(c)}" + (f" over {c['pairs']} pairs" if c.get("pairs") else "")
-    return f"{word}: {figure}{load_text}, checks {passed}/{len(checks)} passed"
-
-
-def process_line(record: dict[str, Any]) -> str:
-    """One process of a case, for the progress display: its own estimate (no verdict: that is the case's)."""
-    if record["status"] != "ok":
-        return one_line(record)
-    c = record.get("comparison") or {}
-    load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
-    figure = (f"{c['speedup']:.2f}x over {c.get('pairs')} pairs" if c.get("speedup") else
-              f"median {record['optimized']['latency']['median'] * 1e3:.3g} ms")
-    return f"{figure}" + (f", foreign CPU {load:.0%}" if load is not None else "") + \
-        f" ({record.get('duration_s') or 0:.1f} s)"
-
-
-def fmt_speedup(comparison: dict[str, Any]) -> str:
-    """'1.62x [1.55, 1.70]', or 'n/a' when nothing was compared."""
-    s, ci = comparison.get("speedup"), comparison.get("ci95")
-    if s is None:
-        return "n/a"
-    return f"{s:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")

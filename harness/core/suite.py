@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from harness.core.errors import InputError, suggestion
-from harness.core.optimization import ParamError, applies_to, build_params
+from harness.core.optimization import ParamError, applies_to, build_params, validate_in_side
 from harness.core.plugins import Registry
 from harness.core.searches import CORE_SEARCHES
 from harness.core.timing import MeasureSettings
@@ -66,7 +66,7 @@ class Suite:
     threads: int | None
     measure: MeasureSettings
     cases: list[CaseSpec]
-    overrides: dict[str, Any] = field(default_factory=dict)  # --model / --budget-gb given on the command line
+    overrides: dict[str, Any] = field(default_factory=dict)  # what the command line set (`OVERRIDES`)
     searches: dict[str, type] = field(default_factory=dict)  # the loaded searches by key (harness.core.searches)
 
 
@@ -134,11 +134,21 @@ def _check_keys(doc: _Doc, path: tuple, mapping: Any, allowed: tuple, what: str)
             raise doc.error(path + (key,), f"unknown key '{key}'{suggestion(key, allowed, 'allowed')}")
 
 
+OVERRIDES = ("model", "budget_gb", "device", "threads", "repeat", "until_conclusive")  # what a command line may set
+
+
 def load_suite(path: str | Path, registry: Registry, model: str | None = None,
-               budget_gb: float | None = None) -> Suite:
-    """Read and validate a suite; raises InputError naming file, line and field. `model` replaces the model of
-    every workload that has one (`harness run --model hf:DIR`); `budget_gb` the budget of every capacity
-    search (`--budget-gb`); both are validated as if the suite said so."""
+               budget_gb: float | None = None, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read and validate a suite; raises InputError naming file, line and field. `overrides`: what the command
+    line sets (`OVERRIDES`), applied here once and kept in `Suite.overrides` (a re-run command repeats them):
+    `model` replaces the model of every workload that has one (`harness run --model hf:DIR`), `budget_gb` the
+    budget of every capacity search (`--budget-gb`), both validated as if the suite said so; `device`,
+    `threads`, and the measure settings `repeat` and `until_conclusive`. `model` / `budget_gb` as arguments:
+    the same as in `overrides`."""
+    overrides = {k: v for k, v in {**(overrides or {}), "model": model or (overrides or {}).get("model"),
+                                   "budget_gb": budget_gb or (overrides or {}).get("budget_gb")}.items()
+                 if v is not None and v is not False}
+    model, budget_gb = overrides.get("model"), overrides.get("budget_gb")
     doc = _Doc(Path(path))
     data = doc.data
     if data is None:
@@ -170,10 +180,23 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
         seen[case.id] = case.line
     if budget_gb is not None and not any(c.capacity for c in cases):
         raise InputError("--budget-gb sets the budget of capacity: blocks, and this suite has none", str(path))
-    return Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
-                 device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases,
-                 overrides={k: v for k, v in (("model", model), ("budget_gb", budget_gb)) if v is not None},
-                 searches=dict(registry.searches))
+    suite = Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
+                  device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases,
+                  searches=dict(registry.searches))
+    apply_overrides(suite, overrides)
+    return suite
+
+
+def apply_overrides(suite: Suite, overrides: dict[str, Any]) -> None:
+    """Set what the command line overrides (`OVERRIDES`) on a loaded suite and record it in `suite.overrides`."""
+    unknown = set(overrides) - set(OVERRIDES)
+    if unknown:
+        raise ValueError(f"unknown suite override(s): {', '.join(sorted(unknown))}")
+    suite.device = overrides.get("device", suite.device)
+    suite.threads = overrides.get("threads", suite.threads)
+    suite.measure.repeat = overrides.get("repeat", suite.measure.repeat)
+    suite.measure.until_conclusive = overrides.get("until_conclusive", suite.measure.until_conclusive)
+    suite.overrides.update(overrides)
 
 
 def _measure(doc: _Doc, values: dict) -> MeasureSettings:
@@ -333,13 +356,9 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
             processes = max(processes, opt.processes())
             if key == "plugins":
                 labels.append(opt.label())
-        for i, (ppath, opt) in enumerate(built):
+        for ppath, opt in built:
             try:
-                late = [o.name for _, o in built[:i] if o.name in opt.before]
-                if late:
-                    raise ParamError("", f"'{opt.name}' changes what {', '.join(late)} wrap(s): list it before "
-                                         f"{', '.join(late)} in the case's plugins")
-                opt.validate(spec, [o for _, o in built])
+                validate_in_side(opt, spec, [o for _, o in built])
             except ParamError as exc:
                 raise doc.error(ppath + ((exc.field,) if exc.field else ()), str(exc)) from None
         built_opts[key] = [o for _, o in built]

@@ -15,6 +15,7 @@ from typing import Any
 
 from pytest_benchmark.timers import compute_timer_precision
 
+from harness.core.device import sync
 from harness.core.load import BUSY_THRESHOLD
 from harness.core.optimization import ParamError
 from harness.core.stats import MIN_EFFECT, MIN_PAIRS
@@ -102,6 +103,7 @@ class Clock:
         import torch
 
         self.torch = torch
+        self.device = device
         self.cuda = str(device).startswith("cuda")
         if timer == "device_events" and not self.cuda:
             raise ValueError("timer 'device_events' needs a CUDA device; use 'wall_sync'")
@@ -120,8 +122,7 @@ class Clock:
         return compute_timer_precision(time.perf_counter)
 
     def sync(self) -> None:
-        if self.cuda:
-            self.torch.cuda.synchronize()
+        sync(self.device)
 
     def time(self, fn: Callable[[], Any], iterations: int = 1) -> float:
         """Seconds per call of `fn`, over a block of `iterations` calls."""

@@ -13,15 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from harness.core.device import sync  # noqa: F401 (re-exported: harness.core.workload.sync)
 from harness.core.errors import suggestion
-
-
-def sync(device: Any) -> None:
-    """Wait for the device's queued work (CUDA); nothing on the CPU."""
-    if str(getattr(device, "type", device)).startswith("cuda"):  # a torch.device, or a name like "cuda:0"
-        import torch
-
-        torch.cuda.synchronize(device)
+from harness.core.optimization import validate_in_side
 
 
 class Knobs:
@@ -171,7 +165,7 @@ class Workload:
         if self.run_class is None:
             raise NotImplementedError(f"{type(self).__name__} sets no run_class and does not override build")
         for opt in optimizations:
-            opt.validate(spec, optimizations)
+            validate_in_side(opt, spec, optimizations)
         run = self.run_class(spec, ctx)
         for opt in optimizations:
             opt.apply(run)

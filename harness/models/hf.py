@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.core.device import sync
 from harness.core.errors import InputError
 from harness.core.memory import tensor_bytes
-from harness.core.workload import sync
 from harness.models.gpt import matmul_params
 
 INSTALL_HINT = "pip install 'harness[hf]'"
@@ -295,12 +295,11 @@ def library_generate(run, prompts: torch.Tensor, n: int, pad: torch.Tensor | Non
         kwargs["streamer"] = TokenClock(times, prompts.device)
     out = model.hf.generate(prompts, **kwargs)
     cache = out.past_key_values if run.knobs.cache_kind != "none" else None
-    run.last_cache = HFCache(cache, run.knobs.cache_kind) if cache is not None else None
     layers = getattr(cache, "layers", None)
     # the positions the cache holds: P + n - 1 when dynamic (the last token is never fed back); a static cache as
     # transformers sized it (P + n - 1 in 5.x, where the harness's own holds P + n)
     length = layers[0].keys.shape[-2] if run.knobs.cache_kind == "static" and layers else P + n - 1
-    run._cache_shape = (B, length)
+    run.keep_cache(HFCache(cache, run.knobs.cache_kind) if cache is not None else None, B, length)
     return out.sequences[:, P:]
 
 

@@ -270,17 +270,30 @@ LOADERS: dict[str, ModelLoader] = {}  # prefix -> loader; a bare name is a prese
 def register_model_loader(prefix: str, load: Callable[..., nn.Module], facts: Callable[[str], ModelFacts],
                           help: str = "") -> None:
     """Add a model source for `model: PREFIX:NAME` (the `register` of the register_model_loaders hook);
-    ValueError if another loader has the prefix."""
+    ValueError if another loader has the prefix. Registering the same functions again (a registry loaded twice
+    in one process, a plugin file imported anew) is a no-op."""
     loader = ModelLoader(load, facts, help)
-    if LOADERS.get(prefix, loader) != loader:
+    if prefix in LOADERS and _origin(LOADERS[prefix]) != _origin(loader):
         raise ValueError(f"model prefix '{prefix}:' is registered twice")
     LOADERS[prefix] = loader
 
 
+def _origin(loader: ModelLoader) -> tuple[str, ...]:
+    """Where a loader's functions are defined, by name: the same functions imported anew compare equal."""
+    return tuple(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', f)}" for f in (loader.load, loader.facts))
+
+
+def model_source(spec: str) -> tuple[str | None, str]:
+    """(prefix, name) of a suite's `model:` field, parsed the one way every module reads it: ("hf", "PATH") for
+    "hf:PATH", (None, "nano") for a preset's bare name. No check that the source exists (`model_facts` does)."""
+    prefix, colon, name = str(spec).partition(":")
+    return (prefix, name) if colon else (None, spec)
+
+
 def _split(spec: str) -> tuple[ModelLoader | None, str]:
     """The loader and name of a `model:` field: (None, spec) for a preset's bare name."""
-    prefix, colon, name = spec.partition(":")
-    if not colon:
+    prefix, name = model_source(spec)
+    if prefix is None:
         if spec in PRESETS:
             return None, spec
         raise ParamError("model", f"unknown model '{spec}'; use a preset ({', '.join(PRESETS)}) or "

@@ -201,3 +201,42 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}[{i}]"))
         return out
     return {prefix: d}
+
+
+def one_line(record: dict[str, Any]) -> str:
+    """A case's verdict in one line, for the progress display."""
+    if record["status"] != "ok":
+        first = (record.get("error") or "").splitlines()[0][:160] if record.get("error") else ""
+        return f"{record['status'].upper()}: {first}"
+    c = record["comparison"]
+    checks = record.get("checks", [])
+    passed = sum(ch["passed"] for ch in checks)
+    load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+    load_text = f", foreign CPU {load:.0%}" if load is not None else ""
+    if record.get("alone"):
+        lat = record["optimized"]["latency"]
+        return (f"timed alone: median {lat['median'] * 1e3:.3g} ms, p90 {lat['p90'] * 1e3:.3g} ms over "
+                f"{lat['rounds']} samples{load_text}")
+    word = c["verdict"] + (f" ({c['reason']})" if c.get("reason") else "")
+    figure = f"speedup {fmt_speedup(c)}" + (f" over {c['pairs']} pairs" if c.get("pairs") else "")
+    return f"{word}: {figure}{load_text}, checks {passed}/{len(checks)} passed"
+
+
+def process_line(record: dict[str, Any]) -> str:
+    """One process of a case, for the progress display: its own estimate (no verdict: that is the case's)."""
+    if record["status"] != "ok":
+        return one_line(record)
+    c = record.get("comparison") or {}
+    load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+    figure = (f"{c['speedup']:.2f}x over {c.get('pairs')} pairs" if c.get("speedup") else
+              f"median {record['optimized']['latency']['median'] * 1e3:.3g} ms")
+    return f"{figure}" + (f", foreign CPU {load:.0%}" if load is not None else "") + \
+        f" ({record.get('duration_s') or 0:.1f} s)"
+
+
+def fmt_speedup(comparison: dict[str, Any]) -> str:
+    """'1.62x [1.55, 1.70]', or 'n/a' when nothing was compared."""
+    s, ci = comparison.get("speedup"), comparison.get("ci95")
+    if s is None:
+        return "n/a"
+    return f"{s:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")

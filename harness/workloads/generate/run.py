@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from harness.core.checks import batch_near_ties
+from harness.core.device import sync
 from harness.core.stats import itl_percentiles
-from harness.core.workload import Run, RunContext, sync
+from harness.core.workload import Run, RunContext
 from harness.models import reference
 from harness.models.accounting import (
     bandwidth_figures,
@@ -111,8 +112,13 @@ class GenerateRun(Run):
         else:
             self.last_cache = self.model.new_cache("dynamic", batch, max_len)
         # a full generate leaves max_len positions in a static cache, max_len - 1 in a dynamic one
-        self._cache_shape = (batch, max_len if self.knobs.cache_kind == "static" else max_len - 1)
+        self.keep_cache(self.last_cache, batch, max_len if self.knobs.cache_kind == "static" else max_len - 1)
         return self.last_cache
+
+    def keep_cache(self, cache: Any, batch: int, length: int) -> None:
+        """Record the last generate's KV cache and the (batch, positions) it holds, for `kv_bytes` (a generate
+        that brings its own cache, transformers' generate() say, calls this)."""
+        self.last_cache, self._cache_shape = cache, (batch, length)
 
     @torch.inference_mode()
     def generate(self, prompts: torch.Tensor, n: int, pad: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,7 +159,7 @@ class GenerateRun(Run):
         if self.first_call_s is None:  # the run's first work: compile, capture, lazy init
             self.first_call_s = seconds
         tokens = tokens.cpu()
-        return {"tokens": tokens, "prompts": self.prompts.cpu(), "pad": None if self.pad is None else self.pad.cpu(),
+        return {"tokens": tokens, "prompts": self.prompts.cpu(), "sampling": self.spec.sampling, "pad": None if self.pad is None else self.pad.cpu(),
                 "ties": batch_near_ties(self.model, self.prompts, self.pad, tokens, self.dtype)
                 if self.spec.sampling == "greedy" else None,
                 **self.quality(), "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}

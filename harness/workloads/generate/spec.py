@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.core.optimization import ParamError
+from harness.models.reference import model_source
 
 
 @dataclass
@@ -35,7 +36,7 @@ class GenerateSpec:
             raise ParamError("temperature", f"must be > 0 (got {self.temperature}); use sampling: greedy")
         if self.top_k is not None and self.top_k < 1:
             raise ParamError("top_k", f"must be >= 1 or null (got {self.top_k})")
-        if self.decoder == "library" and (not self.model.startswith("hf:") or self.sampling != "greedy"):
+        if self.decoder == "library" and (model_source(self.model)[0] != "hf" or self.sampling != "greedy"):
             raise ParamError("decoder", "decoder: library is transformers' generate(): it needs an hf: model and "
                                         "sampling: greedy")
         from harness.models.reference import model_facts

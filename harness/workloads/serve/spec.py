@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from harness import ParamError
+from harness.models.reference import model_source
 from harness.workloads.serve.trace import read_lengths
 
 
@@ -52,7 +53,7 @@ class ServeSpec:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ParamError(name, f"must be >= 1 or null (got {getattr(self, name)})")
         widened = self.lengths_file is not None and self.widen_to_lengths_file()
-        if self.model.startswith("hf:"):
+        if model_source(self.model)[0] == "hf":
             raise ParamError("model", "the serve workload needs a harness model (a preset or reference:NAME): its "
                                       "attention takes the slot cache")
         from harness.models.reference import model_facts
