@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.core import load, memory, stats
@@ -129,98 +130,128 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
     if not timing_only:
         warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)
     phase("runtime")
-    clock_dist = Clock(device, reduce=dist.max)
-    clock_local = Clock(device)
-    runs, outputs, first_call, peaks = {}, {}, {}, {}
-    for side, opts in sides.items():
-        log(f"building {side}")
+    machine = Machine(device, dist, threads, rank_threads)
+    built = [Side(name, opts) for name, opts in sides.items()]
+    for side in built:
+        log(f"building {side.name}")
         before = memory.current_bytes(device) if dist.rank == 0 else None
-        run = workload.build(spec, opts, ctx)
-        runs[side] = run
-        if timing_only or not owns(run, dist):
+        side.run = workload.build(spec, side.opts, ctx)
+        if timing_only or not machine.owns(side.run):
             dist.barrier()
             continue
-        with_threads(run, dist, threads, rank_threads)
-        outputs[side] = run.outputs()
-        clock = clock_dist if run.distributed else clock_local
+        machine.use_threads(side.run)
+        side.outputs = side.run.outputs()
         # compile / capture / lazy init happen at the run's first work, in outputs(): never a sample
-        first_call[side] = (clock.reduce(run.first_call_s) if run.first_call_s is not None
-                            else clock.time(run.timed_step))
-        peak = memory.peak_of(run.timed_step, device)
-        if before is not None and peak["peak"] is not None:
-            peak["side_peak"] = peak["peak"] - before
-        peaks[side] = peak
+        clock = machine.clock(side.run)
+        side.first_call_s = (clock.reduce(side.run.first_call_s) if side.run.first_call_s is not None
+                             else clock.time(side.run.timed_step))
+        side.peak = memory.peak_of(side.run.timed_step, device)
+        if before is not None and side.peak["peak"] is not None:
+            side.peak["side_peak"] = side.peak["peak"] - before
         dist.barrier()
     phase("build")
-    if cuda and "baseline" in sides and not timing_only:
+    by_name = {side.name: side for side in built}
+    baseline = by_name.get("baseline")
+    if machine.cuda and baseline and not timing_only:
         log("repeating the baseline's correctness pass (CUDA kernels are not deterministic)")
-        noise = repeat_noise_pass(workload, spec, sides["baseline"], ctx, outputs.get("baseline"),
-                                  owned=owns(runs["baseline"], dist))
+        noise = repeat_noise_pass(workload, spec, baseline.opts, ctx, baseline.outputs,
+                                  owned=machine.owns(baseline.run))
         dist.barrier()
         if noise is not None and dist.rank == 0:
-            outputs["baseline"]["noise"] = noise
-    checks = run_checks(sides, outputs) if dist.rank == 0 and not timing_only else []
-    if outputs:
-        outputs.clear()
-        gc.collect()
+            baseline.outputs["noise"] = noise
+    checks = []
+    if dist.rank == 0 and not timing_only:
+        checks = run_checks(sides, {side.name: side.outputs for side in built})
+    for side in built:
+        side.outputs = None
+    gc.collect()
     phase("checks")
 
-    warm = {}
-    for side, run in runs.items():
-        if owns(run, dist):
-            log(f"warming up {side}")
-            with_threads(run, dist, threads, rank_threads)
-            warm[side] = warm_up(run.timed_step, clock_dist if run.distributed else clock_local, settings,
-                                 (settled or {}).get(side))
+    for side in built:
+        if machine.owns(side.run):
+            log(f"warming up {side.name}")
+            machine.use_threads(side.run)
+            side.warm = warm_up(side.run.timed_step, machine.clock(side.run), settings,
+                                (settled or {}).get(side.name))
         dist.barrier()
     phase("warmup")
-    for run in runs.values():
-        run.timed = True
-    timing, load_record, clocks_log = time_pairs(runs, warm, settings, dist, threads, rank_threads, device, cuda,
-                                                 clock_dist, clock_local, job.get("process", 0), job.get("runner_pid"))
-    for run in runs.values():
-        run.timed = False
+    for side in built:
+        side.run.timed = True
+    timing, load_record, clocks_log = time_pairs(by_name, settings, machine, job.get("process", 0),
+                                                 job.get("runner_pid"))
+    for side in built:
+        side.run.timed = False
     phase("timing")
-    blocks = timing.blocks
-    extras = {}
-    for side, run in runs.items():  # on every rank that runs the side: extra_metrics may use collectives
-        if timing_only:  # the case's record keeps its first process's figures beside the timing
-            extras[side] = {}
-        elif owns(run, dist):
-            extras[side] = run.extra_metrics(statistics.median(s for b in blocks[side] for s in b))
+    for side in built:  # on every rank that runs the side: extra_metrics may use collectives
+        if not timing_only and machine.owns(side.run):  # a later process keeps its first process's figures
+            side.extra = side.run.extra_metrics(statistics.median(s for b in timing.blocks[side.name] for s in b))
         dist.barrier()
 
     phase("extras")
     result = None
     if dist.rank == 0:
-        result = summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settings, clocks_log,
-                                load_record, threads, rank_threads, dist.world_size, device, cuda)
+        result = summarize_case(by_name, timing, checks, settings, clocks_log, load_record, machine)
         result["measurement"].update(phases_s=phases, timing_only=timing_only)
     dist.barrier()
     dist.close()
     return result if result is not None else {"status": "ok"}
 
 
-def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads: int, rank_threads: int, device,
-               cuda: bool, clock_dist: Clock, clock_local: Clock, seed: int, runner_pid: int | None):
+@dataclass
+class Side:
+    """One side of the case in this process: its optimizations, its run, and what was measured of it."""
+
+    name: str  # "baseline" or "optimized"
+    opts: list
+    run: Any = None
+    outputs: dict[str, Any] | None = None  # the correctness pass, until the checks have read it
+    first_call_s: float | None = None  # the run's first unit of work: compile, capture, lazy init
+    peak: dict[str, Any] | None = None  # memory.peak_of one timed step
+    warm: Any = None  # timing.Warmup
+    extra: dict[str, Any] = field(default_factory=dict)  # run.extra_metrics at the median
+
+
+class Machine:
+    """This process's device, ranks and threads, and the clocks a side is timed with."""
+
+    def __init__(self, device: Any, dist: Distributed, threads: int, rank_threads: int):
+        self.device, self.dist, self.threads, self.rank_threads = device, dist, threads, rank_threads
+        self.cuda = device.type == "cuda"
+        self.clock_dist, self.clock_local = Clock(device, reduce=dist.max), Clock(device)
+
+    def owns(self, run: Any) -> bool:
+        """Whether this rank executes `run`: every rank for a distributed run, rank 0 alone otherwise."""
+        return owns(run, self.dist)
+
+    def clock(self, run: Any) -> Clock:
+        """A distributed run's times are the slowest rank's (all_reduce MAX, T11); a one-process side's its own."""
+        return self.clock_dist if run.distributed else self.clock_local
+
+    def use_threads(self, run: Any) -> None:
+        with_threads(run, self.dist, self.threads, self.rank_threads)
+
+
+def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machine, seed: int,
+               runner_pid: int | None):
     """Time the sides in pairs of blocks (harness.core.timing.paired_blocks), reading the foreign load and, on CUDA,
     the clocks between pairs on rank 0. Returns the PairedTiming, the foreign-load record and the GPU states."""
     from harness.core.energy import throttle_record, violation_seconds
 
+    dist, device, cuda = machine.dist, machine.device, machine.cuda
     meter = load.LoadMeter(runner_pid) if dist.rank == 0 else None
     snapshots = [meter.snapshot()] if meter else []
     clocks_log = [gpu_state(device, cuda)] if dist.rank == 0 else []
     read_violations = (lambda: violation_seconds(device.index or 0)) if cuda and dist.rank == 0 else None
     violations = [read_violations()] if read_violations else []
-    block_samples = {side: block_size(warm_sample_s(warm[side]), settings) if side in warm else 1 for side in runs}
-    iterations = {side: warm[side].iterations if side in warm else 1 for side in runs}
+    block_samples = {name: block_size(warm_sample_s(s.warm), settings) if s.warm else 1 for name, s in sides.items()}
+    iterations = {name: s.warm.iterations if s.warm else 1 for name, s in sides.items()}
 
-    def run_block(side: str, n: int) -> list[float]:
-        run, samples = runs[side], []
-        if owns(run, dist):
-            with_threads(run, dist, threads, rank_threads)
-            clock = clock_dist if run.distributed else clock_local
-            samples = [clock.time(run.timed_step, iterations[side]) for _ in range(n)]
+    def run_block(name: str, n: int) -> list[float]:
+        run, samples = sides[name].run, []
+        if machine.owns(run):
+            machine.use_threads(run)
+            clock = machine.clock(run)
+            samples = [clock.time(run.timed_step, iterations[name]) for _ in range(n)]
         dist.barrier()
         return samples
 
@@ -247,7 +278,7 @@ def time_pairs(runs, warm, settings: MeasureSettings, dist: Distributed, threads
         windows = [meter.window(a, b) for a, b in zip(snapshots, snapshots[1:])]
         weights = [b.t - a.t for a, b in zip(snapshots, snapshots[1:])]
         gpu_others = load.gpu_processes(device.index or 0, meter.own_pids) if cuda else None
-        record = load.summarize(windows, weights, meter.cores, threads, gpu_others, settings.busy_threshold)
+        record = load.summarize(windows, weights, meter.cores, machine.threads, gpu_others, settings.busy_threshold)
         record["gpu_throttle"] = throttle_record(violations, weights) if read_violations else None
         log(f"{len(timing.orders)} pairs ({timing.stopped_by}); foreign CPU {record['foreign_cpu']:.0%}")
     return timing, record, clocks_log
@@ -286,43 +317,45 @@ def gpu_state(device, cuda: bool) -> dict[str, Any] | None:
     return clock_state(device.index or 0)
 
 
-def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settings, clocks_log, load_record,
-                   threads, rank_threads, world_size, device, cuda) -> dict[str, Any]:
+def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log, load_record,
+                   machine: Machine) -> dict[str, Any]:
+    """The process's result: each side's latency, throughput, memory, energy and figures; the comparison and its
+    verdict (harness.core.stats.compare); the checks; the warnings; how it was measured."""
     from harness.core.energy import energy_window
 
     warnings: list[str] = []
     out: dict[str, Any] = {"status": "ok", "checks": checks}
-    for side, run in runs.items():
-        samples = [s for b in timing.blocks[side] for s in b]
-        latency = stats.summarize(samples, warm[side].iterations, [len(b) for b in timing.blocks[side]])
-        warnings += stats.warnings_for(side if side == "baseline" else "optimized", samples,
-                                       [len(b) for b in timing.blocks[side]])
+    for name, side in sides.items():
+        run, blocks = side.run, timing.blocks[name]
+        samples = [s for b in blocks for s in b]
+        latency = stats.summarize(samples, side.warm.iterations, [len(b) for b in blocks])
+        warnings += stats.warnings_for(name, samples, [len(b) for b in blocks])
         median = latency["median"]
-        mem = side_memory(run, peaks.get(side) or {"side_peak": None, "source": None})
+        mem = side_memory(run, side.peak or {"side_peak": None, "source": None})
         energy = None
-        if cuda and settings.energy and not (run.distributed and world_size > 1):  # rank 0 alone
-            energy = energy_window(run.timed_step, Clock(device).sync, device.index or 0, median)
+        if machine.cuda and settings.energy and not (run.distributed and machine.dist.world_size > 1):  # rank 0
+            energy = energy_window(run.timed_step, Clock(machine.device).sync, machine.device.index or 0, median)
             if energy and energy.get("warning"):
-                warnings.append(f"{side}: energy window {energy['window_s']:.2f} s: {energy['warning']}")
-        out[side] = {
+                warnings.append(f"{name}: energy window {energy['window_s']:.2f} s: {energy['warning']}")
+        out[name] = {
             "latency": latency,
             "throughput": {f"{unit}_per_s": count / median for unit, count in run.units.items()},
-            "compile_s": first_call.get(side, warm[side].first_call_s),
+            "compile_s": side.first_call_s if side.first_call_s is not None else side.warm.first_call_s,
             "memory": mem,
             "energy": energy,
-            "extra": extras[side],
+            "extra": side.extra,
             "info": run.info,
-            "threads": threads if not run.distributed else rank_threads,
+            "threads": machine.threads if not run.distributed else machine.rank_threads,
             "distributed": run.distributed,
         }
     busy = load_record["reason"] if load_record and load_record["busy"] else None
-    if "baseline" not in runs:
+    if "baseline" not in sides:
         comparison = {"speedup": None, "ci95": None, "verdict": "n/a", "reason": "timed alone (baseline: none)",
                       "pairs": 0, "min_effect": settings.min_effect}
     else:
         blocks = timing.blocks
         comparison = stats.compare(blocks["baseline"], blocks["optimized"], settings.min_effect, busy=busy)
-        unequal = different_work(runs["baseline"].units, runs["optimized"].units)
+        unequal = different_work(sides["baseline"].run.units, sides["optimized"].run.units)
         comparison["different_work"] = unequal
         if unequal and comparison["verdict"] != "inconclusive":
             comparison.update(verdict="inconclusive", reason=unequal)
@@ -331,11 +364,12 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
     base_peak = (out.get("baseline") or {}).get("memory", {}).get("peak_bytes")
     opt_peak = out["optimized"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
-    if not cuda and peaks and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
+    measured_peaks = any(s.peak for s in sides.values())
+    if not machine.cuda and measured_peaks and max(base_peak or 0, opt_peak or 0) < stats.CPU_MEMORY_RESOLUTION:
         comparison["memory_ratio"] = None
-        warnings.append(("memory: both sides' peaks are" if "baseline" in runs else "memory: the peak is")
-                        + " under 8 MiB, below what RSS measurement resolves" + ("; no memory ratio"
-                                                                                   if "baseline" in runs else ""))
+        both = "baseline" in sides
+        warnings.append(("memory: both sides' peaks are" if both else "memory: the peak is")
+                        + " under 8 MiB, below what RSS measurement resolves" + ("; no memory ratio" if both else ""))
     out["comparison"] = comparison
     throttle = (load_record or {}).get("gpu_throttle")
     capped = [s for s in clocks_log if s and s.get("capped")]
@@ -358,9 +392,9 @@ def summarize_case(runs, timing, warm, first_call, peaks, extras, checks, settin
                                                for o in timing.orders],
         "block_samples": {side: round(statistics.mean(len(b) for b in bs)) for side, bs in timing.blocks.items()},
         "stopped_by": timing.stopped_by, "foreign_load": load_record,
-        "num_threads": threads, "processes": world_size,
-        "warmup_s": {side: w.seconds for side, w in warm.items()},
-        "warmup_settled": {side: w.settled for side, w in warm.items()},
+        "num_threads": machine.threads, "processes": machine.dist.world_size,
+        "warmup_s": {name: s.warm.seconds for name, s in sides.items() if s.warm},
+        "warmup_settled": {name: s.warm.settled for name, s in sides.items() if s.warm},
         "settings": {k: v for k, v in settings.__dict__.items()},
         "gpu_state": [s for s in clocks_log if s],
     }
