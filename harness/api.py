@@ -17,10 +17,10 @@ from harness.workloads.generate.interface import GenerateAPI
 from harness.workloads.generate.knobs import GenerateKnobs
 from harness.workloads.serve.interface import ServeAPI
 from harness.workloads.serve.knobs import ServeKnobs
-from harness.workloads.train.interface import TrainAPI
+from harness.workloads.train.interface import LMTrainAPI, TrainAPI
 from harness.workloads.train.knobs import TrainKnobs
 from harness.workloads.train.loop import TrainLoop
 
-__all__ = ["Check", "GenerateAPI", "GenerateKnobs", "Knobs", "NoParams", "Optimization", "ParamError", "Run",
-           "RunContext", "ServeAPI", "ServeKnobs", "TrainAPI", "TrainKnobs", "TrainLoop", "Workload", "hookimpl",
+__all__ = ["Check", "GenerateAPI", "GenerateKnobs", "Knobs", "LMTrainAPI", "NoParams", "Optimization", "ParamError",
+           "Run", "RunContext", "ServeAPI", "ServeKnobs", "TrainAPI", "TrainKnobs", "TrainLoop", "Workload", "hookimpl",
            "loss_check", "noise_of", "precision_mismatch", "tensors_check"]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Check, Optimization, ParamError, TrainAPI, hookimpl
+from harness.api import Check, LMTrainAPI, Optimization, ParamError, hookimpl
 from harness.models.reference import model_source
 
 TARGETS = ("qkv", "proj", "fc", "lm_head")  # attention qkv, attention and MLP output projections, MLP up, head
@@ -140,7 +140,7 @@ class LoRA(Optimization):
 
     name = "lora"
     before = ("ddp", "zero", "torch_compile")  # they wrap the model lora changes
-    requires = TrainAPI
+    requires = LMTrainAPI  # adapters on a language model's linears; its checks read logits
     description = "Low-rank adapters (frozen base); starts equal to the base model, base weights never change."
     Params = LoRAParams
 
@@ -153,7 +153,7 @@ class LoRA(Optimization):
             raise ParamError("targets", f"targets of the built-in GPT are among {', '.join(TARGETS)} "
                                         f"(got {self.params.targets})")
 
-    def apply(self, run: TrainAPI) -> None:  # `before` put it ahead of what wraps the model
+    def apply(self, run: LMTrainAPI) -> None:  # `before` put it ahead of what wraps the model
         model = run.raw_model
         probe = run.batches[0][0][:1]  # the first sequence of the first batch: [1, T]
         with torch.no_grad():

@@ -52,3 +52,27 @@ def test_each_workload_package_imports_no_other_plugin():
     """A workload is written against harness.api, core and models: never against an optimization."""
     for path in sorted((ROOT / "harness" / "workloads").rglob("*.py")):
         assert not {m for m in imported_modules(path) if m.startswith("harness_plugins")}, path
+
+
+def test_the_old_import_paths_still_work_with_a_deprecation_warning():
+    import subprocess
+    import sys
+
+    code = ("import warnings\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from harness.training import TrainRun, TrainSpec, TrainWorkload\n"
+            "    from harness.inference import GenerateRun, GenerateWorkload\n"
+            "from harness.workloads.train import TrainRun as New\n"
+            "assert TrainRun is New, 'a different class'\n"
+            "print(sorted({str(w.message).split(':')[0] for w in caught if w.category is DeprecationWarning}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['harness.inference is deprecated', 'harness.training is deprecated']"
+
+
+def test_every_optimization_names_the_interface_it_requires():
+    """No built-in relies on the deprecated kind + workloads rule."""
+    from harness.core.plugins import load_registry
+
+    registry = load_registry()
+    assert all(cls.requires is not None for cls in registry.optimizations.values())

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from harness_plugins import continuous_batching as cb
-from harness.workloads import serve
 from harness_plugins import speculative_decoding as sd
 from harness_plugins.batching import Batching, BatchingParams
 from harness_plugins.distillation import Distillation, DistillationParams
@@ -13,6 +12,7 @@ from harness_plugins.quantization import Quantization, QuantizationParams
 from harness.core.optimization import ParamError, build_params
 from harness.core.workload import RunContext
 from harness.models.gpt import StaticCache
+from harness.workloads import serve
 from harness.workloads.generate import GenerateSpec, GenerateWorkload
 
 CTX = RunContext(device=torch.device("cpu"), env={}, seed=0)

@@ -100,31 +100,20 @@ def test_defaults_from_a_factory_and_required_parameters_are_shown_as_such():
     assert next(p for p in lora["params"] if p["name"] == "targets")["default"] is None
 
 
-def knob_table() -> str:
-    """The knobs table of docs/plugins.md, from the knob dataclasses' fields and help texts."""
-    import dataclasses
+def api_table() -> str:
+    """The interfaces table of docs/plugins.md, from the interfaces the built-in optimizations require: their
+    members (annotations and comments, methods and docstrings) and their knobs' fields and help texts."""
+    from harness.core.optimization import interface_table
 
-    from harness.workloads.generate import GenerateKnobs
-    from harness.workloads.serve import ServeKnobs
-    from harness.workloads.train import TrainKnobs
-
-    rows = ["| run | knob | type | default | what it does (set by) |", "|---|---|---|---|---|"]
-    for run, cls in (("TrainRun", TrainKnobs), ("GenerateRun", GenerateKnobs), ("ServeRun", ServeKnobs)):
-        for f in dataclasses.fields(cls):
-            if f.default_factory is not dataclasses.MISSING:
-                default = repr(f.default_factory())
-            else:
-                default = getattr(f.default, "__name__", None) or repr(f.default)
-            kind = str(f.type).replace("|", "\\|")
-            rows.append(f"| {run} | `{f.name}` | `{kind}` | `{default}` | {f.metadata['help']} |")
-    return "\n".join(rows) + "\n"
+    return interface_table(load_registry().interfaces())
 
 
-def test_the_plugin_guide_lists_every_knob_a_plugin_may_set():
+def test_the_plugin_guide_lists_every_member_and_knob_a_plugin_may_touch():
     guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
-    table = guide[guide.index("| run | knob |"):]
-    stale = "docs/plugins.md's knobs table is stale: paste tests.test_plugins_cli.knob_table()"
-    assert table[:table.index("\n\n") + 1] == knob_table(), stale
+    table = guide[guide.index("| interface | member |"):]
+    stale = "docs/plugins.md's interfaces table is stale: paste `harness plugins --api`"
+    assert table[:table.index("\n\n") + 1] == api_table(), stale
+    assert harness_cli("plugins", "--api").stdout == api_table()
 
 
 def test_a_plugin_adds_a_model_source_that_suites_and_workloads_resolve(tmp_path):

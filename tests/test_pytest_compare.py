@@ -1,7 +1,7 @@
 """The pytest plugin's `compare=True`: both sides in paired blocks, judged by the same rule as `harness run`."""
 
-from harness.pytest_plugin import run_case
 from harness.core.timing import MeasureSettings
+from harness.pytest_plugin import run_case
 
 
 class FakeBenchmark:

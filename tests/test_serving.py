@@ -333,7 +333,8 @@ def test_a_serve_run_counts_embeddings_and_its_slot_cache_and_refuses_generate_p
     assert memory["weights"] == tensor_bytes(run.model.parameters())  # wte, wpe and the untied head included
     assert memory["kv_cache"] == run.cache.nbytes() == 2 * run.cache.k.numel() * 4
     registry = load_registry()
-    with pytest.raises(ValueError, match="'kv_cache' applies to GenerateAPI runs, but 'serve' .type: serve. runs ServeRun"):
+    with pytest.raises(ValueError, match="'kv_cache' applies to GenerateAPI runs, but 'serve' .type: serve. runs "
+                                         "ServeRun"):
         build_sides(registry, {"optimized": [("kv_cache", {})]}, {}, ServeWorkload)
     assert build_sides(registry, {"optimized": [("continuous_batching", {})]}, {}, ServeWorkload)["optimized"]
 

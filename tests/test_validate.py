@@ -58,7 +58,8 @@ CASE = "  - workload: gen\n    plugins: [kv_cache]\n"
     ("{type: serve, model: nano}", "plugins: [kv_cache]", "cases[0].plugins[0].kv_cache",
      "applies to GenerateAPI runs, but 'serve' (type: serve) runs ServeRun, which lacks"),
     ("{type: generate, model: nano}", "plugins: [{kv_cache: {kind: dynamic}}]\n    serving: {slo: {ttft_p90_s: 1}}",
-     "cases[0].serving", "a serving search is offered by serve workloads; 'serve' is type: generate, which offers capacity"),
+     "cases[0].serving",
+     "a serving search is offered by serve workloads; 'serve' is type: generate, which offers capacity"),
 ], ids=["serve-context", "kv_cache-on-serve", "search-on-generate"])
 def test_a_serve_workload_and_its_plugins_are_checked_at_validate(tmp_path, registry, workload, case, field, words):
     text = f"name: v\ndevice: cpu\nworkloads:\n  serve: {workload}\ncases:\n  - workload: serve\n    {case}\n"

@@ -5,9 +5,9 @@ A case with `capacity: {dim: batch, budget_gb: 8}` asks, for its baseline and it
 last fit and the first miss (`search`), over multiples of the smallest step both sides accept (a batch that
 splits over the ranks and micro-batches: `CapacitySpec.step`, found when the suite is loaded).
 
-Each probe runs in a fresh process (`harness.core.searches.run_capacity`), so an out-of-memory error cannot poison the next
-one: the side is built at that value, one step runs (compile and lazy init), then its peak is measured over one
-more step (`measure_probe`). On CUDA the budget is enforced by the allocator
+Each probe runs in a fresh process (`harness.core.searches.CapacitySearch`), so an out-of-memory error cannot
+poison the next one: the side is built at that value, one step runs (compile and lazy init), then its peak is
+measured over one more step (`measure_probe`). On CUDA the budget is enforced by the allocator
 (`torch.cuda.set_per_process_memory_fraction`): a probe fits when it does not run out of memory and its peak is
 within the budget, so "would this fit a 24 GB card?" is answered on an 80 GB one. On the CPU nothing can be
 enforced: a probe fits when its measured peak (VmHWM above the process's resident set before the side was

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a suite (default: the quick suite) and write results + report")
     p.add_argument("suite", nargs="?", help="a suite file, or a built-in suite name (quick, training, inference, "
-                                            "serving, laptop-finetune, gpu-training, gpu-inference, serving-gpu)")
+                                            "serving, vision, laptop-finetune, gpu-training, gpu-inference, "
+                                            "serving-gpu)")
     p.add_argument("--device", help="override the suite's device: auto, cpu, cuda, cuda:N")
     add_suite_overrides(p)
     p.add_argument("--out", type=Path,
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list every plugin with kind, parameters, defaults and source")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--api", action="store_true", help="print what each interface (TrainAPI, GenerateAPI, ...) lets "
+                                                       "an optimization touch: members and knobs")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("env", help="show the detected environment (CPU, GPU, NVML, peaks)")
@@ -261,11 +264,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from harness.core.optimization import describe_params, missing_members
+    from harness.core.optimization import describe_params, interface_table, missing_members
     from harness.core.plugins import load_registry
 
     registry = load_registry(args.plugins_dir)
-    interfaces = {o.requires for o in registry.optimizations.values() if o.requires is not None}
+    interfaces = registry.interfaces()
+    if args.api:
+        print(interface_table(interfaces), end="")
+        return 0
     rows = []
     for name, cls in sorted(registry.optimizations.items()):
         requires = cls.requires.__name__ if cls.requires is not None else None

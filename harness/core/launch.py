@@ -31,8 +31,8 @@ EXIT_GRACE_S = 30.0  # seconds a worker may take to exit after writing its resul
 RANKS_EXIT_GRACE_S = 5.0  # the same for forked ranks: 1 in ~5 hung in gloo's shutdown on a 2-core CPU
 # imported once by the server: torch, the modules torch imports lazily at a run's first optimizer or compile
 # (torch._dynamo alone was 1.2-1.9 s of every case process), harness and the built-in plugins
-PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "harness.core.worker", "harness.core.energy", "harness.core.load",
-           "harness.core.plugins")
+PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "harness.core.worker", "harness.core.energy",
+           "harness.core.load", "harness.core.plugins")
 
 
 def worker_command(processes: int, job_path: Path, result_path: Path) -> list[str]:

@@ -128,6 +128,58 @@ def interface_members(protocol: type) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(attributes)), list(dict.fromkeys(methods))
 
 
+def describe_interface(protocol: type, inherited: bool = True) -> list[dict[str, str]]:
+    """Each member of a `typing.Protocol` with its type (or signature) and what it is (the comment after an
+    attribute, a method's docstring's first sentence), read from the source: for `harness plugins --api` and the
+    table in docs/plugins.md."""
+    import ast
+    import inspect
+    import textwrap
+
+    rows = []
+    for base in reversed(protocol.__mro__) if inherited else (protocol,):
+        if base.__dict__.get("_is_protocol") is not True or base.__name__ == "Protocol":
+            continue
+        source = textwrap.dedent(inspect.getsource(base))
+        lines = source.splitlines()
+        for node in ast.parse(source).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                comment = lines[node.lineno - 1].partition("#")[2].strip()
+                rows.append({"member": node.target.id, "type": ast.unparse(node.annotation), "what": comment})
+            elif isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                args = ast.unparse(node.args).removeprefix("self, ").removeprefix("self")
+                doc = " ".join((ast.get_docstring(node) or "").split())
+                returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+                rows.append({"member": f"{node.name}({args}){returns}" if not any(
+                    isinstance(d, ast.Name) and d.id == "property" for d in node.decorator_list) else node.name,
+                             "type": "method" if node.args.args[1:] or not node.decorator_list else "property",
+                             "what": doc})
+    return rows
+
+
+def interface_table(protocols: list[type]) -> str:
+    """The markdown table of what each interface lets an optimization touch: its members (`describe_interface`)
+    and its knobs (the dataclass its `knobs` is annotated with: type, default, help). docs/plugins.md holds it,
+    checked by a test; `harness plugins --api` prints it."""
+    rows = ["| interface | member | type | default | what it is (set by) |", "|---|---|---|---|---|"]
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    for protocol in protocols:
+        bases = [b.__name__ for b in protocol.__bases__
+                 if b.__dict__.get("_is_protocol") is True and b.__name__ != "Protocol"]
+        for base in bases:
+            rows.append(f"| {protocol.__name__} | every member of {base} | | | |")
+        for row in describe_interface(protocol, inherited=False):
+            rows.append(f"| {protocol.__name__} | `{cell(row['member'])}` | `{cell(row['type'])}` | | "
+                        f"{cell(row['what'])} |")
+        knobs = _hints(protocol).get("knobs") if "knobs" in protocol.__dict__.get("__annotations__", {}) else None
+        for f in dataclasses.fields(knobs) if dataclasses.is_dataclass(knobs) else ():
+            default = repr(f.default_factory()) if f.default_factory is not dataclasses.MISSING else \
+                getattr(f.default, "__name__", None) or repr(f.default)
+            rows.append(f"| {protocol.__name__} | `knobs.{f.name}` | `{cell(f.type)}` | `{cell(default)}` | "
+                        f"{cell(f.metadata.get('help', ''))} |")
+    return "\n".join(rows) + "\n"
+
+
 def missing_members(run_class: type, protocol: type) -> list[str]:
     """What `run_class` lacks of `protocol`: an attribute neither annotated on the class (or a base) nor defined
     there, or annotated with a class that is not the protocol's (a `ServeKnobs` where `GenerateKnobs` is asked);

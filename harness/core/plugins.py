@@ -33,6 +33,12 @@ class Registry:
     sources: dict[str, str] = field(default_factory=dict)  # registered name -> "builtin" / dist name / file
     errors: dict[str, str] = field(default_factory=dict)  # plugin module/entry point -> error message
 
+    def interfaces(self) -> list[type]:
+        """The interfaces (typing.Protocol classes) the loaded optimizations require: each after those it extends,
+        then by name."""
+        required = {o.requires for o in self.optimizations.values() if o.requires is not None}
+        return sorted(required, key=lambda p: (len(p.__mro__), p.__name__))
+
 
 def get_plugin_manager(plugins_dirs: list[str | Path] = ()) -> pluggy.PluginManager:
     """A fresh plugin manager with the built-ins, entry points and files under `plugins_dirs` loaded."""
@@ -58,6 +64,7 @@ def plugin_entry_points() -> list[importlib.metadata.EntryPoint]:
     """The `harness` entry points, by name: the built-in plugins (this distribution's) first, then every other
     installed package's."""
     eps = sorted(importlib.metadata.entry_points(group="harness"), key=lambda ep: ep.name)
+    eps = list({(ep.name, ep.value): ep for ep in eps}.values())  # the same plugin declared twice on the path
     return [ep for ep in eps if is_builtin(ep)] + [ep for ep in eps if not is_builtin(ep)]
 
 

@@ -285,7 +285,8 @@ def capacity_chart(record: dict[str, Any], salt: str) -> str:
 
 
 def serving_chart(record: dict[str, Any], salt: str) -> str:
-    """A serving search (harness.workloads.serve.search): each bounded latency metric against the achieved request throughput,
+    """A serving search (harness.workloads.serve.search): each bounded latency metric against the achieved request
+    throughput,
     one colour per side: every probe of every repeat (offline included) as a marker, each search's sustainable
     rate ringed, the sweep's points joined by a line (a single search's probes too), the SLO dashed; hollow
     markers where a percentile had too few requests."""
@@ -323,8 +324,9 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
 
 
 def sweep_chart(record: dict[str, Any], salt: str) -> str:
-    """A serving sweep (harness.workloads.serve.search): goodput (requests/s meeting the per-request SLO, solid) and requests/s
-    served (dotted) against the offered rate, one colour per side; the dashed diagonal is served = offered."""
+    """A serving sweep (harness.workloads.serve.search): goodput (requests/s meeting the per-request SLO, solid) and
+    requests/s served (dotted) against the offered rate, one colour per side; the dashed diagonal is
+    served = offered."""
     sweep = record.get("sweep") or {}
     fig = _figure(5.2, 2.6)
     ax = fig.add_subplot()

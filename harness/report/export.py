@@ -162,8 +162,8 @@ CSV_FIELDS = ("id", "kind", "status", "verdict", "speedup", "ci95_low", "ci95_hi
 
 def to_csv(results: dict[str, Any]) -> str:
     """One row per case, failed ones included with empty measurements; the headline figures (TTFT, TPOT,
-    serving percentiles, goodput, MFU, MBU; `harness.report.formatting.HEADLINE`) in seconds or fractions, empty where the
-    case has none."""
+    serving percentiles, goodput, MFU, MBU; `harness.report.formatting.HEADLINE`) in seconds or fractions, empty
+    where the case has none."""
     results = validate(results)
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")

@@ -4,8 +4,8 @@ The page is one self-contained file: Jinja2 templates from harness/report/templa
 from a suite, plugin or error shows as text), charts drawn by matplotlib (harness/report/charts.py) as inline SVG with
 text kept as <text> elements, a few lines of inline JS to sort tables, and a Content-Security-Policy that blocks
 any load. The Summary opens with a forest plot of every measured case's speedup and interval; each case shows its
-per-pair ratios with the pairs timed on a busy machine marked. Numbers are formatted by harness.report.formatting (shared
-with compare and export).
+per-pair ratios with the pairs timed on a busy machine marked. Numbers are formatted by harness.report.formatting
+(shared with compare and export).
 """
 
 from __future__ import annotations

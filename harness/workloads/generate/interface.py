@@ -26,12 +26,12 @@ class GenerateAPI(Protocol):
     and formula bytes) and `weight_bytes`. The optimizations' checks compare those of the two sides.
     """
 
-    ctx: RunContext
-    info: dict[str, Any]
+    ctx: RunContext  # device, environment, seed, rank and world size; `ctx.cache_path` for costly artifacts
+    info: dict[str, Any]  # facts to report beside the figures (what was applied, counts)
     knobs: GenerateKnobs  # cache kind, decode step, generate function, layout, extra metrics: GenerateKnobs
-    spec: GenerateSpec
-    device: torch.device
-    dtype: torch.dtype
+    spec: GenerateSpec  # the case's settings (prompt_len, new_tokens, sampling, decoder, ...): read only
+    device: torch.device  # where the model and prompts live
+    dtype: torch.dtype  # the weights' and activations' dtype; KV caches follow it
     model: nn.Module  # the harness GPT (or an hf: adapter): wrap, quantize or replace it in place
     prompts: torch.Tensor  # [B, P] token ids on `device`; batching replaces them (with `pad`)
     pad: torch.Tensor | None  # [B] left-padding per prompt, or None

@@ -159,7 +159,8 @@ class GenerateRun(Run):
         if self.first_call_s is None:  # the run's first work: compile, capture, lazy init
             self.first_call_s = seconds
         tokens = tokens.cpu()
-        return {"tokens": tokens, "prompts": self.prompts.cpu(), "sampling": self.spec.sampling, "pad": None if self.pad is None else self.pad.cpu(),
+        return {"tokens": tokens, "prompts": self.prompts.cpu(), "sampling": self.spec.sampling,
+                "pad": None if self.pad is None else self.pad.cpu(),
                 "ties": batch_near_ties(self.model, self.prompts, self.pad, tokens, self.dtype)
                 if self.spec.sampling == "greedy" else None,
                 **self.quality(), "kv_cache": self.kv_bytes(), "weight_bytes": weight_bytes(self.model)}

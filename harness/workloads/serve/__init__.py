@@ -1,9 +1,9 @@
 """The `serve` workload: a seeded request trace served in real time with a fixed number of slots.
 
 Both sides of a case serve the same trace (equal issue: the same requests in the same order), in wall-clock time
-from the start of `step()`; an idle server waits for the next arrival. The trace (harness.workloads.serve.trace): Poisson or
-bursty (gamma, vLLM's burstiness) arrivals at `rate`, or all at t = 0 (`arrivals: offline`); prompt and output
-lengths uniform in their ranges or read from a JSONL / CSV file; an optional client-side `max_concurrency` (a
+from the start of `step()`; an idle server waits for the next arrival. The trace (harness.workloads.serve.trace):
+Poisson or bursty (gamma, vLLM's burstiness) arrivals at `rate`, or all at t = 0 (`arrivals: offline`); prompt and
+output lengths uniform in their ranges or read from a JSONL / CSV file; an optional client-side `max_concurrency` (a
 request is sent only while fewer are in flight; its TTFT counts from when it was sent, as vLLM's benchmark does).
 
 The scheduler is the run's `knobs.scheduler`. static (the baseline): a batch is admitted only when every slot is
@@ -39,7 +39,8 @@ from harness.workloads.serve.run import ServeRun, SlotCache
 from harness.workloads.serve.search import ServingSearch
 from harness.workloads.serve.spec import ServeSpec
 
-__all__ = ["ServeAPI", "ServeKnobs", "ServeRun", "ServeSpec", "ServeWorkload", "SlotCache", "equal_alone", "serving_checks"]
+__all__ = ["ServeAPI", "ServeKnobs", "ServeRun", "ServeSpec", "ServeWorkload", "SlotCache", "equal_alone",
+           "serving_checks"]
 
 
 class ServeWorkload(Workload):

@@ -24,10 +24,10 @@ class ServeAPI(Protocol):
     goodput over the timed serves.
     """
 
-    ctx: RunContext
-    info: dict[str, Any]
+    ctx: RunContext  # device, environment, seed, rank and world size; `ctx.cache_path` for costly artifacts
+    info: dict[str, Any]  # facts to report beside the figures (what was applied, counts)
     knobs: ServeKnobs  # scheduler and prefill chunk: ServeKnobs
-    device: torch.device
+    device: torch.device  # where the model and the slot cache live
     model: nn.Module  # a harness GPT, whose attention takes the slot cache
     timed: bool  # True only during the timed serves: requests are recorded for the metrics then only
 

@@ -219,7 +219,7 @@ class ServeRun(Run):
                                "requests_served": len(self.records)}
         if not self.records:
             return out
-        few = []  # percentiles over fewer requests than they need (harness.workloads.serve.search.too_few_for): flagged, not hidden
+        few = []  # percentiles over fewer requests than they need (search.too_few_for): flagged, not hidden
         for key in ("ttft", "tpot", "e2e"):
             values = [r[key] for r in self.records if r[key] is not None]
             for q in (50, 90, 99):

@@ -1,6 +1,6 @@
 """Serving under load: the highest request rate that meets a latency SLO, and sweeps of offered rates. The
-traces served come from harness.workloads.serve.trace (Poisson / gamma / offline arrivals, lengths files); the server is the
-`serve` workload (harness/workloads/serve/).
+traces served come from harness.workloads.serve.trace (Poisson / gamma / offline arrivals, lengths files); the
+server is the `serve` workload (harness/workloads/serve/). `ServingSearch` is the case's `serving:` block.
 
 A percentile over too few requests means little: the q-th percentile of n samples has fewer than one sample above
 it when n < 1 / (1 - q) (p99 needs 100 requests, p90 10). `too_few_for` flags such a point; MLPerf's Server

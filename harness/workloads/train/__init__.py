@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from harness.core.hookspecs import hookimpl
 from harness.core.workload import Workload
-from harness.workloads.train.interface import TrainAPI
+from harness.workloads.train.interface import LMTrainAPI, TrainAPI
 from harness.workloads.train.knobs import TrainKnobs
 from harness.workloads.train.loop import TrainLoop, adamw_kwargs, adamw_name, full_tensor, no_sync
 from harness.workloads.train.run import TrainRun, load_train_model
 from harness.workloads.train.spec import TrainSpec
 
-__all__ = ["TrainAPI", "TrainKnobs", "TrainLoop", "TrainRun", "TrainSpec", "TrainWorkload", "adamw_kwargs",
-           "adamw_name", "full_tensor", "load_train_model", "no_sync"]
+__all__ = ["LMTrainAPI", "TrainAPI", "TrainKnobs", "TrainLoop", "TrainRun", "TrainSpec", "TrainWorkload",
+           "adamw_kwargs", "adamw_name", "full_tensor", "load_train_model", "no_sync"]
 
 
 class TrainWorkload(Workload):

@@ -28,10 +28,10 @@ class TrainAPI(Protocol):
     in `facts`). The optimizations' checks compare those of the two sides.
     """
 
-    ctx: RunContext
-    info: dict[str, Any]
+    ctx: RunContext  # device, environment, seed, rank and world size; `ctx.cache_path` for costly artifacts
+    info: dict[str, Any]  # facts to report beside the figures (what was applied, counts)
     knobs: TrainKnobs  # precision, loss scaling, micro-batches, optimizer implementation, ZeRO stage: TrainKnobs
-    device: torch.device
+    device: torch.device  # where the run's model and batches live
     model: nn.Module  # what the step calls: wrap it (DDP, FSDP, torch.compile, peft) and assign it back
     raw_model: nn.Module  # the plain model: parameter names every check uses; change it in place (LoRA, layout)
     optimizer: torch.optim.Optimizer  # replace it with make_optimizer (LoRA's trainable subset, ZeRO's wrapper)
@@ -58,3 +58,14 @@ class TrainAPI(Protocol):
 
 
 TrainAPI.workload_kind = "training"
+
+
+class LMTrainAPI(TrainAPI, Protocol):
+    """`TrainAPI` on a causal language model: `raw_model(tokens)` returns logits [B, T, V] (and `(logits, loss)`
+    with targets), `raw_model.num_params()` counts its parameters, `batches` hold token ids [B, T]. What LoRA's
+    adapters and its checks need; the `train` workload implements it, an image classifier does not."""
+
+    args: Any  # the model's shape: vocab_size, block_size, n_layer, ... (ModelArgs, or an hf: model's HFArgs)
+
+
+LMTrainAPI.workload_kind = "training"

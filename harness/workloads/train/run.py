@@ -6,6 +6,8 @@ The model is a built-in preset, a trained reference, or a user's local Hugging F
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from harness.core.workload import RunContext
@@ -19,14 +21,17 @@ from harness.workloads.train.spec import TrainSpec
 def load_train_model(name: str, device: torch.device) -> torch.nn.Module:
     """A fresh model to train, in train mode: a preset, randomly initialised from the current seed, a trained
     reference (`harness.models.reference`, from its cache; trained there on first use) or an hf: folder's weights
-    (`harness.models.hf.load_hf`, dropout off). One resolver for every workload: `harness.models.reference.load_model`."""
+    (`harness.models.hf.load_hf`, dropout off). One resolver for every workload:
+    `harness.models.reference.load_model`."""
     if name in PRESETS:
         return GPT(ModelArgs.from_name(name)).to(device)  # from the caller's seed, as before
     return load_model(name, device).train()
 
 
 class TrainRun(TrainLoop):
-    """A causal LM, an AdamW optimizer and fixed token batches; `step()` trains on the next batch."""
+    """A causal LM, an AdamW optimizer and fixed token batches; `step()` trains on the next batch (`LMTrainAPI`)."""
+
+    args: Any
 
     def __init__(self, spec: TrainSpec, ctx: RunContext):
         self.spec = spec
