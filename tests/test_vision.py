@@ -159,7 +159,10 @@ def test_a_users_factory_trains_and_names_its_blocks(tmp_path, monkeypatch, regi
 
 @pytest.mark.parametrize("plugins, extra", [
     ([("mixed_precision", {"dtype": "bf16"})], {}),
-    ([("gradient_accumulation", {"micro_batches": 2})], {"norm": "group"}),
+    # lr 1e-4 (the vision default): at TINY's 1e-3 and one thread a near-zero gradient's round-off moves its
+    # weight by 4.4e-4 after 3 AdamW steps, over gradient_accumulation's fixed atol of 1e-4 (a bound that does not
+    # scale with lr yet: issue 26)
+    ([("gradient_accumulation", {"micro_batches": 2})], {"norm": "group", "lr": 1e-4}),
     ([("activation_checkpointing", {})], {}),
     ([("channels_last", {})], {}),
     ([("optimizer_impl", {"impl": "for_loop"})], {}),
