@@ -47,7 +47,7 @@ def test_vision_registers_builds_and_trains(registry):
     assert registry.optimizations["channels_last"] is ChannelsLast and ChannelsLast.kind == "training"
     run = build(VisionSpec(**TINY))
     assert missing_members(VisionRun, VisionAPI) == [] and missing_members(VisionRun, TrainAPI) == []
-    assert run.units == {"samples": 8, "images": 8} and len(run.blocks()) == 4
+    assert run.units == {"samples": 8} and len(run.blocks()) == 4
     x, y = run.batches[0]
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     out = run.outputs()

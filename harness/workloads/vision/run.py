@@ -25,7 +25,7 @@ class VisionRun(TrainLoop):
         model = model.to(torch.device(ctx.device)).train()
         batches = image_batches(spec.steps, spec.batch, spec.image_size, spec.classes, ctx.seed + 1)
         super().__init__(ctx, model, batches, spec.lr, spec.tf32)
-        self.units = {"samples": spec.batch, "images": spec.batch}
+        self.units = {"samples": spec.batch}  # one sample is one image: samples/s is images/s
         self.info.update({"model": spec.model, "image_size": spec.image_size, "classes": spec.classes,
                           "data": spec.data, "memory_format": "contiguous"})
         if spec.model in RESNETS:
