@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from harness.api import Check, Optimization, hookimpl, loss_check, noise_of, precision_mismatch
-from harness.workloads.vision.interface import VisionAPI
+from harness.api import Check, Optimization, VisionAPI, hookimpl, loss_check, noise_of, precision_mismatch
 
 # The NHWC kernels compute the same sums in another order (other blockings of the C x kh x kw reduction in
 # forward, of the B x H x W one for weight gradients): the first forward, before any update, is continuous in

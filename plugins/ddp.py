@@ -86,7 +86,8 @@ class DDP(Optimization):
         return self.params.world_size
 
     def validate(self, spec: Any, plugins: list) -> None:
-        check_batch_splits(spec.batch, self.params.world_size)
+        if isinstance(getattr(spec, "batch", None), int):  # else shard_batches checks the run's global batch
+            check_batch_splits(spec.batch, self.params.world_size)
 
     def supports(self, env: dict[str, Any]) -> str | None:
         return backend_reason(env)

@@ -62,7 +62,8 @@ class Zero(Optimization):
         return reason
 
     def validate(self, spec: Any, plugins: list) -> None:
-        check_batch_splits(spec.batch, self.params.world_size)
+        if isinstance(getattr(spec, "batch", None), int):  # else shard_batches checks the run's global batch
+            check_batch_splits(spec.batch, self.params.world_size)
         if self.params.stage != "zero1" and any(o.name == "ddp" for o in plugins):
             raise ParamError("", f"zero stage {self.params.stage} shards with FSDP, which replaces DDP: do not "
                                  "apply ddp to the same side (use ddp as the baseline only)")

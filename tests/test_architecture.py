@@ -76,3 +76,29 @@ def test_every_optimization_names_the_interface_it_requires():
 
     registry = load_registry()
     assert all(cls.requires is not None for cls in registry.optimizations.values())
+
+
+def test_the_interface_check_reads_what_a_run_implements_not_what_it_names():
+    import pytest
+    import torch
+
+    from harness.api import GenerateAPI, Optimization, Run, TrainAPI, TrainLoop
+    from harness.core.optimization import missing_members
+
+    class Nominal(Run, TrainAPI):  # every method, no attribute: naming the protocol implements nothing
+        def blocks(self): return []
+        def make_optimizer(self, params, optimizer_class=torch.optim.AdamW): return None
+        def optimizer_kwargs(self): return {}
+        def shard_batches(self, rank, world_size): pass
+        def keep_for_backward(self, tensor): pass
+
+    assert {"knobs", "model", "raw_model", "optimizer", "batches"} <= set(missing_members(Nominal, TrainAPI))
+    assert missing_members(TrainLoop, TrainAPI) == []  # Run's own members (ctx, info) count
+
+    class BatchAttribute(Run):  # GenerateAPI's `batch` property held as a plain attribute
+        batch: int
+
+    assert "batch()" not in missing_members(BatchAttribute, GenerateAPI)
+    for wrong in (TrainAPI | GenerateAPI, "TrainAPI", torch.nn.Module):
+        with pytest.raises(TypeError, match="requires must be one typing.Protocol class"):
+            type("Wrong", (Optimization,), {"name": "wrong", "requires": wrong})

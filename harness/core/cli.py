@@ -293,7 +293,7 @@ def cmd_plugins(args) -> int:
                 f" ({' / '.join(row['workloads'])} workloads)" if row["workloads"] else ""
         else:
             on = f", implements {', '.join(row['implements'])}" if row["implements"] else ""
-        print(f"{row['name']}  [{row['type']}, {row['kind']}{on}]  from {row['source']}")
+        print(f"{row['name']}  [{row['type']}, {row['kind'] or 'any workload'}{on}]  from {row['source']}")
         if row["description"]:
             print(f"    {row['description']}")
         for p in row["params"]:

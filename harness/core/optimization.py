@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -66,8 +67,15 @@ class Optimization:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.requires is not None and "kind" not in cls.__dict__:
-            cls.kind = getattr(cls.requires, "workload_kind", "")
+        if cls.requires is not None:
+            if not (isinstance(cls.requires, type) and getattr(cls.requires, "_is_protocol", False)):
+                raise TypeError(f"{cls.__qualname__}.requires must be one typing.Protocol class (TrainAPI, "
+                                f"GenerateAPI, ServeAPI, VisionAPI, LMTrainAPI or your own), not {cls.requires!r}")
+            if "kind" not in cls.__dict__:
+                cls.kind = getattr(cls.requires, "workload_kind", "")  # "" for a protocol of any workload
+        elif cls.__dict__.get("kind"):
+            warnings.warn(f"{cls.__qualname__}: kind + workloads is deprecated; declare requires = TrainAPI / "
+                          "GenerateAPI / ... (harness.api)", DeprecationWarning, stacklevel=2)
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
@@ -185,7 +193,8 @@ def missing_members(run_class: type, protocol: type) -> list[str]:
     there, or annotated with a class that is not the protocol's (a `ServeKnobs` where `GenerateKnobs` is asked);
     a method not defined, or defined only as the protocol's own stub (a class that names the protocol as a base
     without implementing it)."""
-    annotated = {n for base in run_class.__mro__ for n in base.__dict__.get("__annotations__", {})}
+    annotated = {n for base in run_class.__mro__ if base.__dict__.get("_is_protocol") is not True
+                 for n in base.__dict__.get("__annotations__", {})}  # a protocol named as a base implements nothing
     attributes, methods = interface_members(protocol)
     missing = [n for n in attributes if n not in annotated and not hasattr(run_class, n)]
     asked, have = _hints(protocol), _hints(run_class)
@@ -194,6 +203,8 @@ def missing_members(run_class: type, protocol: type) -> list[str]:
         if isinstance(want, type) and isinstance(got, type) and not issubclass(got, want):
             missing.append(f"{name}: {want.__name__} (has {got.__name__})")
     for name in methods:
+        if name in annotated and isinstance(getattr(protocol, name, None), property):
+            continue  # a property the run holds as a plain attribute
         owner = next((b for b in run_class.__mro__ if name in b.__dict__), None)
         if owner is None or owner.__dict__.get("_is_protocol") is True:
             missing.append(f"{name}()")
@@ -218,7 +229,9 @@ def applies_to(cls: type[Optimization], workload_cls: Any, label: str = "") -> s
         if not cls.kind or (cls.kind == workload_cls.kind
                             and (not cls.workloads or workload_cls.name in cls.workloads)):
             return None
-        return f"{' / '.join(cls.workloads) or cls.kind} workloads, but {where} is a {workload_cls.kind} workload"
+        if cls.kind != workload_cls.kind:
+            return f"{cls.kind} workloads, but {where} is a {workload_cls.kind or 'untyped'} workload"
+        return f"{' / '.join(cls.workloads)} workloads, but {where} is not among them"
     run_class = getattr(workload_cls, "run_class", None)
     api = cls.requires.__name__
     if run_class is None:

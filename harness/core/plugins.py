@@ -120,7 +120,8 @@ def load_registry(plugins_dirs: list[str | Path] = ()) -> Registry:
 def _add(registry: Registry, table: dict[str, Any], cls: type, source: str) -> None:
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no name")
-    if cls.kind not in KINDS:
+    if cls.kind not in KINDS and not (table is registry.optimizations and cls.kind == ""
+                                      and getattr(cls, "requires", None) is not None):
         raise ValueError(f"{cls.__qualname__}.kind must be one of {KINDS}, got {cls.kind!r}")
     if cls.name in table:
         raise ValueError(f"'{cls.name}' is registered twice ({registry.sources[cls.name]} and {source})")

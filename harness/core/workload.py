@@ -94,6 +94,14 @@ class Run:
         or the warm-up (docs/results.md).
     """
 
+    ctx: RunContext
+    info: dict[str, Any]
+    units: dict[str, float]
+    contexts: list[Any]
+    distributed: bool
+    timed: bool
+    first_call_s: float | None
+
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.units: dict[str, float] = {}
