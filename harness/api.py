@@ -5,8 +5,8 @@ An optimization subclasses `Optimization`, names the interface it needs (`requir
 interface in `apply(self, run)`; its `check(baseline, optimized)` compares the two sides' `outputs()` and
 returns `Check`s. A workload subclasses `Workload` with a `Spec` dataclass and a `run_class`: a training
 workload's run subclasses `TrainLoop` (which implements `TrainAPI`), so every training optimization applies to
-it unchanged. Register either with a `@hookimpl` of `register_optimizations` / `register_workloads` in a module named by a `harness` entry point
-(docs/plugins.md).
+it unchanged. Register either with a `@hookimpl` of `register_optimizations` / `register_workloads` in a
+module named by a `harness` entry point (docs/plugins.md).
 """
 
 from harness.core.checks import loss_check, noise_of, precision_mismatch, tensors_check
