@@ -46,6 +46,18 @@ def test_search_stops_when_its_time_is_spent_and_says_what_it_established():
     assert capacity.side_value(found) == "≥ 8"
 
 
+def test_a_search_that_reaches_its_limit_reports_a_lower_bound_not_a_ratio_of_one():
+    spec = capacity.CapacitySpec(dim="batch", budget_gb=1.0, limit=64)
+    side = capacity.search(lambda v: True, 4, 1, 64, deadline=float("inf"))
+    assert side["stopped"] == "limit" and side["largest"] == 64
+    record = capacity.summarize(spec, {"baseline": side, "optimized": dict(side)})
+    assert record["ratio"] is None  # both at the limit: nothing says which fits more
+    assert capacity.headline(record) == ("capacity batch ≤ 1 GiB: ≥ 64 (the search's limit) → ≥ 64 (the search's "
+                                         "limit) (ratio unknown: both are lower bounds; raise the search's limit)")
+    bracketed = capacity.search(lambda v: v <= 10, 4, 1, 64, deadline=float("inf"))
+    assert capacity.summarize(spec, {"baseline": bracketed, "optimized": side})["ratio_bound"] == "≥"
+
+
 def test_an_out_of_memory_probe_does_not_fit_and_another_failure_ends_the_search():
     spec = capacity.CapacitySpec(dim="batch", budget_gb=1.0)
 

@@ -134,8 +134,7 @@ def summarize(spec: CapacitySpec, sides: dict[str, dict[str, Any]]) -> dict[str,
     if base.get("largest") and opt.get("largest"):
         # a side whose search ran out of time holds a lower bound: the ratio is then a bound, or unknown when
         # both are bounds
-        bound = {(True, True): "", (True, False): "≥", (False, True): "≤"}.get(
-            (bool(base.get("complete")), bool(opt.get("complete"))))
+        bound = {(True, True): "", (True, False): "≥", (False, True): "≤"}.get((exact(base), exact(opt)))
         if bound is not None:
             out["ratio"], out["ratio_bound"] = opt["largest"] / base["largest"], bound
         b, o = throughput(base.get("at_largest")), throughput(opt.get("at_largest"))
@@ -197,17 +196,29 @@ def headline(record: dict[str, Any] | None) -> str:
     if record.get("ratio"):
         text += f" ({record.get('ratio_bound', '')}{record['ratio']:.3g}x)"
     elif all(s.get("largest") for s in sides.values()):
-        text += " (ratio unknown: neither search finished; raise max_time_s)"
+        limited = any(s.get("stopped") == "limit" for s in sides.values())
+        text += (" (ratio unknown: both are lower bounds; raise the search's " + ("limit" if limited else "max_time_s")
+                 + ")")
     if record.get("throughput_ratio"):
         text += f", throughput there {record['throughput_ratio']:.3g}x"
     return text
 
 
+def exact(side: dict[str, Any]) -> bool:
+    """Whether a side's largest fitting value is its capacity, not a lower bound: the search bracketed it (one
+    step from a failing value), not stopped by time or by the search's `limit` (that fits: the capacity is at
+    least the limit)."""
+    return bool(side.get("complete")) and side.get("stopped") != "limit"
+
+
 def side_value(side: dict[str, Any]) -> str:
-    """The largest fitting value, marked '≥' when the search stopped before bracketing it."""
+    """The largest fitting value, marked '≥' when it is a lower bound (the search ran out of time, or reached its
+    limit, which fits)."""
     if side.get("largest") is None:
         failing = side.get("smallest_failing")
         return f"< {failing}" if failing else "none probed"
+    if side.get("stopped") == "limit":
+        return f"≥ {side['largest']} (the search's limit)"
     return str(side["largest"]) if side.get("complete") else f"≥ {side['largest']}"
 
 
