@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from harness.core import capacity
-from harness.core.optimization import ParamError, build_params
+from harness.core.optimization import ParamError, build_params, validate_in_side
 
 Probe = Callable[[Any, dict[str, Any]], dict[str, Any]]  # (case at the probed value, probe) -> the process's record
 
@@ -84,7 +84,7 @@ class CapacitySearch(Search):
                 spec = build_params(spec_cls, {**wspec, dim: value})
                 for opts in sides.values():
                     for opt in opts:
-                        opt.validate(spec, opts)
+                        validate_in_side(opt, spec, opts)
             except ParamError:
                 return False
             return True

@@ -145,9 +145,9 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
     budget of every capacity search (`--budget-gb`), both validated as if the suite said so; `device`,
     `threads`, and the measure settings `repeat` and `until_conclusive`. `model` / `budget_gb` as arguments:
     the same as in `overrides`."""
-    overrides = {k: v for k, v in {**(overrides or {}), "model": model or (overrides or {}).get("model"),
-                                   "budget_gb": budget_gb or (overrides or {}).get("budget_gb")}.items()
-                 if v is not None and v is not False}
+    given = {**(overrides or {}), **({"model": model} if model else {}),
+             **({"budget_gb": budget_gb} if budget_gb is not None else {})}
+    overrides = {k: v for k, v in given.items() if v is not None and v is not False}
     model, budget_gb = overrides.get("model"), overrides.get("budget_gb")
     doc = _Doc(Path(path))
     data = doc.data

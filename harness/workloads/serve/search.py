@@ -28,7 +28,7 @@ from typing import Any
 
 from harness.core.optimization import ParamError
 from harness.core.searches import Probe, Search, probe_result
-from harness.report.serving import headline, searches_of  # noqa: F401 (part of this module's API)
+from harness.report.serving import headline, searches_of
 
 
 def too_few_for(n: int, q: float) -> bool:
