@@ -30,7 +30,7 @@ def case(cid: str, speedup: float | None, lo: float | None = None, hi: float | N
 
 
 def results(*cases: dict, wall_s: float = 60.0) -> dict:
-    return {"run_id": "r", "wall_s": wall_s, "cases": list(cases)}
+    return {"schema_version": 2, "run_id": "r", "wall_s": wall_s, "cases": list(cases)}
 
 
 def test_three_runs_give_six_ordered_pairings_per_case():

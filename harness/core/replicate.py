@@ -20,11 +20,12 @@ measured (status ok, with a speedup) in at least two runs:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import InputError
+from harness.core.results import load
+from harness.report.formatting import fmt_ratio
 
 CONFIDENT = ("faster", "slower")
 DECIDED = ("faster", "slower", "no significant difference")
@@ -32,17 +33,9 @@ HONEST_COVERAGE = 0.834  # P(|Z| < 1.96 / sqrt(2)): two independent estimates, e
 
 
 def load_results(paths: list[Path | str]) -> list[dict[str, Any]]:
-    """Read harness results files; InputError for a missing or malformed one."""
-    out = []
-    for p in paths:
-        try:
-            data = json.loads(Path(p).read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read results file {p}: {exc}") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-            raise InputError(f"{p} is not a harness results file (no 'cases' list)")
-        out.append(data)
-    return out
+    """Read harness results files through the one reader (`harness.core.results.load`: InputError naming the file
+    and the field for a missing, malformed or damaged one)."""
+    return [load(p) for p in paths]
 
 
 def case_entry(case: dict[str, Any] | None) -> dict[str, Any]:
@@ -135,8 +128,8 @@ def fmt_entry(e: dict[str, Any]) -> str:
     """A run's cell: "1.06x [1.02, 1.08] faster", or the case's status when it has no speedup."""
     if not e["usable"]:
         return str(e["status"] if e["status"] != "ok" else "no speedup")
-    ci = f" [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]" if e["ci95"] else " [no interval]"
-    return f"{e['speedup']:.2f}x{ci} {e['verdict']}"
+    ci = f" [{fmt_ratio(e['ci95'][0])}, {fmt_ratio(e['ci95'][1])}]" if e["ci95"] else " [no interval]"
+    return f"{fmt_ratio(e['speedup'])}x{ci} {e['verdict']}"
 
 
 def pct(x: float) -> str:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.core import results_schema
 from harness.core.errors import InputError
 
 SCHEMA_VERSION = 2  # 2: a case's optimized side is "optimized" (1 called it "metrics"); `validate` reads both
@@ -74,20 +75,29 @@ def read_json(path: str | Path) -> Any:
 
 def validate(data: Any, path: str | Path | None = None) -> dict[str, Any]:
     """Check that `data` is a harness results file this harness can read (schema_version 1 up to
-    SCHEMA_VERSION; a newer one asks for a newer harness) and return it in the current schema (`upgrade`; the
-    input is not changed); raise InputError saying what is wrong."""
+    SCHEMA_VERSION; a newer one asks for a newer harness) whose every field a reader uses has the type and range
+    it needs (`harness.core.results_schema.check`: finite positive times, lists, unique case ids), and return it in
+    the current schema (`upgrade`; the input is not changed); raise InputError naming the file and the field
+    (``cases[2].baseline.latency.median: expected a time in seconds (> 0...), got "abc"``). Every reader of a
+    results file (report, export, compare, replicate, --resume) goes through here."""
     where = None if path is None else str(path)
     if not isinstance(data, dict) or "cases" not in data or "schema_version" not in data:
         raise InputError("not a harness results file (no schema_version/cases)", path=where)
     version = data["schema_version"]
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InputError(f"unsupported schema_version {version!r}", path=where, field="schema_version")
     if version > SCHEMA_VERSION:
         raise InputError(f"schema_version {version} is newer than this harness reads ({SCHEMA_VERSION}); "
                          "upgrade harness", path=where, field="schema_version")
     if not isinstance(data["cases"], list):
         raise InputError("cases must be a list", path=where, field="cases")
-    return upgrade(data)
+    data = upgrade(data)
+    try:
+        results_schema.check(data)
+    except InputError as exc:
+        exc.path = where
+        raise
+    return data
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from harness.core.stats import percentile
+from harness.report.formatting import fmt_ratio
 
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
 COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
@@ -21,6 +22,24 @@ VERDICT_COLORS = {"faster": "#176e1d", "slower": "#b3261e", "no significant diff
                   "inconclusive": "#d9730d", "larger": "#176e1d", "smaller": "#b3261e"}  # larger/smaller: effects
 OTHER_COLOR = "#7a7a7a"  # a verdict of no known kind (n/a)
 FLAG_COLOR = "#b3261e"  # pairs timed while the machine was busy
+
+
+MAX_POINTS = 2000  # dots a chart draws per series: a run of 200,000 samples a side made a 43 MB report
+
+
+def thin_step(n: int) -> int:
+    """Draw every k-th of n points so that at most MAX_POINTS are drawn (1: all)."""
+    return max(1, math.ceil(n / MAX_POINTS))
+
+
+def thinned(step: int, total: int, what: str) -> str:
+    """'every 100th of 200,000 samples'."""
+    suffix = "th" if 10 <= step % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th")
+    return f"every {step}{suffix} of {total:,} {what}"
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _svg(fig: Any, salt: str) -> str:
@@ -57,7 +76,7 @@ def ratio_ticks(lo: float, hi: float) -> list[float]:
     ticks: list[float] = []
     for subs in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-        ticks = [round(m * 10.0**e, 6) for e in decades for m in subs if lo <= m * 10.0**e <= hi]
+        ticks = [float(f"{m * 10.0**e:.6g}") for e in decades for m in subs if lo <= m * 10.0**e <= hi]
         if len(ticks) >= 4:
             break
     return ticks
@@ -74,6 +93,12 @@ def _ratio_axis(ax: Any, which: str, lo: float, hi: float) -> None:
     ticks = ratio_ticks(lo, hi)
     getattr(ax, f"set_{which}ticks")(ticks, [f"{t:g}×" for t in ticks])
     getattr(ax, f"{which}axis").set_minor_locator(NullLocator())
+
+
+def _plain(text: Any) -> str:
+    """User text (a case id, a suite's names) as matplotlib draws it literally: a '$' would start mathtext, and a
+    malformed formula ('$\\frac{1$') is an exception, not a label."""
+    return str(text).replace("$", r"\$")
 
 
 def _short(label: str, width: int = 72) -> str:
@@ -117,7 +142,7 @@ def forest_plot(rows: list[dict[str, Any]], band: tuple[float, float] | None, sa
                              facecolors="white" if r["busy"] else color)
             dot.set_gid(f"forest-{i}-{str(r['verdict']).replace(' ', '-')}{'-busy' if r['busy'] else ''}")
         ax.text(1.015, y, r["text"], transform=right, va="center", fontsize=8, color=color)
-    ax.set_yticks(range(n), [_short(r["label"]) + ("  · busy" if r["busy"] else "") for r in reversed(rows)],
+    ax.set_yticks(range(n), [_plain(_short(r["label"])) + ("  · busy" if r["busy"] else "") for r in reversed(rows)],
                   fontsize=8)
     ax.set_ylim(-0.6, n - 0.4)
     ax.tick_params(axis="x", labelsize=8)
@@ -125,7 +150,7 @@ def forest_plot(rows: list[dict[str, Any]], band: tuple[float, float] | None, sa
     ax.set_xlabel(xlabel, fontsize=8)
     seen = list(dict.fromkeys(r["verdict"] for r in rows))
     handles: list[Any] = [Line2D([], [], color=VERDICT_COLORS.get(v, OTHER_COLOR), marker="o", linewidth=2.2,
-                                 label=str(v)) for v in seen]
+                                 label=_plain(v)) for v in seen]
     if any(r["busy"] for r in rows):
         handles.append(Line2D([], [], color="#555555", marker="o", markerfacecolor="white", linestyle="none",
                               label="machine busy: verdict withheld"))
@@ -148,16 +173,20 @@ def pair_chart(ratios: list[float], speedup: float | None, ci: list[float] | Non
     ratios = [x for x in ratios if x and x > 0]
     if not ratios:
         return ""
+    total, step = len(ratios), thin_step(len(ratios))
+    orders = orders if orders and len(orders) >= total else None
+    xs = list(range(1, total + 1))[::step]  # each drawn pair keeps its place in time order
+    ratios, flagged = ratios[::step], flagged[:total][::step]
+    orders = orders[:total][::step] if orders else None
     fig = _figure(5.4, 1.9)
     ax = fig.add_subplot()
-    xs = list(range(1, len(ratios) + 1))
     color = COLORS["optimized"]
     if ci:
-        ax.axhspan(*ci, color=color, alpha=0.13, linewidth=0, label=f"95% interval [{ci[0]:.2f}, {ci[1]:.2f}]")
+        ax.axhspan(*ci, color=color, alpha=0.13, linewidth=0,
+                   label=f"95% interval [{fmt_ratio(ci[0])}, {fmt_ratio(ci[1])}]")
     if speedup:
-        ax.axhline(speedup, color=color, linewidth=1.2, label=f"speedup {speedup:.2f}×")
+        ax.axhline(speedup, color=color, linewidth=1.2, label=f"speedup {fmt_ratio(speedup)}×")
     ax.axhline(1.0, color="#333333", linewidth=0.7, linestyle=":")
-    orders = orders if orders and len(orders) >= len(ratios) else None
     for order, marker in (("BO", "o"), ("OB", "s")) if orders else ((None, "o"),):
         pick = [i for i in range(len(ratios)) if orders is None or orders[i] == order]
         if pick:
@@ -174,11 +203,12 @@ def pair_chart(ratios: list[float], speedup: float | None, ci: list[float] | Non
     if band and band[0] < max(span) and band[1] > min(span):
         ax.axhspan(*band, color="#9a9a9a", alpha=0.18, linewidth=0, label="no-difference band")
     _ratio_axis(ax, "y", min(span), max(span))
-    step = 1 if len(xs) <= 20 else math.ceil(len(xs) / 20)
-    ax.set_xticks(xs[::step])
-    ax.set_xlim(0.4, len(xs) + 0.6)
+    tick = 1 if len(xs) <= 20 else math.ceil(len(xs) / 20)
+    ax.set_xticks(xs[::tick])
+    ax.set_xlim(0.4, total + 0.6)
     ax.tick_params(labelsize=8)
-    ax.set_xlabel(f"{unit} (time order)", fontsize=8)
+    ax.set_xlabel(f"{unit} (time order)" + (f"; drawn: {thinned(step, total, unit + 's')}" if step > 1 else ""),
+                  fontsize=8)
     ax.set_ylabel("baseline ÷ optimized", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -197,18 +227,23 @@ def latency_chart(data: dict[str, list[float]], salt: str) -> str:
     fig = _figure(5.4, 1.7)
     ax = fig.add_subplot()
     rng = random.Random(0)
+    drawn: list[str] = []
     # matplotlib 3.10 renamed vert=False to orientation="horizontal" (and deprecated the old spelling)
     horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
                   else {"vert": False})
     for y, (label, xs) in enumerate(reversed(data.items())):
         ax.boxplot([[x * scale for x in xs]], positions=[y], widths=0.5, showfliers=False,
                    medianprops={"color": COLORS[label], "linewidth": 2}, **horizontal)
-        shown = [x for x in xs if x <= limit]  # the clipped ones would still widen the SVG's drawing
+        step = thin_step(len(xs))
+        shown = [x for x in xs[::step] if x <= limit]  # the clipped ones would still widen the SVG's drawing
+        if step > 1:
+            drawn.append(f"{label}: {thinned(step, len(xs), 'samples')}")
         ax.scatter([x * scale for x in shown], [y + rng.uniform(-0.18, 0.18) for _ in shown], s=9, alpha=0.6,
                    color=COLORS[label], linewidths=0)
     ax.set_yticks(range(len(data)), list(reversed(data)))
     ax.set_xlabel(f"time per step ({unit})" + (f"; {beyond} samples above {limit * scale:.3g} not shown"
-                                                    if beyond else ""))
+                                                    if beyond else "")
+                  + (f"\ndots drawn: {'; '.join(drawn)} (the boxes: every sample)" if drawn else ""))
     if beyond:
         ax.set_xlim(right=limit * scale)
     ax.grid(axis="x", alpha=0.3)
@@ -271,13 +306,13 @@ def capacity_chart(record: dict[str, Any], salt: str) -> str:
         for x, y, p in zip(xs, ys, probes):
             fitted = p.get("status") == "ok" and p.get("fits")
             ax.plot([x], [y], marker="o", color=COLORS[label], markerfacecolor=COLORS[label] if fitted else "white")
-        if side.get("largest"):
+        if side.get("largest") in xs:  # a hand-edited largest among no probe is not ringed
             at = xs.index(side["largest"])
             ax.plot([xs[at]], [ys[at]], marker="o", markersize=13, markerfacecolor="none", color=COLORS[label])
     ax.axhline(budget, color="black", linestyle="--", linewidth=1, label="budget")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
-    ax.set_xlabel(record["dim"])
+    ax.set_xlabel(_plain(record["dim"]))
     ax.set_ylabel("peak (MiB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
@@ -304,8 +339,8 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
             # the sweep's points (one per offered rate) joined by a line; the searches' probes as markers only
             for points, line, ring in ((sweep.get(key, []), True, False), (probes, len(searches) == 1, True)):
                 shown = sorted(((p["metrics"].get("requests_per_s"), p["metrics"].get(metric), p) for p in points
-                                if p and p["status"] == "ok"), key=lambda t: t[0] or 0)
-                shown = [(x, y * 1e3, p) for x, y, p in shown if x is not None and y is not None]
+                                if p and p["status"] == "ok"), key=lambda t: t[0] if _is_number(t[0]) else 0)
+                shown = [(x, y * 1e3, p) for x, y, p in shown if _is_number(x) and _is_number(y)]
                 if line and shown:
                     ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], color=COLORS[key], linewidth=1)
                 for x, y, p in shown:
@@ -317,7 +352,7 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
         ax.axhline(record["slo"][metric] * 1e3, color="black", linestyle="--", linewidth=1, label="SLO")
         ax.set_yscale("log")
         ax.set_xlabel("requests/s served")
-        ax.set_ylabel(f"{metric.removesuffix('_s').replace('_', ' ')} (ms)")
+        ax.set_ylabel(_plain(f"{metric.removesuffix('_s').replace('_', ' ')} (ms)"))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, frameon=False)
     return _svg(fig, salt)
@@ -332,11 +367,12 @@ def sweep_chart(record: dict[str, Any], salt: str) -> str:
     ax = fig.add_subplot()
     top = 0.0
     for key, points in (sweep.get("points") or {}).items():
-        ok = [p for p in points if p["status"] == "ok"]
+        ok = [p for p in points if p["status"] == "ok" and _is_number(p.get("rate"))]
         xs = [p["rate"] for p in ok]
         for metric, style, label in (("goodput_requests_per_s", "-", "goodput"), ("requests_per_s", ":", "served")):
             ys = [p["metrics"].get(metric) or 0.0 for p in ok]
-            ax.plot(xs, ys, linestyle=style, marker="o", color=COLORS[key], label=f"{key} {label}", linewidth=1)
+            ax.plot(xs, ys, linestyle=style, marker="o", color=COLORS.get(key, OTHER_COLOR),
+                    label=_plain(f"{key} {label}"), linewidth=1)
             top = max([top, *xs, *ys])
     ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="offered")
     ax.set_xlabel("offered rate (requests/s)")

@@ -19,19 +19,20 @@ ok in the first run is not ok, fails a check it passed, or (unless `--allow-miss
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from pytest_benchmark.utils import parse_compare_fail
+from pytest_benchmark.utils import PercentageRegressionCheck, parse_compare_fail
 
 from harness.core import capacity, cost, stats
 from harness.core.errors import InputError
 from harness.core.results import write_text
 from harness.report import serving
 from harness.report.compare_page import format_table, render_compare
-from harness.report.export import load_run
-from harness.report.formatting import SIDES, flatten
+from harness.report.export import NOT_COMPARABLE, load_run
+from harness.report.formatting import SIDES, flatten, fmt_ratio, is_number
 
 IGNORED_ENV = ("hostname",)  # differs on every machine; shown, not highlighted
 HEADLINE_ENV = (("device", "device"), ("cpu.model", "CPU"), ("cuda.devices[0].name", "GPU"),
@@ -50,9 +51,12 @@ def _sides(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [("", case["optimized"])] if isinstance(case.get("optimized"), dict) else []
 
 
-def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: float | None) -> dict[str, Any]:
+def _entry(case: dict[str, Any] | None, side: dict[str, Any] | None, price: float | None,
+           label: str = "") -> dict[str, Any]:
     if case is None:
         return {"present": False, "status": "absent"}
+    if side is None and case.get("status") == "ok":
+        return {"present": True, "status": NOT_COMPARABLE, "error": f"the case records no {label or 'timed'} side"}
     if side is None:
         return {"present": True, "status": case.get("status"), "error": case.get("error")}
     throughput = side.get("throughput") or {}
@@ -106,7 +110,11 @@ def margin_note(i: int, counts: tuple[int, int]) -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return b / a if a and b is not None else None
+    """b / a when both are positive finite numbers and so is the quotient, else None (never inf or nan)."""
+    if not (is_number(a) and is_number(b) and a > 0 and b >= 0):
+        return None
+    out = b / a
+    return out if math.isfinite(out) else None
 
 
 def _versus(first: dict[str, Any], later: dict[str, Any], i: int = 1) -> dict[str, Any] | None:
@@ -158,7 +166,7 @@ def compare(paths: list[Path], price_per_hour: float | None = None,
             entries = []
             for c, price in zip(cases, run_prices):
                 side = dict(_sides(c)).get(label) if c else None
-                entries.append(_entry(c, side, price and price[0]))
+                entries.append(_entry(c, side, price and price[0], label))
             rows.append({"case": cid, "side": label, "entries": entries,
                          "versus": [None] + [_versus(entries[0], e, i) for i, e in enumerate(entries[1:], 1)]})
     effects = effect_rows(ids, by_id)
@@ -188,7 +196,9 @@ def summary(rows: list[dict[str, Any]], i: int) -> dict[str, Any]:
                                   stats.split_blocks(r["entries"][i]["latency"])) for r in both])
     moved = [{"case": r["case"], "side": r["side"], **r["versus"][i]}
              for r in sorted(both, key=lambda r: r["versus"][i]["speedup"])]
-    return {"run": i, "geomean": geo, "rows": len(both),
+    stuck = [f"{r['case']} [{r['side'] or '-'}]" for r in rows
+             if NOT_COMPARABLE in (r["entries"][0]["status"], r["entries"][i]["status"])]
+    return {"run": i, "geomean": geo, "rows": len(both), "not_comparable": stuck,
             "faster": [m for m in reversed(moved) if m["speedup"] > 1][:MOVED],
             "slower": [m for m in moved if m["speedup"] < 1][:MOVED]}
 
@@ -314,15 +324,24 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
     for row in result["rows"]:
         first = row["entries"][0]
         for i, later in enumerate(row["entries"][1:], start=1):
+            where = f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0"
+            stuck = [f"run #{j}: {e.get('error')}" for j, e in ((0, first), (i, later))
+                     if e["status"] == NOT_COMPARABLE]
+            if stuck and checks:  # a time the gate cannot read never passes it
+                failures.append(f"{where}: not comparable: {'; '.join(stuck)}")
+                continue
             if first["status"] != "ok" or later["status"] != "ok":
                 continue
             versus = row["versus"][i] or {}
             for expr, check in checks:
-                msg = check.fails(later["latency"], first["latency"])
+                problem = _statistic_problem(check, first["latency"], later["latency"], i)
+                if problem:
+                    failures.append(f"{where}: {expr}: not comparable: {problem}")
+                    continue
+                msg = None if problem == "" else check.fails(later["latency"], first["latency"])
                 if not msg:
                     continue
-                _breach(f"{row['case']} [{row['side'] or '-'}] run #{i} vs #0: {expr}: {msg}", versus, failures,
-                        notes)
+                _breach(f"{where}: {expr}: {msg}", versus, failures, notes)
     for row in result.get("effects", []):
         first = row["runs"][0]
         for i, later in enumerate(row["runs"][1:], start=1):
@@ -334,9 +353,25 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
                 if drop <= limit:
                     continue
                 _breach(f"{row['case']} run #{i} vs #0: {expr}: the optimization's speedup fell from "
-                        f"{first['speedup']:.2f}x to {later['speedup']:.2f}x ({drop:.0%} lower)", versus, failures,
-                        notes)
+                        f"{fmt_ratio(first['speedup'])}x to {fmt_ratio(later['speedup'])}x ({drop:.0%} lower)",
+                        versus, failures, notes)
     return failures
+
+
+def _statistic_problem(check: Any, first: dict[str, Any], later: dict[str, Any], i: int) -> str | None:
+    """Why a --fail-if statistic cannot be compared between two sides' latency records (None: it can; '': both are
+    0, no change): one run lacks it (pytest-benchmark's check reads a missing one as an infinite regression),
+    or a percentage of the first run's 0 (a stddev or iqr of identical samples) is undefined."""
+    field = check.field
+    a, b = first.get(field), later.get(field)
+    if not is_number(a):
+        return f"run #0 has no {field}"
+    if not is_number(b):
+        return f"run #{i} has no {field}"
+    if isinstance(check, PercentageRegressionCheck) and a == 0:
+        return "" if b == 0 else (f"run #0's {field} is 0: a percentage of it is undefined; use an absolute "
+                                  f"threshold ({field}:SECONDS)")
+    return None
 
 
 def _breach(line: str, versus: dict[str, Any], failures: list[str], notes: list[str] | None) -> None:

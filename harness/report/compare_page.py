@@ -7,24 +7,19 @@ from typing import Any
 
 from harness.core import stats
 from harness.report import charts
-from harness.report.formatting import fmt_time, unit_label
+from harness.report.formatting import fmt_interval, fmt_ratio, fmt_time, is_number, unit_label
 from harness.report.page import environment
 
 
 def verdict_word(v: dict[str, Any] | None) -> str:
     if v is None:
         return "—"
-    if v["verdict"] in ("faster", "slower") and v["speedup"]:
+    if v["verdict"] in ("faster", "slower") and is_number(v["speedup"]) and v["speedup"] > 0:
         x = v["speedup"] if v["verdict"] == "faster" else 1 / v["speedup"]
-        return f"{x:.2f}× {v['verdict']}"
+        return f"{fmt_ratio(x)}× {v['verdict']}"
     if v["verdict"] == "inconclusive" and v.get("busy"):
         return "inconclusive (busy)"
     return "no sig. diff." if v["verdict"] == "no significant difference" else v["verdict"]
-
-
-def fmt_interval(x: float | None, ci: list[float] | None) -> str:
-    """'1.32x [1.28, 1.36]' or 'n/a'."""
-    return "n/a" if x is None else f"{x:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def format_headline(result: dict[str, Any]) -> list[str]:
@@ -37,10 +32,12 @@ def format_headline(result: dict[str, Any]) -> list[str]:
         g = s["geomean"]
         out.append(f"#{s['run']} vs #0: geometric-mean speedup {fmt_interval(g['speedup'], g['ci95'])} over "
                    f"{g['cases']} case sides (> 1: #{s['run']} faster)")
+        if s.get("not_comparable"):
+            out.append(f"  not comparable (left out): {'; '.join(s['not_comparable'])}")
         for word, moved in (("faster", s["faster"]), ("slower", s["slower"])):
             if moved:
                 out.append(f"  most {word}: " + "; ".join(
-                    f"{m['case']} [{m['side'] or '-'}] {m['speedup']:.2f}x ({verdict_word(m)})" for m in moved))
+                    f"{m['case']} [{m['side'] or '-'}] {fmt_ratio(m['speedup'])}x ({verdict_word(m)})" for m in moved))
     effects = result.get("effects") or []
     if effects:
         n = len(result["runs"])
@@ -49,8 +46,8 @@ def format_headline(result: dict[str, Any]) -> list[str]:
         for row in effects:
             cells = [row["case"]] + [fmt_interval(r["speedup"], r["ci95"]) + (" busy" if r["busy"] else "")
                                      if r else "n/a" for r in row["runs"]]
-            cells += [(f"{v['ratio']:.2f}x {v['verdict']}" if v and v["ratio"] else (v or {}).get("verdict", "n/a"))
-                      + note_mark(v) for v in row["versus"][1:]]
+            cells += [(f"{fmt_ratio(v['ratio'])}x {v['verdict']}" if v and v["ratio"]
+                       else (v or {}).get("verdict", "n/a")) + note_mark(v) for v in row["versus"][1:]]
             lines.append(cells)
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
         out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
@@ -74,7 +71,7 @@ def format_table(result: dict[str, Any]) -> str:
         cells += [(fmt_time(e["median"]) + (" checks FAILED" if h["failed_checks"] else "")) if e["status"] == "ok"
                   else e["status"] for e, h in zip(row["entries"], health)]
         for v in row["versus"][1:]:
-            cells += [f"{v['time_ratio']:.3f}" if v and v["time_ratio"] else "—", verdict_word(v) + note_mark(v)]
+            cells += [fmt_ratio(v["time_ratio"], 3) if v and v["time_ratio"] else "—", verdict_word(v) + note_mark(v)]
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = format_headline(result) + [""]
@@ -116,7 +113,7 @@ def forests(result: dict[str, Any]) -> list[str]:
                 continue
             rows.append({"label": f"{row['case']} [{row['side'] or '-'}]", "speedup": v["speedup"],
                          "ci": v["ci95"], "verdict": v["verdict"], "busy": v["busy"],
-                         "text": fmt_interval(v["speedup"], v["ci95"]).replace("x", "×", 1)})
+                         "text": fmt_interval(v["speedup"], v["ci95"], "×")})
         out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"cmp{i}",
                                       xlabel=f"speedup of run #{i} over run #0 = #0 time ÷ #{i} time "
                                              f"(log scale; right of 1 = #{i} faster)"))
@@ -130,7 +127,7 @@ def effect_forests(result: dict[str, Any]) -> list[str]:
     for i in range(1, len(result["runs"])):
         rows = [{"label": row["case"], "speedup": v["ratio"], "ci": v["ci95"], "verdict": v["verdict"],
                  "busy": v["busy"],
-                 "text": f"{v['ratio']:.2f}× ({v['verdict']})"}
+                 "text": f"{fmt_ratio(v['ratio'])}× ({v['verdict']})"}
                 for row in result["effects"] if (v := row["versus"][i]) and v.get("ratio")]
         out.append(charts.forest_plot(rows, stats.equivalence_band(stats.MIN_EFFECT), f"eff{i}",
                                       xlabel=f"optimization speedup on run #{i} ÷ on run #0 "
@@ -141,8 +138,8 @@ def effect_forests(result: dict[str, Any]) -> list[str]:
 def render_compare(result: dict[str, Any]) -> str:
     """The comparison as one self-contained HTML page (same template base and escaping as the report)."""
     env = environment()
-    env.filters.update(ratio=lambda x: "—" if x is None else f"{x:.3f}", vword=verdict_word, unit=unit_label,
-                       interval=lambda v: fmt_interval(v.get("speedup"), v.get("ci95")).replace("x", "×", 1))
+    env.filters.update(ratio=lambda x: "—" if x is None else fmt_ratio(x, 3), vword=verdict_word, unit=unit_label,
+                       interval=lambda v: fmt_interval(v.get("speedup"), v.get("ci95"), "×"))
     return env.get_template("compare.html").render(c=result, forests=forests(result), notes=notes(result),
                                                    effect_forests=effect_forests(result),
                                                    searches=search_charts(result))

@@ -18,6 +18,7 @@ from typing import Any
 import pytest_benchmark
 from pytest_benchmark.stats import Stats
 
+from harness.core import results_schema as rs
 from harness.core.cost import device_name
 from harness.core.errors import InputError
 from harness.core.results import SCHEMA_VERSION, finite, read_json, validate, write_text
@@ -25,6 +26,7 @@ from harness.report.formatting import (
     HEADLINE,
     SIDES,
     fmt_headline,
+    fmt_interval,
     fmt_num,
     fmt_saved,
     fmt_time,
@@ -37,6 +39,7 @@ from harness.report.formatting import (
 )
 
 FORMATS = ("pytest-benchmark", "csv", "markdown")
+NOT_COMPARABLE = "not comparable"  # the status of an imported benchmark whose times cannot be compared
 
 
 def bench_name(case_id: str, side: str) -> str:
@@ -104,6 +107,35 @@ def to_pytest_benchmark(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+STAT_TIMES = ("median", "mean", "min", "max", "q1", "q3")  # of a pytest-benchmark stats record, seconds
+BENCH_STATS = rs.record({**{k: rs.number() for k in (*STAT_TIMES, "stddev", "iqr")}, "rounds": rs.COUNT,
+                         "iterations": rs.number(), "outliers": rs.text(),
+                         "data": rs.list_of(rs.number(null=False))}, null=False)
+BENCH_INFO = rs.record({
+    "harness_case": rs.text(), "harness_side": rs.text(), "kind": rs.text(),
+    "workload": rs.one_of(rs.WORKLOAD, rs.text(), what="an object or a name"), "spec": rs.map_of(rs.anything),
+    "throughput": rs.map_of(rs.AMOUNT), "memory": rs.MEMORY, "energy": rs.ENERGY, "extra": rs.map_of(rs.anything),
+    "info": rs.map_of(rs.anything), "compile_s": rs.number(0), "comparison": rs.COMPARISON,
+    "checks": rs.list_of(rs.CHECK), "warnings": rs.STRINGS})
+BENCH = rs.record({"name": rs.text(), "fullname": rs.text(), "group": rs.SCALAR, "stats": BENCH_STATS,
+                   "extra_info": BENCH_INFO, "options": rs.map_of(rs.anything)}, required=("stats",), null=False)
+BENCH_FILE = rs.record({"benchmarks": rs.list_of(BENCH, null=False), "machine_info": rs.map_of(rs.anything),
+                        "commit_info": rs.map_of(rs.anything), "datetime": rs.SCALAR}, required=("benchmarks",),
+                       null=False)
+
+
+def not_comparable(stats: dict[str, Any]) -> str | None:
+    """Why a pytest-benchmark stats record cannot be compared (a median that is missing, a time or sample that is
+    zero or negative: pytest-benchmark writes 0.0 for work under its timer's resolution), or None."""
+    if stats.get("median") is None:
+        return "no median"
+    bad = [f"{k} {stats[k]:g} s" for k in STAT_TIMES if stats.get(k) is not None and stats[k] <= 0]
+    samples = [x for x in stats.get("data") or [] if x <= 0]
+    if samples:
+        bad.append(f"{len(samples)} of its {len(stats['data'])} samples {samples[0]:g} s or less")
+    return f"{', '.join(bad)}: a time must be positive" if bad else None
+
+
 def _side_from_bench(bench: dict[str, Any]) -> dict[str, Any]:
     stats, info = bench["stats"], bench.get("extra_info") or {}
     latency = {k: stats.get(k) for k in ("median", "mean", "stddev", "min", "max", "q1", "q3", "iqr", "rounds",
@@ -114,34 +146,70 @@ def _side_from_bench(bench: dict[str, Any]) -> dict[str, Any]:
             "info": info.get("info") or {}}
 
 
+def _workload(info: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's workload record: ours (an export), a name with its spec (harness.pytest_plugin), or the
+    benchmark's group."""
+    workload = info.get("workload")
+    if isinstance(workload, dict):
+        return workload
+    return {"name": workload or str(bench.get("group") or ""), "type": "", "spec": info.get("spec") or {}}
+
+
+def check_pytest_benchmark(data: Any, where: str | None) -> None:
+    """InputError naming the file and the field (``benchmarks[3].stats.median``) for what the importer cannot
+    read: a NaN or infinity, a wrong type, a benchmark with no name."""
+    try:
+        found = rs.first_nonfinite(data)
+        if found is not None:
+            raise InputError("expected a finite number, got NaN or Infinity", field=rs.dotted(found))
+        BENCH_FILE(data, "")
+        for i, bench in enumerate(data["benchmarks"]):
+            if not ((bench.get("extra_info") or {}).get("harness_case") or bench.get("fullname") or bench.get("name")):
+                raise InputError("missing (no extra_info.harness_case, fullname or name)",
+                                 field=f"benchmarks[{i}].name")
+    except InputError as exc:
+        exc.path = where
+        raise
+
+
 def from_pytest_benchmark(data: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
     """A pytest-benchmark JSON document as a results dict: our exports regroup into their cases; a foreign
-    benchmark becomes a one-sided case (only `optimized`) named by its fullname."""
+    benchmark becomes a one-sided case (only `optimized`) named by its fullname. A benchmark whose times cannot
+    be compared (`not_comparable`: a 0.0 s benchmark) becomes a case of status "not comparable" saying why, so
+    that compare lists it and its gate fails, never an infinite ratio."""
     where = None if path is None else str(path)
-    if not isinstance(data.get("benchmarks"), list):
-        raise InputError("pytest-benchmark JSON without a benchmarks list", path=where, field="benchmarks")
+    check_pytest_benchmark(data, where)
     cases: dict[str, dict[str, Any]] = {}
     for i, bench in enumerate(data["benchmarks"]):
-        if not isinstance(bench, dict) or not isinstance(bench.get("stats"), dict):
-            raise InputError("benchmark without stats", path=where, field=f"benchmarks[{i}]")
         info = bench.get("extra_info") or {}
         cid = info.get("harness_case") or bench.get("fullname") or bench.get("name")
         case = cases.setdefault(cid, {
-            "id": cid, "workload": info.get("workload") or {"name": bench.get("group") or "", "type": "", "spec": {}},
+            "id": cid, "workload": _workload(info, bench),
             "kind": info.get("kind", "benchmark"), "plugins": [], "baseline_plugins": [], "status": "ok",
             "error": None, "measurement": {"timer": (bench.get("options") or {}).get("timer")},
             "comparison": info.get("comparison"), "checks": info.get("checks") or [],
             "warnings": info.get("warnings") or []})
         key = "baseline" if info.get("harness_case") and info.get("harness_side") == "baseline" else "optimized"
+        if key in case:
+            raise InputError(f"a second benchmark named {rs.shown(cid)}", path=where, field=f"benchmarks[{i}]")
         case[key] = _side_from_bench(bench)
+        reason = not_comparable(bench["stats"])
+        if reason:
+            case.update(status=NOT_COMPARABLE, error=f"benchmarks[{i}] {rs.shown(bench.get('name') or cid)}: {reason}")
+    for case in cases.values():
+        if case["status"] != "ok":
+            for key in ("baseline", "optimized", "comparison", "measurement"):
+                case.pop(key, None)
     mi = data.get("machine_info") or {}
-    env = mi.get("harness_environment") or {
+    env = mi.get("harness_environment") if isinstance(mi.get("harness_environment"), dict) else {
         "hostname": mi.get("node"), "os": f"{mi.get('system')}-{mi.get('release')}", "python": mi.get("python_version"),
-        "cpu": {"model": (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor")}, "device": "unknown"}
-    return {"schema_version": SCHEMA_VERSION, "run_id": Path(path).stem if path else "pytest-benchmark",
-            "imported_from": "pytest-benchmark", "started": data.get("datetime"), "finished": data.get("datetime"),
-            "status": "complete", "suite": {"name": Path(path).name if path else "pytest-benchmark"},
-            "environment": env, "cases": list(cases.values())}
+        "cpu": {"model": (mi.get("cpu") or {}).get("brand_raw") if isinstance(mi.get("cpu"), dict)
+                else mi.get("processor")}, "device": "unknown"}
+    return validate({"schema_version": SCHEMA_VERSION, "run_id": Path(path).stem if path else "pytest-benchmark",
+                     "imported_from": "pytest-benchmark", "started": data.get("datetime"),
+                     "finished": data.get("datetime"), "status": "complete",
+                     "suite": {"name": Path(path).name if path else "pytest-benchmark"},
+                     "environment": env, "cases": list(cases.values())}, path)
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -180,8 +248,9 @@ def to_csv(results: dict[str, Any]) -> str:
                        memory_ratio=cmp.get("memory_ratio"))
             units = throughput_units(c)
             if units:
-                row.update(throughput_unit=units[0], optimized_throughput=c["optimized"]["throughput"].get(units[0]),
-                           baseline_throughput=(c.get("baseline") or {}).get("throughput", {}).get(units[0]))
+                rates = {label: (c.get(key) or {}).get("throughput") or {} for label, key in SIDES}
+                row.update(throughput_unit=units[0], optimized_throughput=rates["optimized"].get(units[0]),
+                           baseline_throughput=rates["baseline"].get(units[0]))
             for side, key in SIDES:
                 if not isinstance(c.get(key), dict):
                     continue
@@ -190,19 +259,36 @@ def to_csv(results: dict[str, Any]) -> str:
                 row[f"{side}_peak_bytes"] = (c[key].get("memory") or {}).get("peak_bytes")
                 extra = c[key].get("extra") or {}
                 row.update({f"{side}_{k}": extra.get(k) for k, _ in HEADLINE if extra.get(k) is not None})
-        w.writerow(row)
+        w.writerow({k: _cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so as a formula (OWASP)
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: text that a spreadsheet would run as a formula ('=cmd|...', '@SUM(...)') gets a leading "'"
+    (OWASP's advice: shown as text, the value whole); numbers as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def _md(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    """User text in a Markdown table cell: one line, its pipes escaped, HTML shown as text (a Markdown renderer
+    passes raw HTML through)."""
+    text = str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ").replace("`", "\\`")
+
+
+def _md_lines(text: str) -> str:
+    """Several lines of user text in one Markdown cell, separated by <br>."""
+    return "<br>".join(_md(line) for line in text.splitlines())
 
 
 def to_markdown(results: dict[str, Any]) -> str:
     """A PR-ready summary: one row per case with verdict, interval, throughput, memory and checks."""
     results = validate(results)
     env = results.get("environment") or {}
-    lines = [f"### {_md(results['suite'].get('name'))}: {_md(device_name(env))}", "",
+    lines = [f"### {_md((results.get('suite') or {}).get('name'))}: {_md(device_name(env))}", "",
              f"run `{_md(results.get('run_id'))}`, torch {_md(env.get('torch'))}, commit "
              f"`{_md((env.get('git') or {}).get('commit'))}`. Speedup = baseline time / optimized time (>1 = faster), "
              "95% bootstrap interval.", "",
@@ -212,21 +298,24 @@ def to_markdown(results: dict[str, Any]) -> str:
     failed = []
     for c in results["cases"]:
         if timed_alone(c):
-            rates = "<br>".join(f"{fmt_num(x)} {unit_label(u)}" for u, x in c["optimized"]["throughput"].items())
+            rates = "<br>".join(f"{fmt_num(x)} {_md(unit_label(u))}" for u, x in
+                                (c["optimized"].get("throughput") or {}).items())
+            headline = _md_lines(fmt_headline(c, "\n")) or "—"
             lines.append(f"| {_md(c['id'])} | timed alone | median {fmt_time(c['optimized']['latency']['median'])} | "
-                         f"{rates or 'n/a'} | {_md(fmt_headline(c, '<br>')) or '—'} | n/a | — |")
+                         f"{rates or 'n/a'} | {headline} | n/a | — |")
             continue
         if not measured(c) or not isinstance(c.get("comparison"), dict) or c["comparison"].get("speedup") is None:
             failed.append(c)
             continue
         cmp, checks = c["comparison"], c.get("checks") or []
-        ci = f" [{cmp['ci95'][0]:.2f}, {cmp['ci95'][1]:.2f}]" if cmp.get("ci95") else ""
-        base, opt = c["baseline"]["throughput"], c["optimized"]["throughput"]
-        rates = "<br>".join(f"{fmt_num(base.get(u))} → {fmt_num(opt.get(u))} {unit_label(u)}"
+        base, opt = c["baseline"].get("throughput") or {}, c["optimized"].get("throughput") or {}
+        rates = "<br>".join(f"{fmt_num(base.get(u))} → {fmt_num(opt.get(u))} {_md(unit_label(u))}"
                             for u in throughput_units(c)) or "n/a"
         passed = sum(1 for x in checks if x.get("passed"))
-        lines.append(f"| {_md(c['id'])} | {verdict_text(cmp)} | {cmp['speedup']:.2f}×{ci} | {rates} | "
-                     f"{_md(fmt_headline(c, '<br>')) or '—'} | {fmt_saved(memory_saved(c))} | "
+        interval = fmt_interval(cmp["speedup"], cmp.get("ci95"), "×")
+        headline = _md_lines(fmt_headline(c, "\n")) or "—"
+        lines.append(f"| {_md(c['id'])} | {_md(verdict_text(cmp))} | {interval} | {rates} | {headline} | "
+                     f"{fmt_saved(memory_saved(c))} | "
                      f"{passed}/{len(checks)}{'' if passed == len(checks) else ' ❌'} |")
     if failed:
         lines += ["", "Not measured:", ""]

@@ -4,6 +4,7 @@ export; no torch, no templates."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from harness.core import capacity, stats
@@ -15,13 +16,21 @@ SIDES = (("baseline", "baseline"), ("optimized", "optimized"))  # (label, key in
 
 
 def fmt_time(s: float | None) -> str:
-    """Seconds as s / ms / µs with 3 significant digits."""
-    if s is None:
-        return "n/a"
+    """Seconds as s / ms / µs with 3 significant digits (anything else as text: `_not_number`)."""
+    if not is_number(s):
+        return _not_number(s)
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if abs(s) >= scale:
             return f"{s / scale:.3g} {unit}"
     return f"{s * 1e9:.3g} ns"
+
+
+def _not_number(x: Any) -> str:
+    """What a formatter of numbers shows for anything else: 'n/a' for null, NaN and infinity, else the value as
+    text (a results file's free-form fields: an extra metric that is a string)."""
+    if x is None or isinstance(x, float):
+        return "n/a"
+    return str(x)
 
 
 def fmt_warmup(w: Any) -> str:
@@ -33,8 +42,8 @@ def fmt_warmup(w: Any) -> str:
 
 def fmt_bytes(b: float | None) -> str:
     """Bytes in binary units (GiB = 2**30)."""
-    if b is None:
-        return "n/a"
+    if not is_number(b):
+        return _not_number(b)
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(b) >= scale:
             return f"{b / scale:.3g} {unit}"
@@ -43,29 +52,27 @@ def fmt_bytes(b: float | None) -> str:
 
 def fmt_num(x: float | None, digits: int = 3) -> str:
     """A number with `digits` significant digits and thousands separators for large values."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
+    if not is_number(x):
+        return _not_number(x)
     return f"{x:,.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
 
 
 def fmt_pct(x: float | None) -> str:
     """A fraction as a percentage."""
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+    return f"{100 * x:.1f}%" if is_number(x) else _not_number(x)
 
 
 def fmt_usd(x: float | None) -> str:
     """US dollars with enough digits for tiny per-step costs."""
-    if x is None:
-        return "n/a"
+    if not is_number(x):
+        return _not_number(x)
     return f"${x:,.2f}" if x >= 1 else f"${x:.3g}"
 
 
 def fmt_extra(key: str, x: Any) -> str:
     """A derived metric by its name's suffix: *_bytes_s bandwidth, *_bytes size, *_s time, mfu/hfu/mbu percent."""
-    if x is None or isinstance(x, (str, bool)):
-        return "n/a" if x is None else str(x)
+    if not is_number(x):
+        return _not_number(x)
     if key.endswith("bytes_s"):
         return f"{fmt_bytes(x)}/s"
     if key.endswith("bytes"):
@@ -106,10 +113,10 @@ def verdict_text(comparison: dict[str, Any]) -> str:
     """'1.62× faster', '1.32× slower' (time ratio, so it reads naturally), 'no significant difference' or
     'inconclusive' (its reason, comparison["reason"], is shown beside it); any other verdict as recorded."""
     s, word = comparison.get("speedup"), comparison.get("verdict")
-    if word == "faster" and s:
-        return f"{s:.2f}× faster"
-    if word == "slower" and s:
-        return f"{1 / s:.2f}× slower"
+    if word == "faster" and is_number(s) and s > 0:
+        return f"{fmt_ratio(s)}× faster"
+    if word == "slower" and is_number(s) and s > 0:
+        return f"{fmt_ratio(1 / s)}× slower"
     return str(word) if word else "n/a"
 
 
@@ -228,15 +235,36 @@ def process_line(record: dict[str, Any]) -> str:
         return one_line(record)
     c = record.get("comparison") or {}
     load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
-    figure = (f"{c['speedup']:.2f}x over {c.get('pairs')} pairs" if c.get("speedup") else
+    figure = (f"{fmt_ratio(c['speedup'])}x over {c.get('pairs')} pairs" if c.get("speedup") else
               f"median {record['optimized']['latency']['median'] * 1e3:.3g} ms")
     return f"{figure}" + (f", foreign CPU {load:.0%}" if load is not None else "") + \
         f" ({record.get('duration_s') or 0:.1f} s)"
 
 
+def fmt_ratio(x: Any, digits: int = 2) -> str:
+    """A ratio (speedup, time or memory ratio) with enough digits at any size, the one rule of every ratio shown:
+    `digits` decimals from 0.1 to 100 ('1.62'), whole above ('1,900'), `digits` significant digits below
+    ('0.00053': a 1,900x slowdown, never '0.00'); 'n/a' for what is not a positive finite number (never 'inf' or
+    'nan')."""
+    if not is_number(x) or x <= 0:
+        return "n/a"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}" if x >= 0.1 else f"{x:#.{digits}g}"
+
+
+def is_number(x: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_interval(x: Any, ci: Any, mark: str = "x") -> str:
+    """'1.62x [1.55, 1.70]' (`fmt_ratio` throughout), or 'n/a' when there is no ratio."""
+    if not is_number(x) or x <= 0:
+        return "n/a"
+    return f"{fmt_ratio(x)}{mark}" + (f" [{fmt_ratio(ci[0])}, {fmt_ratio(ci[1])}]" if ci else "")
+
+
 def fmt_speedup(comparison: dict[str, Any]) -> str:
     """'1.62x [1.55, 1.70]', or 'n/a' when nothing was compared."""
-    s, ci = comparison.get("speedup"), comparison.get("ci95")
-    if s is None:
-        return "n/a"
-    return f"{s:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    return fmt_interval(comparison.get("speedup"), comparison.get("ci95"))

@@ -26,8 +26,10 @@ from harness.report.formatting import (
     fmt_bytes,
     fmt_extra,
     fmt_headline,
+    fmt_interval,
     fmt_num,
     fmt_pct,
+    fmt_ratio,
     fmt_saved,
     fmt_time,
     fmt_usd,
@@ -64,7 +66,7 @@ def forest(cases: list[dict[str, Any]]) -> str:
     for c in measured_cases:
         cmp = c.get("comparison") or {}
         ci, s = cmp.get("ci95"), cmp.get("speedup")
-        text = "n/a" if s is None else f"{s:.2f}×" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        text = fmt_interval(s, ci, "×")
         rows.append({"label": c["id"], "speedup": s, "ci": ci, "verdict": cmp.get("verdict") or "n/a",
                      "busy": bool(measure_view(c)["busy"]), "text": text})
     return charts.forest_plot(rows, comparison_band(measured_cases))
@@ -134,7 +136,8 @@ def environment(jinja_env: jinja2.Environment | None = None) -> jinja2.Environme
     """The Jinja2 environment with autoescaping on and the formatting filters registered."""
     env = jinja_env or jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(time=fmt_time, warmup=fmt_warmup, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, usd=fmt_usd,
+    env.filters.update(speedup=fmt_ratio, time=fmt_time, warmup=fmt_warmup, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct,
+                       usd=fmt_usd,
                        verdict=verdict_text, vclass=verdict_class, short_reason=short_reason, saved=fmt_saved,
                        unit=unit_label, extra=lambda x, k: fmt_extra(k, x), capacity_value=capacity.side_value,
                        serving_headline=lambda c: serving.headline(c.get("serving")),
@@ -200,7 +203,7 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
     if results.get("status") != "complete":
         warnings.insert(0, ("run", f"the run is {results.get('status')!r}: some cases may be missing"))
     return environment().get_template("report.html").render(
-        r=results, env=env, env_rows=flatten(env), cases=cases, warnings=warnings,
+        r=results, suite=results.get("suite") or {}, env=env, env_rows=flatten(env), cases=cases, warnings=warnings,
         device=cost.device_name(env), price=price,
         breakeven=cost.training_vs_inference(results, price and price[0]),
         curves=batch_curves(results["cases"]), forest=forest(results["cases"]), sides=SIDES,
