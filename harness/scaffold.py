@@ -6,6 +6,7 @@ import keyword
 from pathlib import Path
 
 from harness.core.errors import InputError
+from harness.core.results import ensure_dir, write_text
 
 MODULE = '''"""{name}: generate with the model's weights in bfloat16 (a starting point: edit `apply` and `check`)."""
 
@@ -112,12 +113,12 @@ def write_plugin_package(name: str, directory: Path | None = None) -> Path:
         raise InputError(f"'{name}' is not a valid plugin name: use a lowercase Python identifier like my_opt",
                          field="name")
     folder = directory or Path(f"harness-{name.replace('_', '-')}")
-    if folder.exists() and any(folder.iterdir()):
+    if folder.is_dir() and any(folder.iterdir()):
         raise InputError(f"{folder} exists and is not empty; choose another --dir", str(folder))
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder, "--dir")  # OutputError (exit 2) naming it when it cannot be written
     cls = "".join(part.capitalize() for part in name.split("_"))
-    (folder / f"harness_{name}.py").write_text(MODULE.format(name=name, cls=cls))
-    (folder / "pyproject.toml").write_text(PYPROJECT.format(name=name, dist=name.replace("_", "-")))
-    (folder / f"test_{name}.py").write_text(TEST.format(name=name))
-    (folder / "suite.yaml").write_text(SUITE.format(name=name))
+    write_text(folder / f"harness_{name}.py", MODULE.format(name=name, cls=cls))
+    write_text(folder / "pyproject.toml", PYPROJECT.format(name=name, dist=name.replace("_", "-")))
+    write_text(folder / f"test_{name}.py", TEST.format(name=name))
+    write_text(folder / "suite.yaml", SUITE.format(name=name))
     return folder

@@ -1,21 +1,25 @@
 """The results file on disk: its schema version, the one reader and the one atomic writer (docs/results.md).
 
 Every file the harness writes goes through `write_text` (a temporary file in the same folder, then a rename, so
-a reader never sees half a file) and every JSON file through `write_json` (standard JSON: a non-finite number
-becomes null, with a warning naming it). Every results file is read through `load`.
+a reader never sees half a file; mode 0666 less the umask, as `open` makes files) and every JSON file through
+`write_json` (standard JSON: a non-finite number becomes null, with a warning naming it). A file or folder that
+cannot be written is an OutputError naming it and what to do (exit 2), and `check_out_dir` finds that before a run
+starts. Every results file is read through `load`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 from harness.core import results_schema
-from harness.core.errors import InputError
+from harness.core.errors import InputError, output_error
 
 SCHEMA_VERSION = 2  # 2: a case's optimized side is "optimized" (1 called it "metrics"); `validate` reads both
 
@@ -41,16 +45,63 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically: a temporary file in the same folder, then a rename; how results,
-    reports, exports and the reference cache are written (no reader ever sees half a file)."""
+    reports, exports and the reference cache are written (no reader ever sees half a file). The file's mode is
+    what `open` gives a new file (0666 less the umask). OutputError naming `path` and what to do when it cannot
+    be written: a full disk, a read-only or missing folder, a path through a regular file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = _new_temp(path)
+    except OSError as exc:
+        raise output_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(exc, path) from exc
         raise
+
+
+def _new_temp(path: Path) -> tuple[int, Path]:
+    """A new empty file beside `path`, open for writing, with a random name (O_EXCL, as tempfile.mkstemp). Made
+    with mode 0666, which the kernel narrows by the umask (and a default ACL) as for any `open`: mkstemp's 0600
+    left results, reports and the cache unreadable to the group and a web server whatever the umask."""
+    folder = path.parent.resolve()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
+
+
+def ensure_dir(path: str | Path, field: str | None = None) -> Path:
+    """Make folder `path` (and its parents) if need be and check that a file can be written in it (4 KiB: a full
+    disk may still take an empty file), before anything is computed for it. OutputError naming the folder, why
+    and what to do otherwise (`field`: the option that named it)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_temp(path / ".write-check")
+        try:
+            with os.fdopen(fd, "wb") as f:  # its write loops until all is written or an error says why not
+                f.write(bytes(4096))
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise output_error(exc, path, "cannot write to this folder", field) from exc
+    return path
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """`ensure_dir` for `harness run --out`: call it before any case runs, so that a read-only, full or
+    impossible output folder is one line and exit 2, not a traceback after the first measurement."""
+    return ensure_dir(path, "--out")
 
 
 def write_json(path: str | Path, data: Any) -> None:

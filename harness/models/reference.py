@@ -4,11 +4,14 @@ A reference is a small GPT trained deterministically on the built-in corpus (`ha
 is asked for, then cached: ``<cache>/references/<name>-<key>.pt`` (state_dict) beside a ``.json`` (config,
 held-out loss, training time). `<cache>` is ``$HARNESS_CACHE_DIR`` or ``~/.cache/harness``; `key` hashes the
 config, the corpus and `FORMAT_VERSION`, so changing any of them retrains instead of loading stale weights.
-A cache entry that cannot be read back (truncated, edited, wrong shapes) is retrained, not a crash.
+A cache entry that cannot be read back (truncated, edited, wrong shapes) is retrained, not a crash. A cache that
+cannot be written (read-only, full, no home directory) is said before training, and the model trained is used for
+the run all the same: kept in a temporary folder its case processes find through ``$HARNESS_RUN_REFERENCES``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -16,7 +19,9 @@ import json
 import math
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.core.errors import InputError
+from harness.core.errors import InputError, OutputError
 from harness.core.hookspecs import hookimpl
 from harness.core.optimization import ParamError
 from harness.models import data, hf
@@ -34,6 +39,7 @@ from harness.models.gpt import GPT, PRESETS, ModelArgs
 from harness.models.precision import resolve_dtype
 
 FORMAT_VERSION = 1
+RUN_FOLDER_ENV = "HARNESS_RUN_REFERENCES"  # references this run trained but could not cache (`_keep_for_run`)
 Progress = Callable[[str], None]
 
 
@@ -69,9 +75,18 @@ REFERENCES: dict[str, ReferenceConfig] = {
 
 
 def cache_dir() -> Path:
-    """Where reference checkpoints live: ``$HARNESS_CACHE_DIR/references`` or ``~/.cache/harness/references``."""
-    root = os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "harness"
-    return Path(root) / "references"
+    """Where reference checkpoints live: ``$HARNESS_CACHE_DIR/references`` or ``~/.cache/harness/references``;
+    OutputError when neither is set and the home directory cannot be determined."""
+    root = os.environ.get("HARNESS_CACHE_DIR")
+    if root:
+        return Path(root) / "references"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError, OSError):  # HOME unset and no passwd entry for this user
+        raise OutputError("no folder for the reference cache: the home directory cannot be determined (HOME is "
+                          "unset and this user has no passwd entry); set HARNESS_CACHE_DIR to a writable folder",
+                          field="HARNESS_CACHE_DIR") from None
+    return home / ".cache" / "harness" / "references"
 
 
 def _config(name: str) -> ReferenceConfig:
@@ -87,9 +102,10 @@ def cache_key(cfg: ReferenceConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_paths(name: str) -> tuple[Path, Path]:
-    """(weights .pt, report .json) of the cache entry for reference `name` with its current config."""
-    stem = cache_dir() / f"{name}-{cache_key(_config(name))}"
+def cache_paths(name: str, folder: Path | None = None) -> tuple[Path, Path]:
+    """(weights .pt, report .json) of the cache entry for reference `name` with its current config, in
+    `cache_dir()` (or `folder`)."""
+    stem = (folder or cache_dir()) / f"{name}-{cache_key(_config(name))}"
     return stem.with_suffix(".pt"), stem.with_suffix(".json")
 
 
@@ -200,7 +216,24 @@ def train_reference(name: str, device="cpu", progress: Progress | None = None) -
 
 
 def _read_cache(name: str, device) -> GPT | None:
-    pt, js = cache_paths(name)
+    """The cached model from the cache, else from this run's folder (`_keep_for_run`), else None."""
+    folders = [f for f in (_cache_or_none(), os.environ.get(RUN_FOLDER_ENV)) if f]
+    for folder in folders:
+        model = _read_entry(name, device, Path(folder))
+        if model is not None:
+            return model
+    return None
+
+
+def _cache_or_none() -> Path | None:
+    try:
+        return cache_dir()
+    except OutputError:  # no home directory: no cache to read; `load_reference` says so before training
+        return None
+
+
+def _read_entry(name: str, device, folder: Path) -> GPT | None:
+    pt, js = cache_paths(name, folder)
     if not (pt.exists() and js.exists()):
         return None
     try:
@@ -217,11 +250,12 @@ def _read_cache(name: str, device) -> GPT | None:
     return model.to(device).eval()
 
 
-def _write_cache(name: str, model: GPT, report: dict) -> None:
-    from harness.core.results import write_bytes, write_text
+def _write_cache(name: str, model: GPT, report: dict, folder: Path | None = None) -> None:
+    """Write the entry of `name` in the cache (or `folder`); OutputError when it cannot be written."""
+    from harness.core.results import ensure_dir, write_bytes, write_text
 
-    pt, js = cache_paths(name)
-    pt.parent.mkdir(parents=True, exist_ok=True)
+    pt, js = cache_paths(name, folder)
+    ensure_dir(pt.parent)
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     weights = buffer.getvalue()
@@ -233,13 +267,54 @@ def _write_cache(name: str, model: GPT, report: dict) -> None:
 
 def load_reference(name: str, device="cpu", progress: Progress | None = None) -> GPT:
     """Reference `name` in eval mode, from the cache or trained now (and cached). `model.reference` holds the
-    training report (val_loss, seconds, ...)."""
+    training report (val_loss, seconds, ...). A cache that cannot be written is said (a warning) before training,
+    and the model is kept for this run only (`_keep_for_run`)."""
     model = _read_cache(name, device)
-    if model is None:
-        model, report = train_reference(name, device, progress)
-        _write_cache(name, model, report)
-        model = model.to(device).eval()
-    return model
+    if model is not None:
+        return model
+    problem = cache_problem()
+    if problem:
+        _stderr(f"warning: reference {name}: cannot cache it: {problem}; training it for this run only")
+    model, report = train_reference(name, device, progress)
+    model.reference = report
+    try:
+        if not problem:
+            _write_cache(name, model, report)
+    except OutputError as exc:
+        problem = exc
+        _stderr(f"warning: reference {name}: cannot cache it: {exc}; using it for this run only")
+    if problem:
+        _keep_for_run(name, model, report)
+    return model.to(device).eval()
+
+
+def cache_problem() -> OutputError | None:
+    """Why the reference cache cannot be written (path, cause, what to do, HARNESS_CACHE_DIR named), or None."""
+    from harness.core.results import ensure_dir
+
+    try:
+        ensure_dir(cache_dir())
+    except OutputError as exc:
+        if "HARNESS_CACHE_DIR" not in exc.message:
+            exc.message += " (or set HARNESS_CACHE_DIR to a writable folder)"
+        return exc
+    return None
+
+
+def _keep_for_run(name: str, model: GPT, report: dict) -> None:
+    """Keep a model the cache refused in a temporary folder named by $HARNESS_RUN_REFERENCES (made now, removed
+    at exit, unless a parent process made it): the case processes this one starts inherit the variable and load
+    the model from there instead of training it again each."""
+    folder = os.environ.get(RUN_FOLDER_ENV)
+    try:
+        if not folder:
+            folder = tempfile.mkdtemp(prefix="harness-references-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            os.environ[RUN_FOLDER_ENV] = folder
+        _write_cache(name, model, report, Path(folder))
+    except (OSError, OutputError) as exc:
+        _stderr(f"warning: reference {name}: cannot keep it for this run either ({exc}); each case process "
+                "that uses it trains it again")
 
 
 @dataclass(frozen=True)
@@ -364,12 +439,16 @@ def main_train_reference(names: list[str], device: str = "cpu", force: bool = Fa
     """`harness train-reference`: train (or, if cached, load) each reference and print the loss it reached.
 
     With `force` the cache entries are deleted first. With both "draft" and "target", also prints their greedy
-    top-1 agreement on held-out text. Returns the exit code (2 for an unknown name)."""
+    top-1 agreement on held-out text. Returns the exit code (2 for an unknown name); OutputError (exit 2) when
+    the cache cannot be written, before anything is trained."""
     names = list(names) or list(REFERENCES)
     unknown = [n for n in names if n not in REFERENCES]
     if unknown:
         print(f"error: unknown reference {', '.join(unknown)}; known: {', '.join(REFERENCES)}", file=sys.stderr)
         return 2
+    problem = cache_problem()
+    if problem:  # caching is this command's whole point: refuse before training
+        raise problem
     models = {}
     for name in names:
         if force:
