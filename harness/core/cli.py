@@ -172,7 +172,7 @@ def cmd_run(args) -> int:
           file=sys.stderr)
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        prepare_references(suite, env["device"], progress)
+        prepare_references(suite, env["device"], progress, only=args.only)
         results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
                             registry=registry, fresh=args.fresh_processes)

@@ -125,22 +125,29 @@ def _tail(log_path: Path, lines: int = 8) -> str:
     return ("; last output:\n" + "\n".join(tail)) if tail else ""
 
 
-def references_needed(suite: Suite) -> list[str]:
-    """Names of trained reference models ("reference:NAME") that the suite's workloads or plugins use."""
+def selected_cases(suite: Suite, only: list[str] | None = None) -> list[CaseSpec]:
+    """The suite's cases that `harness run --only PLUGIN...` runs: those using one of `only` (all without it)."""
+    return [c for c in suite.cases if not only or any(p.name in only for p in c.plugins)]
+
+
+def references_needed(suite: Suite, only: list[str] | None = None) -> list[str]:
+    """Names of trained reference models ("reference:NAME") that the workloads or plugins of the suite's cases
+    use (those `selected_cases` picks with `only`: a reference no selected case uses is not trained)."""
     from harness.models.reference import model_source  # here: it imports torch
 
     names = set()
-    for case in suite.cases:
+    for case in selected_cases(suite, only):
         values = list(case.workload_spec.values())
         values += [v for use in case.plugins + case.baseline for v in use.params.values()]
         names.update(model_source(v)[1] for v in values if isinstance(v, str) and model_source(v)[0] == "reference")
     return sorted(names)
 
 
-def prepare_references(suite: Suite, device: str, progress: Callable[[str], None]) -> None:
-    """Train (or find cached) the reference models a suite needs before any case starts, so their training
-    shows as progress here and is not charged to a case's timeout."""
-    names = references_needed(suite)
+def prepare_references(suite: Suite, device: str, progress: Callable[[str], None],
+                       only: list[str] | None = None) -> None:
+    """Train (or find cached) the reference models the suite's cases (`only`: the selected ones) need before any
+    case starts, so their training shows as progress here and is not charged to a case's timeout."""
+    names = references_needed(suite, only)
     if not names:
         return
     from harness.models.reference import load_reference
