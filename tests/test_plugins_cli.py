@@ -24,12 +24,8 @@ def test_builtins_register_with_kind_and_params():
 def test_misspelled_hook_fails_loudly(tmp_path):
     (tmp_path / "typo.py").write_text("from harness import hookimpl\n\n@hookimpl\n"
                                       "def register_optimisations(register):\n    pass\n")
-    try:
-        get_plugin_manager([tmp_path])
-    except Exception as exc:  # pluggy.PluginValidationError
-        assert "register_optimisations" in str(exc)
-    else:
-        raise AssertionError("an unknown hook name must be rejected")
+    error = get_plugin_manager([tmp_path]).load_errors[str(tmp_path / "typo.py")]
+    assert "unknown hook 'register_optimisations'; did you mean 'register_optimizations'?" in error
 
 
 def test_a_plugin_that_fails_to_import_is_named_and_the_rest_load(tmp_path):

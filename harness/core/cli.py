@@ -162,7 +162,7 @@ def cmd_run(args) -> int:
         env = envmod.detect(suite.device, threads)
     except ValueError as exc:
         raise InputError(str(exc), suite.path if not args.device else None, field="device") from None
-    registry.manager.hook.harness_environment(env=env)
+    registry.notify("harness_environment", env=env)
     if args.resume and not args.out:
         raise InputError("--resume needs --out: the folder of the run to finish", field="--resume")
     out = args.out or Path("reports") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{safe_name(suite.name)}"

@@ -234,7 +234,7 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
                 searched.add(case.id)
                 save()
             if registry is not None:
-                registry.manager.hook.harness_case_finished(case=record)
+                registry.notify("harness_case_finished", results, case=record)
     except KeyboardInterrupt:
         results["status"] = "interrupted"
         save()
