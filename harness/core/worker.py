@@ -25,7 +25,7 @@ from harness.core.distributed import Distributed
 from harness.core.optimization import build_params
 from harness.core.plugins import load_registry
 from harness.core.results import write_json
-from harness.core.sides import Unsupported, build_sides, repeat_noise_pass, run_checks
+from harness.core.sides import Isolation, Unsupported, build_sides, repeat_noise_pass, run_checks
 from harness.core.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
 from harness.core.workload import RunContext
 
@@ -127,7 +127,9 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
     phase("setup")
     settled = job.get("warmup_settled")  # from the case's first process: this one only times (`timing_only`)
     timing_only = settled is not None
+    isolation = Isolation(sides)  # what one side's build changes of torch's global state, kept from the other
     if not timing_only:
+        isolation.begin("baseline")
         warm_runtime(workload, spec, sides.get("baseline", []), ctx, dist)
     phase("runtime")
     machine = Machine(device, dist, threads, rank_threads)
@@ -135,7 +137,9 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
     for side in built:
         log(f"building {side.name}")
         before = memory.current_bytes(device) if dist.rank == 0 else None
+        isolation.begin(side.name)
         side.run = workload.build(spec, side.opts, ctx)
+        isolation.applied(side.name)
         if timing_only or not machine.owns(side.run):
             dist.barrier()
             continue
@@ -154,8 +158,10 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
     baseline = by_name.get("baseline")
     if machine.cuda and baseline and not timing_only:
         log("repeating the baseline's correctness pass (CUDA kernels are not deterministic)")
+        isolation.begin("baseline")
         noise = repeat_noise_pass(workload, spec, baseline.opts, ctx, baseline.outputs,
                                   owned=machine.owns(baseline.run))
+        isolation.rebuilt("baseline")
         dist.barrier()
         if noise is not None and dist.rank == 0:
             baseline.outputs["noise"] = noise
@@ -171,27 +177,31 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
         if machine.owns(side.run):
             log(f"warming up {side.name}")
             machine.use_threads(side.run)
+            isolation.use(side.name)
             side.warm = warm_up(side.run.timed_step, machine.clock(side.run), settings,
                                 (settled or {}).get(side.name))
         dist.barrier()
     phase("warmup")
     for side in built:
         side.run.timed = True
+    isolation.timing()
     timing, load_record, clocks_log = time_pairs(by_name, settings, machine, job.get("process", 0),
-                                                 job.get("runner_pid"))
+                                                 job.get("runner_pid"), isolation)
     for side in built:
         side.run.timed = False
     phase("timing")
     for side in built:  # on every rank that runs the side: extra_metrics may use collectives
         if not timing_only and machine.owns(side.run):  # a later process keeps its first process's figures
+            isolation.use(side.name)
             side.extra = side.run.extra_metrics(statistics.median(s for b in timing.blocks[side.name] for s in b))
         dist.barrier()
 
     phase("extras")
     result = None
     if dist.rank == 0:
-        result = summarize_case(by_name, timing, checks, settings, clocks_log, load_record, machine)
+        result = summarize_case(by_name, timing, checks, settings, clocks_log, load_record, machine, isolation)
         result["measurement"].update(phases_s=phases, timing_only=timing_only)
+    isolation.restore()
     dist.barrier()
     dist.close()
     return result if result is not None else {"status": "ok"}
@@ -232,9 +242,13 @@ class Machine:
 
 
 def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machine, seed: int,
-               runner_pid: int | None):
+               runner_pid: int | None, isolation: Isolation | None = None):
     """Time the sides in pairs of blocks (harness.core.timing.paired_blocks), reading the foreign load and, on CUDA,
-    the clocks between pairs on rank 0. Returns the PairedTiming, the foreign-load record and the GPU states."""
+    the clocks between pairs on rank 0; each block runs with its side's global state (`isolation`, which also
+    counts the CPU the other side's leftover threads take meanwhile). Returns the PairedTiming, the foreign-load
+    record and the GPU states."""
+    import contextlib
+
     from harness.core.energy import throttle_record, violation_seconds
 
     dist, device, cuda = machine.dist, machine.device, machine.cuda
@@ -251,7 +265,8 @@ def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machi
         if machine.owns(run):
             machine.use_threads(run)
             clock = machine.clock(run)
-            samples = [clock.time(run.timed_step, iterations[name]) for _ in range(n)]
+            with isolation.block(name) if isolation else contextlib.nullcontext():
+                samples = [clock.time(run.timed_step, iterations[name]) for _ in range(n)]
         dist.barrier()
         return samples
 
@@ -318,9 +333,10 @@ def gpu_state(device, cuda: bool) -> dict[str, Any] | None:
 
 
 def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log, load_record,
-                   machine: Machine) -> dict[str, Any]:
+                   machine: Machine, isolation: Isolation | None = None) -> dict[str, Any]:
     """The process's result: each side's latency, throughput, memory, energy and figures; the comparison and its
-    verdict (harness.core.stats.compare); the checks; the warnings; how it was measured."""
+    verdict (harness.core.stats.compare), withheld where one side's leftover threads ran while the other was
+    timed (`isolation`); the checks; the warnings; how it was measured."""
     from harness.core.energy import energy_window
 
     warnings: list[str] = []
@@ -334,6 +350,8 @@ def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log,
         mem = side_memory(run, side.peak or {"side_peak": None, "source": None})
         energy = None
         if machine.cuda and settings.energy and not (run.distributed and machine.dist.world_size > 1):  # rank 0
+            if isolation:
+                isolation.use(name)
             energy = energy_window(run.timed_step, Clock(machine.device).sync, machine.device.index or 0, median)
             if energy and energy.get("warning"):
                 warnings.append(f"{name}: energy window {energy['window_s']:.2f} s: {energy['warning']}")
@@ -361,6 +379,8 @@ def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log,
             comparison.update(verdict="inconclusive", reason=unequal)
         if unequal:
             warnings.append(unequal)
+    side_effects = isolation.judge(comparison, warnings) if isolation and \
+        "baseline" in sides else None
     base_peak = (out.get("baseline") or {}).get("memory", {}).get("peak_bytes")
     opt_peak = out["optimized"]["memory"].get("peak_bytes")
     comparison["memory_ratio"] = opt_peak / base_peak if base_peak and opt_peak else None
@@ -397,6 +417,7 @@ def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log,
         "warmup_settled": {name: s.warm.settled for name, s in sides.items() if s.warm},
         "settings": {k: v for k, v in settings.__dict__.items()},
         "gpu_state": [s for s in clocks_log if s],
+        "side_effects": side_effects,
     }
     return out
 
