@@ -52,6 +52,49 @@ def test_children_of_the_case_count_as_its_own():
     assert meter.window(a, b)["foreign_cpu"] < idle + 0.15
 
 
+def test_processes_the_case_starts_after_the_meter_count_as_its_own():
+    """A helper process started after timing began (a DataLoader worker, a lazily started pool) and one that has
+    already ended and been reaped are the case's own CPU time, not foreign."""
+    meter = load.LoadMeter()
+    idle = _idle_foreign(meter)
+    a = meter.snapshot()
+    running = subprocess.Popen([sys.executable, "-c", SPIN.format(s=1.0)])
+    time.sleep(0.6)
+    b = meter.snapshot()  # the helper is alive: read from the tree as it is now
+    running.wait()
+    subprocess.run([sys.executable, "-c", SPIN.format(s=0.6)], check=True)  # started and reaped between snapshots
+    c = meter.snapshot()
+    assert meter.window(a, b)["foreign_cpu"] < idle + 0.15
+    assert meter.window(b, c)["foreign_cpu"] < idle + 0.15
+
+
+def test_short_pairs_are_read_over_windows_long_enough_for_the_ticks():
+    """Pairs of microsecond blocks: one snapshot per MIN_WINDOW_S, not per pair, so no reading is a lone tick,
+    and every pair still has its window's figure."""
+    meter = load.LoadMeter()
+    meter.start()
+    end = time.perf_counter() + 1.0
+    while time.perf_counter() < end:
+        _spin_here(0.0005)  # a pair of short blocks
+        meter.pair_done()
+    windows, weights, pairs = meter.pair_windows()
+    assert sum(pairs) == meter.pairs > 100
+    assert len(windows) <= 1.0 / load.MIN_WINDOW_S + 1
+    assert all(w >= load.MIN_WINDOW_S for w in weights[:-1])
+    record = load.summarize(windows, weights, meter.cores, 1, None, pairs=pairs)
+    assert len(record["per_pair"]) == meter.pairs and record["windows"] == len(windows)
+
+
+def test_the_case_figure_sums_the_windows_so_tick_rounding_does_not_bias_it():
+    """Readings of +-1 tick around a true zero: clamping each window at 0 and averaging would read a load that is
+    not there; the sums of CPU seconds cancel."""
+    tick = 0.01
+    windows = [{"foreign_cpu": max(0.0, x / 0.4), "steal": 0.0, "foreign_s": x, "steal_s": 0.0, "capacity_s": 0.4}
+               for x in [tick, -tick] * 20]
+    record = load.summarize(windows, [0.2] * 40, cores=2, threads=2, gpu_others=None)
+    assert record["foreign_cpu"] == 0.0 and not record["busy"]
+
+
 def test_summary_withholds_the_verdict_and_says_which_threads_to_use():
     windows = [{"foreign_cpu": 0.5, "steal": 0.0}, {"foreign_cpu": 0.4, "steal": 0.0}]
     busy = load.summarize(windows, [1.0, 1.0], cores=2, threads=2, gpu_others=None)
