@@ -289,6 +289,7 @@ def test_a_replaced_global_is_isolated_and_a_leftover_thread_withholds_the_verdi
     reason = "plugin spin_thread (optimized side) left thread 'spin' running during timing"
     assert any(w.startswith(reason) and "no faster/slower verdict" in w for w in spin["warnings"])
     assert spin["repeats"][0]["verdict"] == "inconclusive"  # the process's verdict, withheld
+    assert spin["comparison"]["verdict"] == "inconclusive" and spin["comparison"]["reason"].startswith(reason)
     assert not spin["measurement"]["side_effects"]["isolated"]
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.core.optimization import ParamError
+from harness.report.formatting import fmt_ratio
 
 PROBE_STEPS = 3  # synchronized steps timed per probe, the peak-measured ones included
 
@@ -194,13 +195,13 @@ def headline(record: dict[str, Any] | None) -> str:
     values = [side_value(sides[k]) for k in ("baseline", "optimized") if k in sides]
     text = f"capacity {record['dim']} ≤ {record['budget_bytes'] / 2**30:.3g} GiB: {' → '.join(values)}"
     if record.get("ratio"):
-        text += f" ({record.get('ratio_bound', '')}{record['ratio']:.3g}x)"
+        text += f" ({record.get('ratio_bound', '')}{fmt_ratio(record['ratio'])}x)"
     elif all(s.get("largest") for s in sides.values()):
         limited = any(s.get("stopped") == "limit" for s in sides.values())
         text += (" (ratio unknown: both are lower bounds; raise the search's " + ("limit" if limited else "max_time_s")
                  + ")")
     if record.get("throughput_ratio"):
-        text += f", throughput there {record['throughput_ratio']:.3g}x"
+        text += f", throughput there {fmt_ratio(record['throughput_ratio'])}x"
     return text
 
 

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 EXIT_GRACE_S = 30.0  # seconds a worker may take to exit after writing its result
 RANKS_EXIT_GRACE_S = 5.0  # the same for forked ranks: 1 in ~5 hung in gloo's shutdown on a 2-core CPU
 # imported once by the server: torch, the modules torch imports lazily at a run's first optimizer or compile
@@ -141,7 +143,7 @@ def forked_worker(job_path: str, result_path: str, log_path: str, environ: dict[
     os.setsid()
     os.environ.clear()
     os.environ.update(environ)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     null = os.open(os.devnull, os.O_RDONLY)
     for fd, target in ((null, 0), (log, 1), (log, 2)):
         os.dup2(fd, target)
@@ -193,11 +195,20 @@ def _watch_exit(process, result_path: Path, done: threading.Event, hung: threadi
 
 
 def _killpg(pid: int) -> None:
-    """SIGKILL the process group `pid` leads; the process alone if it has not made its group yet."""
+    """SIGKILL the process group `pid` leads and every descendant of `pid`, found before any is killed: torchrun
+    starts each rank in a session of its own, which a kill of the agent's group alone would leave running."""
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        tree = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
         try:
-            os.kill(pid, signal.SIGKILL)
+            target()
+            break
         except (ProcessLookupError, PermissionError):
+            continue
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.Error:
             pass

@@ -10,16 +10,22 @@ import json
 import os
 import random
 import shlex
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from harness import __version__
 from harness.core import launch, stats
+from harness.core.outdir import case_fingerprint
 from harness.core.results import SCHEMA_VERSION, load, write_json
 from harness.core.suite import CaseSpec, Suite, apply_overrides
 from harness.report.formatting import fmt_headline, one_line, process_line
+
+RUNNER_STARTED = psutil.Process().create_time()  # with the pid, how a case process knows its runner is alive
 
 
 def now() -> str:
@@ -66,7 +72,8 @@ def job_for(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, plu
     its processes share; `warmup_settled`: from the case's first process, which makes this one timing-only."""
     return {"case": dataclasses.asdict(case), "env": env, "threads": threads,
             "measure": dataclasses.asdict(suite.measure), "plugins_dirs": plugins_dirs, "seed": 0,
-            "process": process, "repeat": suite.measure.repeat, "runner_pid": os.getpid(), "probe": probe,
+            "process": process, "repeat": suite.measure.repeat, "runner_pid": os.getpid(),
+            "runner_started": RUNNER_STARTED, "runner_host": socket.gethostname(), "probe": probe,
             "case_dir": case_dir, "warmup_settled": warmup_settled}
 
 
@@ -181,7 +188,8 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
                                                                                        plugins_dirs)
     results["status"] = "running"
     results["suite"]["repeat"] = repeat
-    processes = resumed_processes(results, cases, workdir) if resume else {}
+    prints = {c.id: case_fingerprint(case_record(c), registry, c.workload_type) for c in cases}
+    processes = resumed_processes(results, cases, workdir, prints, progress) if resume else {}
     if resume and processes:
         progress(f"resuming: {sum(map(len, processes.values()))} case processes already done")
     records = {c["id"]: c for c in results["cases"] if c["id"] in processes}
@@ -192,12 +200,15 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
         results["cases"] = [records[c.id] for c in cases if c.id in records]
         write_json(str(results_path), results)
 
+    save()  # a started run holds a results file from its first second: no later run takes the folder for empty
+
     def one_process(case: CaseSpec, k: int, label: str) -> None:
         t0 = time.perf_counter()
         first = processes.get(case.id, [None])[0]
         settled = ((first or {}).get("measurement") or {}).get("warmup_settled")
         record = run_case(case, suite, env, threads, workdir, plugins_dirs, inline, process=k, fresh=fresh,
                           warmup_settled=settled)
+        record["fingerprint"] = prints[case.id]
         durations.append(time.perf_counter() - t0)
         processes.setdefault(case.id, []).append(record)
         write_json(str(workdir / f"{safe_id(case.id)}.processes.json"), processes[case.id])
@@ -295,12 +306,18 @@ def safe_id(case_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)[:120]
 
 
-def resumed_processes(results: dict[str, Any], cases: list[CaseSpec], workdir: Path) -> dict[str, list]:
+def resumed_processes(results: dict[str, Any], cases: list[CaseSpec], workdir: Path, prints: dict[str, str],
+                      progress: Callable[[str], None] = print) -> dict[str, list]:
     """The processes already run of each case of an interrupted run (the runner keeps them in the case folder,
-    CASE.processes.json); a case whose file is missing or damaged is measured again from the start."""
+    CASE.processes.json); a case whose file is missing or damaged, or whose definition or code changed since
+    (`prints`: harness.core.outdir.case_fingerprint by id), is measured again from the start."""
     out = {}
     for record in results.get("cases", []):
         if record["id"] not in by_id(cases) or record.get("status") == "interrupted":
+            continue
+        if record.get("fingerprint") != prints[record["id"]]:
+            progress(f"{record['id']}: its workload, plugins or their code changed since it was measured; "
+                     "measuring it again")
             continue
         try:
             done = json.loads((workdir / f"{safe_id(record['id'])}.processes.json").read_text())
@@ -352,6 +369,10 @@ def combine_processes(records: list[dict[str, Any]], min_effect: float) -> dict[
         unequal = comparison["different_work"] = out["comparison"].get("different_work")
         if unequal and comparison["verdict"] != "inconclusive":
             comparison.update(verdict="inconclusive", reason=unequal)
+        leak = next((r["comparison"].get("interference") for r in records if r["comparison"].get("interference")),
+                    None)
+        if leak:  # one side's leftover thread ran while the other was timed (harness.core.sides.Isolation)
+            comparison.update(verdict="inconclusive", reason=leak, interference=leak)
         out["comparison"] = comparison
     out["repeats"] = [{"speedup": r["comparison"].get("speedup"), "ci95": r["comparison"].get("ci95"),
                        "verdict": r["comparison"].get("verdict"), "pairs": r["comparison"].get("pairs"),

@@ -13,8 +13,11 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import socket
 import statistics
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typing import Any
 
 from harness.core import load, memory, stats
 from harness.core.distributed import Distributed
+from harness.core.errors import OutputError
 from harness.core.optimization import build_params
 from harness.core.plugins import load_registry
 from harness.core.results import write_json
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     job_path, result_path = (argv or sys.argv[1:])[:2]
     with open(job_path) as f:
         job = json.load(f)
+    watch_runner(job)
     limit_gb = job["measure"].get("memory_limit_gb")
     if limit_gb and not job["env"]["device"].startswith("cuda"):
         import resource
@@ -52,9 +57,57 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         result = {"status": "oom" if is_oom(exc) else "failed", "error": f"{type(exc).__name__}: {exc}"}
     if rank == 0:
-        write_json(result_path, result)
+        try:
+            write_json(result_path, result)
+        except OutputError as exc:  # a full disk, say: one line in the log; the runner records no result
+            log(f"could not write the result: {exc}")
+            return 4
     close_process_groups()  # after the result is safe: a teardown that hangs is the runner's exit watcher's
     return 0 if result["status"] == "ok" else 3
+
+
+RUNNER_POLL_S = 0.5
+LATE_S = 60.0  # past the case's timeout: the runner kills at the timeout; this is for a runner that cannot
+
+
+def watch_runner(job: dict[str, Any]) -> None:
+    """A case process never outlives the runner that started it: a daemon thread polls the runner (its pid and
+    start time, from the job) and kills this process's group (the process and what it started) when the runner
+    is gone (killed with SIGKILL, say, so it could not kill its cases) or the case's timeout is LATE_S past.
+    Not for a job run in the runner's own process (--inline), on another host (a multi-node job file copied
+    there), or with `runner_pid` null (a job file run by hand)."""
+    pid = job.get("runner_pid")
+    if not pid or pid == os.getpid() or job.get("runner_host") not in (None, socket.gethostname()):
+        return
+    timeout = (job.get("case") or {}).get("timeout_s") or (job.get("measure") or {}).get("timeout_s")
+    deadline = time.monotonic() + timeout + LATE_S if timeout else None
+    threading.Thread(target=_watch, args=(pid, job.get("runner_started"), deadline), daemon=True,
+                     name="harness-runner-watch").start()
+
+
+def _watch(pid: int, started: float | None, deadline: float | None) -> None:
+    tick = threading.Event()
+    while not tick.wait(RUNNER_POLL_S):
+        late = deadline is not None and time.monotonic() > deadline
+        if late or not runner_alive(pid, started):
+            why = "its timeout passed" if late else f"the runner (pid {pid}) that started it is gone"
+            log(f"exiting: {why}; a case process never outlives its runner (to run a job file by hand, set its "
+                "runner_pid to null)")
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def runner_alive(pid: int, started: float | None) -> bool:
+    """Whether process `pid` still runs and is the one that started at `started` (psutil create_time: a pid
+    reused by another process is not the runner); a zombie is gone."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 0.01
+    except psutil.Error:
+        return False
 
 
 def close_process_groups() -> None:
@@ -253,7 +306,9 @@ def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machi
 
     dist, device, cuda = machine.dist, machine.device, machine.cuda
     meter = load.LoadMeter(runner_pid) if dist.rank == 0 else None
-    snapshots = [meter.snapshot()] if meter else []
+    if meter:
+        meter.start()
+    pair_times = [time.perf_counter()]  # each pair's end: the GPU throttle counters are read per pair
     clocks_log = [gpu_state(device, cuda)] if dist.rank == 0 else []
     read_violations = (lambda: violation_seconds(device.index or 0)) if cuda and dist.rank == 0 else None
     violations = [read_violations()] if read_violations else []
@@ -273,8 +328,9 @@ def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machi
     def on_pair(i: int) -> None:
         if read_violations:
             violations.append(read_violations())
+        pair_times.append(time.perf_counter())
         if meter:
-            snapshots.append(meter.snapshot())
+            meter.pair_done()
             if cuda and (i + 1) % 5 == 0:
                 clocks_log.append(gpu_state(device, cuda))
 
@@ -290,11 +346,12 @@ def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machi
     record = None
     if meter:
         clocks_log.append(gpu_state(device, cuda))
-        windows = [meter.window(a, b) for a, b in zip(snapshots, snapshots[1:])]
-        weights = [b.t - a.t for a, b in zip(snapshots, snapshots[1:])]
+        windows, weights, pairs = meter.pair_windows()
         gpu_others = load.gpu_processes(device.index or 0, meter.own_pids) if cuda else None
-        record = load.summarize(windows, weights, meter.cores, machine.threads, gpu_others, settings.busy_threshold)
-        record["gpu_throttle"] = throttle_record(violations, weights) if read_violations else None
+        record = load.summarize(windows, weights, meter.cores, machine.threads, gpu_others, settings.busy_threshold,
+                                pairs)
+        pair_s = [b - a for a, b in zip(pair_times, pair_times[1:])]
+        record["gpu_throttle"] = throttle_record(violations, pair_s) if read_violations else None
         log(f"{len(timing.orders)} pairs ({timing.stopped_by}); foreign CPU {record['foreign_cpu']:.0%}")
     return timing, record, clocks_log
 
