@@ -23,7 +23,7 @@ import pytest
 
 from harness.core.optimization import build_params
 from harness.core.plugins import load_registry
-from harness.core.sides import Unsupported, build_sides, repeat_noise_pass, run_checks
+from harness.core.sides import Isolation, Unsupported, build_sides, repeat_noise_pass, run_checks
 from harness.core.workload import RunContext
 
 
@@ -61,10 +61,33 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
     except Unsupported as exc:
         pytest.skip(str(exc))
     workload_spec = build_params(wl.Spec, spec or {})
-    runs = {name: wl.build(workload_spec, opts, ctx) for name, opts in sides.items()}
-    outputs = {name: run.outputs() for name, run in runs.items()}
-    noise = (repeat_noise_pass(wl, workload_spec, sides["baseline"], ctx, outputs["baseline"])
-             if ctx.device.type == "cuda" else None)
+    isolation = Isolation(sides)  # a plugin's global patch reaches neither the other side's outputs nor its times
+    try:
+        return _measure(benchmark, wl, workload_spec, sides, ctx, isolation, dict(
+            workload=workload, spec=spec, plugins=plugins, side=side, rounds=rounds, warmup_rounds=warmup_rounds,
+            compare=compare, measure=measure))
+    finally:
+        isolation.restore()
+
+
+def _measure(benchmark: Any, wl: Any, workload_spec: Any, sides: dict[str, list], ctx: RunContext,
+             isolation: Isolation, how: dict[str, Any]) -> dict[str, Any]:
+    """`run_case`'s work once the sides are known: build (each side in its own global state), check, time."""
+    import torch
+
+    workload, spec, plugins, side = how["workload"], how["spec"], how["plugins"], how["side"]
+    rounds, warmup_rounds, compare, measure = how["rounds"], how["warmup_rounds"], how["compare"], how["measure"]
+    runs, outputs = {}, {}
+    for name, opts in sides.items():  # as the worker: each side built, and its outputs taken, in its own state
+        isolation.begin(name)
+        runs[name] = wl.build(workload_spec, opts, ctx)
+        isolation.applied(name)
+        outputs[name] = runs[name].outputs()
+    noise = None
+    if ctx.device.type == "cuda":
+        isolation.begin("baseline")
+        noise = repeat_noise_pass(wl, workload_spec, sides["baseline"], ctx, outputs["baseline"])
+        isolation.rebuilt("baseline")
     if noise is not None:
         outputs["baseline"]["noise"] = noise
     checks = run_checks(sides, outputs)  # the worker's checks, the worker's way
@@ -84,6 +107,7 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
         sync()  # the host clock stops after the device work, as the harness's wall_sync timer
 
     benchmark.group = f"{workload}/{'+'.join(n for n, _ in _uses(plugins)) or 'baseline'}"
+    isolation.use(side)
     benchmark.pedantic(step, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     run.timed = False
     stats = getattr(benchmark, "stats", None)
@@ -94,12 +118,12 @@ def run_case(benchmark: Any, workload: str, spec: dict[str, Any] | None = None, 
         info["throughput"] = {f"{unit}_per_s": n / median for unit, n in run.units.items()}
         info["extra"] = run.extra_metrics(median)
     if compare:
-        info["comparison"] = _paired(runs, ctx.device, measure)
+        info["comparison"] = _paired(runs, ctx.device, measure, isolation)
     benchmark.extra_info.update(info)
     return info
 
 
-def _paired(runs: dict[str, Any], device: Any, measure: Any) -> dict[str, Any]:
+def _paired(runs: dict[str, Any], device: Any, measure: Any, isolation: Isolation) -> dict[str, Any]:
     """Both sides warmed up and timed in paired blocks, compared by harness.core.stats (as a `harness run` case)."""
     from harness.core import stats
     from harness.core.timing import Clock, MeasureSettings, block_size, paired_blocks, warm_sample_s, warm_up
@@ -107,11 +131,18 @@ def _paired(runs: dict[str, Any], device: Any, measure: Any) -> dict[str, Any]:
     clock = Clock(device)
     settings = (measure or MeasureSettings()).resolved(clock.cuda)
     steps = {"baseline": runs["baseline"].timed_step, "optimized": runs["optimized"].timed_step}
-    warm = {side: warm_up(fn, clock, settings) for side, fn in steps.items()}
+    warm = {}
+    for side, fn in steps.items():
+        isolation.use(side)
+        warm[side] = warm_up(fn, clock, settings)
     sizes = {s: block_size(warm_sample_s(w), settings) for s, w in warm.items()}
     iterations = {s: w.iterations for s, w in warm.items()}
-    timing = paired_blocks(lambda s, n: [clock.time(steps[s], iterations[s]) for _ in range(n)], sizes, iterations,
-                           settings)
+
+    def block(side: str, n: int) -> list[float]:
+        isolation.use(side)
+        return [clock.time(steps[side], iterations[side]) for _ in range(n)]
+
+    timing = paired_blocks(block, sizes, iterations, settings)
     return stats.compare(timing.blocks["baseline"], timing.blocks["optimized"], settings.min_effect)
 
 

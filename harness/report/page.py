@@ -199,7 +199,8 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
     env = results.get("environment") or {}
     price = cost.price_for(env, price_per_hour, prices)
     cases = [case_view(c, i, price and price[0]) for i, c in enumerate(results["cases"])]
-    warnings = [(c.get("id"), w) for c in results["cases"] for w in c.get("warnings") or []]
+    warnings = [("run", w) for w in results.get("warnings") or [] if isinstance(w, str)]
+    warnings += [(c.get("id"), w) for c in results["cases"] for w in c.get("warnings") or []]
     if results.get("status") != "complete":
         warnings.insert(0, ("run", f"the run is {results.get('status')!r}: some cases may be missing"))
     return environment().get_template("report.html").render(
