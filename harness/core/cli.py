@@ -45,15 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", nargs="?", help="a suite file, or a built-in suite name (quick, training, inference, "
                                             "serving, vision, laptop-finetune, gpu-training, gpu-inference, "
                                             "serving-gpu)")
-    p.add_argument("--device", help="override the suite's device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_arg, help="override the suite's device: auto, cpu, cuda, cuda:N")
     add_suite_overrides(p)
     p.add_argument("--out", type=Path,
                    help="output folder (default: reports/<run-id>); with --resume, the run to finish")
     p.add_argument("--only", action="append", metavar="PLUGIN", help="run only cases using PLUGIN (repeatable)")
     p.add_argument("--resume", action="store_true", help="finish the interrupted run in --out without redoing cases")
     p.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no isolation)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: the suite's, else physical cores)")
-    p.add_argument("--repeat", type=int, metavar="N",
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: the suite's, else physical cores)")
+    p.add_argument("--repeat", type=positive_int, metavar="N",
                    help="measure each case in N processes, one per round over the suite (default: the suite's "
                         "measure.repeat, 5); the interval covers process-to-process variation; 1: one process, "
                         "whose interval covers the noise within it only")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-conclusive", action="store_true",
                    help="after the minimum pairs, keep adding pairs until the verdict is decided or the suite's "
                         "max_time_s per side is spent")
-    p.add_argument("--price-per-hour", type=float, help="device price in $/hour for cost figures")
+    p.add_argument("--price-per-hour", type=positive_float, help="device price in $/hour for cost figures")
     p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name (overrides the examples)")
     p.set_defaults(func=cmd_run)
 
@@ -80,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", help="show the detected environment (CPU, GPU, NVML, peaks)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg)
     p.add_argument("--probe", action="store_true", help="measure bf16 matmul and copy ceilings (GPU)")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("report", help="render results.json into a self-contained HTML report")
     p.add_argument("results", type=Path)
     p.add_argument("-o", "--out", type=Path)
-    p.add_argument("--price-per-hour", type=float)
+    p.add_argument("--price-per-hour", type=positive_float)
     p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
     p.set_defaults(func=cmd_report)
 
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'fails a check it passed, or is missing')
     p.add_argument("--allow-missing", action="store_true", help="with --fail-if: a case missing from a later run "
                                                                  "is not a failure")
-    p.add_argument("--price-per-hour", type=float)
+    p.add_argument("--price-per-hour", type=positive_float)
     p.add_argument("--prices", type=Path, help="YAML table of $/hour by device name")
     p.set_defaults(func=cmd_compare)
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-reference", help="train (or load cached) reference models for inference suites")
     p.add_argument("names", nargs="*", default=["target", "draft"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg)
     p.add_argument("--force", action="store_true", help="retrain even when cached")
     p.set_defaults(func=cmd_train_reference)
 
@@ -126,7 +126,39 @@ def build_parser() -> argparse.ArgumentParser:
 def add_suite_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="use this model in every workload that has one: a preset, reference:NAME or "
                                    "hf:DIR (a local Hugging Face folder)")
-    p.add_argument("--budget-gb", type=float, metavar="GB", help="memory budget of every capacity search (GiB)")
+    p.add_argument("--budget-gb", type=positive_float, metavar="GB",
+                   help="memory budget of every capacity search (GiB)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (`--threads 0` would silently mean the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (nan and inf pass every `> 0` test later)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number (got {text!r})") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number (got {text!r})")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N (the hardware is looked for when the command runs)."""
+    from harness.core.suite import device_problem
+
+    if device_problem(text):
+        raise argparse.ArgumentTypeError(device_problem(text))
+    return text
 
 
 def suite_overrides(args) -> dict[str, Any]:

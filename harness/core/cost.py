@@ -9,11 +9,13 @@ never a guess.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.core import yamlsafe
 from harness.core.errors import InputError
 
 # Example on-demand prices in USD per device-hour, for illustration only: they differ by provider, region and
@@ -33,20 +35,18 @@ JOULES_PER_KWH = 3.6e6
 
 
 def load_prices(path: str | Path) -> dict[str, float]:
-    """Read a prices YAML file: a mapping of device-name substring (e.g. ``H100``, ``cpu``) to USD per hour."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise InputError(f"cannot read prices file: {e.strerror}", path=str(path)) from None
-    except yaml.YAMLError as e:
-        raise InputError(f"not valid YAML: {e}", path=str(path)) from None
+    """Read a prices YAML file: a mapping of device-name substring (e.g. ``H100``, ``cpu``) to USD per hour.
+    Read through `harness.core.yamlsafe` (bounded); InputError naming the file, line and device otherwise."""
+    data, node = yamlsafe.load(path, "prices file")
     if not isinstance(data, dict) or not data:
-        raise InputError("expected a mapping of device name to USD per hour, e.g. 'H100: 2.5'", path=str(path))
+        raise InputError("expected a mapping of device name to USD per hour, e.g. 'H100: 2.5'", path=str(path),
+                         line=node.start_mark.line + 1 if node is not None else None)
+    lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
     out = {}
     for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise InputError(f"price must be a positive number of USD per hour, got {value!r}",
-                             path=str(path), field=str(key))
+                             path=str(path), line=lines.get(str(key)), field=str(key))
         out[str(key)] = float(value)
     return out
 

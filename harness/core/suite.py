@@ -1,10 +1,12 @@
-"""Suites: YAML files naming a device, workloads and cases. Loaded with safe_load; every error names the file,
-the line and the field (`harness.core.errors.InputError`)."""
+"""Suites: YAML files naming a device, workloads and cases. Loaded with bounded safe_load (`harness.core.yamlsafe`:
+no alias bombs, recursion or deep nesting); every error names the file, the line and the field
+(`harness.core.errors.InputError`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from harness.core import yamlsafe
 from harness.core.errors import InputError, suggestion
 from harness.core.optimization import ParamError, applies_to, build_params, validate_in_side
 from harness.core.plugins import Registry
@@ -90,20 +93,11 @@ class _Doc:
 
     def __init__(self, path: Path):
         self.path = str(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise InputError(f"cannot read suite: {exc.strerror or exc}", self.path) from None
-        try:
-            self.data = yaml.safe_load(text)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark else None
-            raise InputError(f"malformed YAML: {getattr(exc, 'problem', None) or exc}", self.path, line) from None
+        self.data, node = yamlsafe.load(path, "suite")
         self.lines: dict[tuple, int] = {}
         if node is not None:
             self._walk(node, ())
+        self._check_finite(self.data, ())
 
     def _walk(self, node, path: tuple) -> None:
         self.lines[path] = node.start_mark.line + 1
@@ -115,6 +109,15 @@ class _Doc:
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 self._walk(item, path + (i,))
+
+    def _check_finite(self, value: Any, path: tuple) -> None:
+        """Every number of a suite is finite: a setting of .inf or .nan would pass every `x > 0` check and fail
+        (or run forever) later; results.json cannot hold either."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(path, f"must be a finite number (got {value}); leave the key out for its default")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            self._check_finite(item, path + (key,))
 
     def error(self, path: tuple, message: str) -> InputError:
         line = None
@@ -134,6 +137,7 @@ def _check_keys(doc: _Doc, path: tuple, mapping: Any, allowed: tuple, what: str)
             raise doc.error(path + (key,), f"unknown key '{key}'{suggestion(key, allowed, 'allowed')}")
 
 
+MAX_CASES = 10_000  # cases of a suite after sweeps: a sweep's product grows fast
 OVERRIDES = ("model", "budget_gb", "device", "threads", "repeat", "until_conclusive")  # what a command line may set
 
 
@@ -148,6 +152,7 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
     given = {**(overrides or {}), **({"model": model} if model else {}),
              **({"budget_gb": budget_gb} if budget_gb is not None else {})}
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}
+    _check_overrides(overrides)
     model, budget_gb = overrides.get("model"), overrides.get("budget_gb")
     doc = _Doc(Path(path))
     data = doc.data
@@ -162,22 +167,19 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
     if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise doc.error(("threads",), f"must be 'auto' or a positive integer (got {threads!r})")
     device = data.get("device", "auto")
-    if not isinstance(device, str):
-        raise doc.error(("device",), f"must be a string such as auto, cpu, cuda or cuda:0 (got {device!r})")
+    if device_problem(device):
+        raise doc.error(("device",), device_problem(device))
     workloads = _workloads(doc, data["workloads"], registry, model)
     if not isinstance(data["cases"], list) or not data["cases"]:
         raise doc.error(("cases",), "must be a non-empty list of cases")
     cases: list[CaseSpec] = []
+    seen: dict[str, int | None] = {}
     for i, case in enumerate(data["cases"]):
         if budget_gb is not None and isinstance(case, dict) and isinstance(case.get("capacity"), dict):
             case = {**case, "capacity": {**case["capacity"], "budget_gb": budget_gb}}
-        cases.extend(_cases(doc, ("cases", i), case, workloads, registry))
-    seen: dict[str, int] = {}
-    for case in cases:
-        if case.id in seen:
-            raise doc.error(("cases",), f"two cases have the same id '{case.id}' (lines {seen[case.id]} and "
-                                        f"{case.line}); give one of them different parameters")
-        seen[case.id] = case.line
+        expanded = _cases(doc, ("cases", i), case, workloads, registry, MAX_CASES - len(cases))
+        _check_unique(doc, ("cases", i), expanded, seen)
+        cases.extend(expanded)
     if budget_gb is not None and not any(c.capacity for c in cases):
         raise InputError("--budget-gb sets the budget of capacity: blocks, and this suite has none", str(path))
     suite = Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
@@ -187,11 +189,47 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
     return suite
 
 
+def _check_unique(doc: _Doc, path: tuple, cases: list[CaseSpec], seen: dict[str, int | None]) -> None:
+    """Case ids are unique, after sweeps too: the error points at the second case (its sweep for a repeat within
+    one sweep) and names the line of the first."""
+    for case in cases:
+        if case.id in seen:
+            where = path + ("sweep",) if seen[case.id] == case.line and path + ("sweep",) in doc.lines else path
+            raise doc.error(where, f"two cases have the same id '{case.id}' (lines {seen[case.id]} and "
+                                   f"{doc.lines.get(where, case.line)}); give one of them different parameters")
+        seen[case.id] = case.line
+
+
+def device_problem(device: Any) -> str | None:
+    """Why `device` is not a device harness can name (auto, cpu, cuda, cuda:N), else None. The grammar of
+    `harness.core.env.resolve_device`, checked without looking for the hardware (that happens at run time)."""
+    text = device if isinstance(device, str) else ""
+    index = text.removeprefix("cuda:") if text.startswith("cuda:") else None
+    if text in ("auto", "cpu", "cuda") or index is not None and index.isascii() and index.isdigit():
+        return None
+    return f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    """The command line's values, whoever passes them (`harness.core.cli` checks them as it parses, too)."""
+    for key in ("threads", "repeat"):
+        value = overrides.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"must be a positive integer (got {value!r})", field=f"--{key}")
+    budget = overrides.get("budget_gb")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget < math.inf):
+        raise InputError(f"must be a positive number of GiB (got {budget!r})", field="--budget-gb")
+    if "device" in overrides and device_problem(overrides["device"]):
+        raise InputError(device_problem(overrides["device"]), field="--device")
+
+
 def apply_overrides(suite: Suite, overrides: dict[str, Any]) -> None:
     """Set what the command line overrides (`OVERRIDES`) on a loaded suite and record it in `suite.overrides`."""
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown suite override(s): {', '.join(sorted(unknown))}")
+    _check_overrides(overrides)
     suite.device = overrides.get("device", suite.device)
     suite.threads = overrides.get("threads", suite.threads)
     suite.measure.repeat = overrides.get("repeat", suite.measure.repeat)
@@ -205,11 +243,25 @@ def _measure(doc: _Doc, values: dict) -> MeasureSettings:
         raise doc.error(("measure", "rounds"), "'rounds' is gone: cases are timed in pairs of short blocks in a "
                                                "random order; set 'min_pairs' (default 10) and 'block_s' instead")
     _check_keys(doc, ("measure",), values, allowed, "measure")
+    values = {key: _percent(value) if key in FRACTIONS else value for key, value in values.items()}
     try:
         settings = build_params(MeasureSettings, values)
     except ParamError as exc:
         raise doc.error(("measure", exc.field) if exc.field else ("measure",), str(exc)) from None
     return settings
+
+
+FRACTIONS = ("min_effect", "busy_threshold")  # measure settings that also take a percent: "5%" = 0.05
+
+
+def _percent(value: Any) -> Any:
+    """0.05 for "5%" or "5 %"; any other value as it is (the settings' own checks judge it)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            return value
+    return value
 
 
 def _workloads(doc: _Doc, workloads: Any, registry: Registry, model: str | None) -> dict[str, tuple[str, dict, str]]:
@@ -268,7 +320,8 @@ def _plugin_list(doc: _Doc, path: tuple, items: Any, registry: Registry) -> list
     return uses
 
 
-def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registry) -> list[CaseSpec]:
+def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registry, room: int) -> list[CaseSpec]:
+    """The cases of one suite entry, one per combination of its sweep's values (at most `room` of them)."""
     _check_keys(doc, path, case, CASE_KEYS + tuple(registry.searches), "a case")
     if "workload" not in case:
         raise doc.error(path, "missing required key 'workload'")
@@ -294,6 +347,9 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
         if not isinstance(values, list) or not values:
             raise doc.error(path + ("sweep", key), "must be a non-empty list of values")
         axes.append([(plugin, param, v) for v in values])
+    if math.prod(len(axis) for axis in axes) > room:
+        raise doc.error(path + ("sweep",), f"makes {math.prod(len(axis) for axis in axes):,} cases, and a suite "
+                                           f"holds at most {MAX_CASES:,}")
     out = []
     for combo in itertools.product(*axes) if axes else [()]:
         uses = [PluginUse(p.name, dict(p.params)) for p in plugins]
@@ -365,7 +421,7 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
     _check_sides(doc, path, built_opts, processes, alone=case.get("baseline") == "none")
     searches = _searches(doc, path, case, registry, wname, wtype, wspec, built_opts)
     timeout = case.get("timeout_s")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
     base = f" vs {'+'.join(b.name for b in baseline)}" if baseline else (" alone" if case.get("baseline") == "none"
                                                                         else "")

@@ -22,6 +22,7 @@ from harness.core.stats import MIN_EFFECT, MIN_PAIRS
 
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
 MIN_PAIRS_PER_PROCESS = 2  # a process's within-process spread needs two pairs
+MAX_MIN_EFFECT = 1.0  # 100 %: a 2x speedup; above it min_effect is surely a percent written as a number
 
 
 @dataclass
@@ -51,18 +52,29 @@ class MeasureSettings:
     memory_limit_gb: float | None = None  # CPU address-space cap for the case process (RLIMIT_AS)
 
     def __post_init__(self) -> None:
+        for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s",
+                    "busy_threshold", "min_effect", "memory_limit_gb"):  # nan passes every `<= 0` test
+            value = getattr(self, key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ParamError(key, f"must be a finite number (got {value}); leave it out for its default")
         for key in ("warmup_min_iters", "min_pairs", "repeat"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ParamError(key, f"must be at least 1 (got {getattr(self, key)})")
         for key in ("min_samples", "max_samples"):  # a spread, quartiles and percentiles need two samples per side
             if getattr(self, key) is not None and getattr(self, key) < 2:
                 raise ParamError(key, f"must be at least 2 samples per side (got {getattr(self, key)})")
-        for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s"):
+        for key in ("min_time_s", "max_time_s", "timeout_s", "warmup_min_s", "warmup_max_s", "block_s",
+                    "memory_limit_gb"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ParamError(key, f"must be positive (got {getattr(self, key)})")
         if not 0 < self.busy_threshold <= 1:
-            raise ParamError("busy_threshold",
-                             f"must be a fraction of the machine in (0, 1] (got {self.busy_threshold})")
+            raise ParamError("busy_threshold", f"busy_threshold is a fraction of the machine: 0.1 means 10 %; give "
+                                               f"a value in (0, 1] or a percent such as '10%' (got "
+                                               f"{self.busy_threshold})")
+        if not 0 < self.min_effect <= MAX_MIN_EFFECT:
+            raise ParamError("min_effect", f"min_effect is a fraction: 0.05 means 5 % (a case is faster from "
+                                           f"1.05x); give a value in (0, {MAX_MIN_EFFECT:g}] or a percent such as "
+                                           f"'5%' (got {self.min_effect})")
 
     def resolved(self, cuda: bool) -> MeasureSettings:
         """A copy with the device-dependent defaults filled in."""

@@ -316,12 +316,13 @@ def config_facts(path: str):
                                   "save_pretrained; nothing is downloaded)")
     try:
         cfg = json.loads(config.read_text())
-    except (OSError, ValueError) as exc:
-        raise ParamError("model", f"'hf:{path}': {config} is not readable JSON ({exc})") from None
-    cfg = {**(cfg.get("text_config") or {}), **cfg}
-    block = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("n_ctx") or 0
-    return ModelFacts(int(block), int(cfg.get("vocab_size") or 0),
-                      any((where / name).is_file() for name in TOKENIZER_FILES))
+        cfg = {**(cfg.get("text_config") or {}), **cfg}
+        block = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("n_ctx") or 0
+        block, vocab = int(block), int(cfg.get("vocab_size") or 0)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+        # not JSON, not an object, or sizes that are not whole numbers
+        raise ParamError("model", f"'hf:{path}': {config} is not a readable config.json ({exc})") from None
+    return ModelFacts(block, vocab, any((where / name).is_file() for name in TOKENIZER_FILES))
 
 
 def load(path: str, device, dtype, seed: int = 0) -> nn.Module:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness.core.errors import InputError
+from harness.core.yamlsafe import read_text
 from harness.workloads.generate import held_out
 
 
@@ -35,44 +36,69 @@ def arrival_times(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -
     return gaps.cumsum(0).tolist()
 
 
+MAX_LENGTHS_BYTES = 64 << 20  # 64 MiB: about a million rows, far more than a trace of requests uses
+MAX_LENGTH = 1 << 20  # tokens of one prompt or output: any model's context is shorter
+
+
 def read_lengths(path: str | Path) -> list[tuple[int, int]]:
     """(prompt_len, output_len) rows of a JSONL file ({"prompt_len": P, "output_len": N} per line) or a CSV file
-    with those two columns; InputError naming the file, line and field for a bad row."""
+    with those two columns; InputError naming the file, line and field for a bad row, a file that is not UTF-8
+    text or one over MAX_LENGTHS_BYTES."""
     path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read the lengths file: {exc.strerror or exc}", str(path)) from None
-    if path.suffix == ".csv":
-        rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((i, json.loads(line)))
-            except ValueError as exc:
-                raise InputError(f"not a JSON object: {exc}", str(path), i) from None
-    out = []
-    for line, row in rows:
-        values = []
-        for key in ("prompt_len", "output_len"):
-            try:
-                value = int(row[key])
-            except (KeyError, TypeError, ValueError):
-                if isinstance(row, dict) and row.get(key) is None:  # a CSV without the column, a JSON row without it
-                    raise InputError(f"has no '{key}' ({'column' if path.suffix == '.csv' else 'key'}; both "
-                                     "prompt_len and output_len are needed)", str(path), line, key) from None
-                got = row.get(key) if isinstance(row, dict) else row
-                raise InputError(f"needs a positive integer '{key}' (got {got!r})", str(path), line, key) from None
-            if value < 1:
-                raise InputError(f"'{key}' must be >= 1 (got {value})", str(path), line, key)
-            values.append(value)
-        out.append((values[0], values[1]))
+    text = read_text(path, "the lengths file", MAX_LENGTHS_BYTES)
+    rows = _csv_rows(text, path) if path.suffix == ".csv" else _jsonl_rows(text, path)
+    out = [(_length(row, "prompt_len", path, line), _length(row, "output_len", path, line)) for line, row in rows]
     if not out:
         raise InputError("the lengths file has no rows", str(path))
     return out
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[int, Any]]:
+    reader = csv.DictReader(text.splitlines())
+    rows = []
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:  # a field over csv.field_size_limit(): line_num counts the rows read whole
+        raise InputError(f"not a CSV row: {exc}", str(path), reader.line_num + 1) from None
+    return rows
+
+
+def _jsonl_rows(text: str, path: Path) -> list[tuple[int, Any]]:
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"not a JSON object: {exc}", str(path), i) from None
+        if not isinstance(row, dict):
+            raise InputError(f"not a JSON object (got {type(row).__name__}); write "
+                             '{"prompt_len": P, "output_len": N}', str(path), i)
+        rows.append((i, row))
+    return rows
+
+
+def _length(row: dict, key: str, path: Path, line: int) -> int:
+    """The whole number of tokens `row[key]` gives (an int, a float such as 12.0, or a CSV cell), 1..MAX_LENGTH."""
+    value = row.get(key)
+    if value is None:  # a CSV without the column, a JSON row without it
+        raise InputError(f"has no '{key}' ({'column' if path.suffix == '.csv' else 'key'}; both prompt_len and "
+                         "output_len are needed)", str(path), line, key)
+    number = value
+    if isinstance(value, str) and value.strip().isascii():
+        try:
+            number = int(value.strip())
+        except ValueError:
+            pass
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise InputError(f"needs a whole number of tokens '{key}' (got {value!r})", str(path), line, key)
+    if not 1 <= number <= MAX_LENGTH:
+        raise InputError(f"'{key}' must be in 1..{MAX_LENGTH:,} tokens (got {number})", str(path), line, key)
+    return number
 
 
 @dataclass
