@@ -86,7 +86,7 @@ def test_summary_ratio_is_a_bound_when_a_side_ran_out_of_time():
                "at_largest": {"step_s": 2.0, "units": {"tokens": 300}}}
     record = capacity.summarize(spec, {"baseline": done, "optimized": partial})
     assert record["ratio"] == 3.0 and record["ratio_bound"] == "≥" and record["throughput_ratio"] == 1.5
-    assert capacity.headline(record) == "capacity batch ≤ 0.5 GiB: 4 → ≥ 12 (≥3x), throughput there 1.5x"
+    assert capacity.headline(record) == "capacity batch ≤ 0.5 GiB: 4 → ≥ 12 (≥3.00x), throughput there 1.50x"
 
 
 SUITE = """\

@@ -133,7 +133,7 @@ def test_repeat_runs_processes_and_combines_their_pairs(tmp_path):
     (one,) = json.loads((tmp_path / "one" / "results.json").read_text())["cases"]
     assert any("covers the noise within that process only" in w for w in one["warnings"]), single.stderr
     bad = harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", suite, "--out", tmp_path / "bad", "--repeat", "0")
-    assert bad.returncode == 2 and "--repeat must be at least 1" in bad.stderr
+    assert bad.returncode == 2 and "argument --repeat: must be a positive integer (got '0')" in bad.stderr
 
 
 def test_rounds_interleave_the_cases_in_a_seeded_order(tmp_path, monkeypatch):

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.core.optimization import ParamError
-from harness.report.formatting import fmt_ratio
 
 PROBE_STEPS = 3  # synchronized steps timed per probe, the peak-measured ones included
 
@@ -193,6 +192,8 @@ def headline(record: dict[str, Any] | None) -> str:
         return ""
     sides = record["sides"]
     values = [side_value(sides[k]) for k in ("baseline", "optimized") if k in sides]
+    from harness.report.formatting import fmt_ratio  # here: formatting imports this module
+
     text = f"capacity {record['dim']} ≤ {record['budget_bytes'] / 2**30:.3g} GiB: {' → '.join(values)}"
     if record.get("ratio"):
         text += f" ({record.get('ratio_bound', '')}{fmt_ratio(record['ratio'])}x)"

@@ -6,14 +6,28 @@ Exit codes: 0 all ok, 1 some case failed (or a regression gate tripped), 2 bad i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import InputError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (what CI timeouts, schedulers and a closed terminal send), raised where Ctrl-C's
+    KeyboardInterrupt would be, so every path that keeps results on Ctrl-C keeps them on these too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,17 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         return args.func(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"terminated by {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `harness plugins | head`: the reader left; no traceback (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +176,7 @@ def positive_float(text: str) -> float:
 
 def device_arg(text: str) -> str:
     """argparse type: auto, cpu, cuda or cuda:N (the hardware is looked for when the command runs)."""
-    from harness.core.suite import device_problem
+    from harness.core.env import device_problem
 
     if device_problem(text):
         raise argparse.ArgumentTypeError(device_problem(text))
@@ -171,14 +193,14 @@ def suite_overrides(args) -> dict[str, Any]:
 
 def cmd_run(args) -> int:
     from harness.core import env as envmod
+    from harness.core import outdir
+    from harness.core import results as results_file
     from harness.core.plugins import load_registry
     from harness.core.runner import prepare_references, run_suite
     from harness.core.suite import load_suite, resolve_suite_path
 
     registry = load_registry(args.plugins_dir)
     warn_load_errors(registry)
-    if args.repeat is not None and args.repeat < 1:
-        raise InputError(f"--repeat must be at least 1 (got {args.repeat})", field="--repeat")
     suite = load_suite(resolve_suite_path(args.suite), registry, overrides=suite_overrides(args))
     if args.only:
         unknown = [name for name in args.only if name not in registry.optimizations]
@@ -197,9 +219,10 @@ def cmd_run(args) -> int:
     registry.notify("harness_environment", env=env)
     if args.resume and not args.out:
         raise InputError("--resume needs --out: the folder of the run to finish", field="--resume")
-    out = args.out or Path("reports") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{safe_name(suite.name)}"
-    if args.resume and not (out / "results.json").exists():
-        raise InputError(f"nothing to resume: {out / 'results.json'} does not exist", field="--resume")
+    out = args.out or outdir.default_out(suite.name)
+    lock = outdir.claim(out, args.resume)  # held until this process ends
+    if args.resume:
+        outdir.check_resume(results_file.load(out / "results.json"), suite, env, out)
     print(f"suite {suite.name}: {len(suite.cases)} cases on {env['device']} ({threads} threads) -> {out}",
           file=sys.stderr)
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -208,18 +231,16 @@ def cmd_run(args) -> int:
         results = run_suite(suite, env, out, threads=threads, plugins_dirs=[str(d) for d in args.plugins_dir],
                             inline=args.inline, resume=args.resume, only=args.only, progress=progress,
                             registry=registry, fresh=args.fresh_processes)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
-        return 130
+        lock.release()
+        raise stop
     report = write_report_safely(out / "results.json", args.price_per_hour, load_prices(args))
+    lock.release()
     print_summary(results)
     print(f"results: {out / 'results.json'}" + (f"\nreport:  {report}" if report else ""))
     return 0 if all(c["status"] == "ok" and all(ch["passed"] for ch in c.get("checks", []))
                     for c in results["cases"]) else 1
-
-
-def safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
 
 
 def write_report_safely(results_path: Path, price_per_hour, prices=None) -> Path | None:
@@ -237,7 +258,7 @@ def print_summary(results: dict) -> None:
     """The end-of-run table: one line per case."""
     from harness.core.runner import run_command
     from harness.core.timing import MeasureSettings
-    from harness.report.formatting import fmt_speedup
+    from harness.report.formatting import fmt_ratio, fmt_speedup
 
     rows = [("case", "status", "speedup [95% CI]", "verdict", "foreign CPU", "memory", "checks")]
     for c in results["cases"]:
@@ -245,7 +266,7 @@ def print_summary(results: dict) -> None:
             rows.append((c["id"], c["status"], "", "", "", "", ""))
             continue
         cmp = c["comparison"]
-        mem = f"{cmp['memory_ratio']:.2f}x" if cmp.get("memory_ratio") else "n/a"
+        mem = f"{fmt_ratio(cmp['memory_ratio'])}x" if cmp.get("memory_ratio") else "n/a"
         checks = c.get("checks", [])
         load = ((c.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
         rows.append((c["id"], "ok", fmt_speedup(cmp), cmp["verdict"], "n/a" if load is None else f"{load:.0%}",
@@ -369,15 +390,19 @@ def cmd_env(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from harness.core.outdir import refuse_results_overwrite
     from harness.report.page import write_report
 
+    refuse_results_overwrite(args.out, "-o")
     print(write_report(args.results, args.out, price_per_hour=args.price_per_hour, prices=load_prices(args)))
     return 0
 
 
 def cmd_compare(args) -> int:
+    from harness.core.outdir import refuse_results_overwrite
     from harness.report import compare
 
+    refuse_results_overwrite(args.out, "-o")
     return compare.main(args.results, out=args.out, fail_if=args.fail_if, price_per_hour=args.price_per_hour,
                         prices=load_prices(args), allow_missing=args.allow_missing)
 
@@ -392,8 +417,10 @@ def load_prices(args):
 
 
 def cmd_export(args) -> int:
+    from harness.core.outdir import refuse_results_overwrite
     from harness.report import export
 
+    refuse_results_overwrite(args.out, "-o")
     return export.main(args.results, args.format, args.out)
 
 

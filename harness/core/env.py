@@ -125,8 +125,21 @@ def detect(device: str = "auto", threads: int | None = None) -> dict[str, Any]:
     return env
 
 
+def device_problem(device: Any) -> str | None:
+    """Why `device` is not a device harness can name (auto, cpu, cuda, cuda:N), else None. Checked without
+    looking for the hardware (`resolve_device` looks)."""
+    text = device if isinstance(device, str) else ""
+    index = text.removeprefix("cuda:") if text.startswith("cuda:") else None
+    if text in ("auto", "cpu", "cuda") or index is not None and index.isascii() and index.isdigit():
+        return None
+    return f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
+
+
 def resolve_device(device: str, env: dict[str, Any]) -> str:
     """"auto" -> "cuda:0" when a GPU is there, else "cpu"; "cuda" -> "cuda:0". Raises ValueError if absent."""
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(problem)
     devices = (env["cuda"] or {}).get("devices", [])
     if device == "auto":
         return "cuda:0" if devices else "cpu"

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness.core import yamlsafe
+from harness.core.env import device_problem
 from harness.core.errors import InputError, suggestion
 from harness.core.optimization import ParamError, applies_to, build_params, validate_in_side
 from harness.core.plugins import Registry
@@ -198,16 +199,6 @@ def _check_unique(doc: _Doc, path: tuple, cases: list[CaseSpec], seen: dict[str,
             raise doc.error(where, f"two cases have the same id '{case.id}' (lines {seen[case.id]} and "
                                    f"{doc.lines.get(where, case.line)}); give one of them different parameters")
         seen[case.id] = case.line
-
-
-def device_problem(device: Any) -> str | None:
-    """Why `device` is not a device harness can name (auto, cpu, cuda, cuda:N), else None. The grammar of
-    `harness.core.env.resolve_device`, checked without looking for the hardware (that happens at run time)."""
-    text = device if isinstance(device, str) else ""
-    index = text.removeprefix("cuda:") if text.startswith("cuda:") else None
-    if text in ("auto", "cpu", "cuda") or index is not None and index.isascii() and index.isdigit():
-        return None
-    return f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
 
 
 def _check_overrides(overrides: dict[str, Any]) -> None:

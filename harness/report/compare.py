@@ -314,7 +314,10 @@ def check_fail_if(result: dict[str, Any], fail_if: list[str] | tuple[str, ...],
             effect_limits.append((expr, _percent(expr)))
             continue
         try:
-            checks.append((expr, parse_compare_fail(expr)))
+            check = parse_compare_fail(expr)
+            if not math.isfinite(check.threshold):  # median:1e999 would be a gate that never trips
+                raise argparse.ArgumentTypeError(expr)
+            checks.append((expr, check))
         except argparse.ArgumentTypeError:
             raise InputError(f"bad --fail-if expression {expr!r}: use FIELD:N% or FIELD:SECONDS with FIELD one of "
                              "min, max, mean, median, stddev, iqr (e.g. median:10%, median:0.001), or "
@@ -390,7 +393,7 @@ def _percent(expr: str) -> float:
     """speedup:N% -> N / 100; InputError otherwise."""
     value = expr.split(":", 1)[1]
     try:
-        if not value.endswith("%") or float(value[:-1]) <= 0:
+        if not value.endswith("%") or not 0 < float(value[:-1]) < math.inf:  # nan fails both
             raise ValueError
         return float(value[:-1]) / 100
     except ValueError:
