@@ -240,3 +240,61 @@ def test_a_broken_config_json_of_an_hf_model_fails_validate(tmp_path, registry, 
     text = GOOD.replace("    size: 8", f"    size: 8\n  t: {{type: train, model: 'hf:{tmp_path / 'm'}'}}")
     err = error_for(tmp_path, registry, text)
     assert (err.line, err.field) == (9, "workloads.t.model") and "is not a readable config.json" in err.message
+
+
+@pytest.mark.parametrize("old, new, line, field, words", [
+    ("name: s", "name:", 1, "name", "must be a non-empty string (got null)"),
+    ("name: s", "name: [a, b]", 1, "name", "must be a non-empty string (got a list ['a', 'b'])"),
+    ("name: s", "name: 2024-01-01", 1, "name",
+     "must be a non-empty string (got a date datetime.date(2024, 1, 1)); write it in quotes"),
+    ("name: s", "name: 12", 1, "name", "must be a non-empty string (got a number 12); write it in quotes"),
+    ("name: s", "name: !!binary aGVsbG8=", 1, "name", "must be a non-empty string (got binary data b'hello')"),
+    ("name: s", "name: '  '", 1, "name", "must be a non-empty string"),
+    ("name: s", "name: s\ndescription: yes", 2, "description", "must be a string (got a boolean True)"),
+    ("  toy:\n", "  2024-01-01:\n", 6, "workloads.2024-01-01", "must be a non-empty string (got a date"),
+    ("    plugins: [noop]", "    plugins: [noop]\n    note: 3.5", 12, "cases[0].note", "(got a number 3.5)"),
+    ("  - workload: toy", "  - workload: [toy]", 10, "cases[0].workload", "must be a non-empty string (got a list"),
+    ("device: cpu", "device: cuda:99999999999999999999", 2, "device",
+     "device 'cuda:99999999999999999999': a CUDA device index is below 1,024"),
+    ("device: cpu", "device: cpu\nthreads: 100000000", 3, "threads", "positive integer up to 4,096"),
+    ("  min_pairs: 6", "  repeat: 99999999999999999999999999", 4, "measure.repeat",
+     "must be at most 1,000 processes per case"),
+    ("  min_pairs: 6", "  timeout_s: 1e400", 4, "measure.timeout_s",
+     "write 1.0e+400 (YAML 1.1, which suites are read with, takes 1e400 as text: a number with an exponent needs "
+     "a '.' and a signed exponent)"),
+    ("  min_pairs: 6", "  min_time_s: 1e-3", 4, "measure.min_time_s", "write 1.0e-3 (YAML 1.1"),
+    ("  min_pairs: 6", "  min_pairs: 1e3", 4, "measure.min_pairs", "write it in digits (YAML 1.1 takes 1e3 as text)"),
+    ("    size: 8", "    size: 8\n  g: {type: generate, temperature: 5E-1}", 9, "workloads.g.temperature",
+     "write 5.0e-1"),
+    ("    plugins: [noop]", "    plugins: [noop]\n    timeout_s: 1e3", 12, "cases[0].timeout_s", "write 1.0e+3"),
+])
+def test_suite_values_of_a_kind_the_harness_cannot_use_are_refused(tmp_path, registry, old, new, line, field, words):
+    assert old in GOOD
+    err = error_for(tmp_path, registry, GOOD.replace(old, new))
+    assert (err.line, err.field) == (line, field) and words in err.message, (err.line, err.field, err.message)
+
+
+def test_a_quoted_number_or_date_is_a_name_and_a_blank_description_is_empty(tmp_path, registry):
+    suite = load_suite(write(tmp_path, GOOD.replace("name: s", "name: '2024-01-01'\ndescription:")), registry)
+    assert (suite.name, suite.description) == ("2024-01-01", "")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"threads": 4097}, "up to 4,096"), ({"repeat": 1001}, "up to 1,000"), ({"device": "cuda:1024"}, "below 1,024"),
+])
+def test_overrides_past_their_bound_are_refused(tmp_path, registry, overrides, words):
+    err = error_for(tmp_path, registry, GOOD, **overrides)
+    assert err.field == f"--{next(iter(overrides))}" and words in err.message
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--threads", "100000000"], "argument --threads: must be at most 4,096 (got '100000000')"),
+    (["run", "--repeat", "9" * 30], "argument --repeat: must be at most 1,000 (got '9999999999999999999999999999"
+                                    "99')"),
+    (["run", "--repeat", "9" * 5000], "argument --repeat: must be a positive integer (got '" + "9" * 37 + "...')"),
+    (["run", "--device", "cuda:99999999999999999999"], "a CUDA device index is below 1,024"),
+])
+def test_command_line_values_past_their_bound_exit_2(tmp_path, args, words):
+    proc = harness_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "reports").exists()

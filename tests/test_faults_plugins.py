@@ -315,3 +315,28 @@ def test_the_built_in_plugins_change_no_global_state_when_applied(workload, spec
         isolation.applied(name)
     isolation.restore()
     assert {name: changed for name, changed in isolation.changes.items() if changed} == {}
+
+
+def test_a_folder_given_twice_or_a_file_behind_a_symlink_is_loaded_once(tmp_path, monkeypatch):
+    plugins = tmp_path / "plug"
+    write(plugins, "mine.py", OPT.format(name="only_once") + "\n@hookimpl\ndef register_optimizations(register):\n"
+                              "    register(Good)\n")
+    (plugins / "alias.py").symlink_to(plugins / "mine.py")
+    (tmp_path / "link").symlink_to(plugins)
+    monkeypatch.chdir(tmp_path)
+    registry = load_registry(["plug", "plug/", plugins, tmp_path / "link"])
+    assert registry.errors == {} and registry.sources["only_once"] == "plug/mine.py"
+    proc = harness_cli("--plugins-dir", "plug", "--plugins-dir", "plug/", "--plugins-dir", plugins, "plugins",
+                       cwd=tmp_path)
+    assert proc.returncode == 0 and "FAILED TO LOAD" not in proc.stdout and "registered twice" not in proc.stdout
+    assert "only_once  [optimization, inference]  from plug/mine.py" in proc.stdout
+
+
+def test_a_long_plugin_error_is_one_capped_line_naming_the_file(tmp_path):
+    plugins = tmp_path / "plugins"
+    loud = write(plugins, "loud.py", "raise RuntimeError('x' * 5000 + '\\nsecond line')\n")
+    proc = harness_cli("--plugins-dir", plugins, "plugins")
+    assert proc.returncode == 0
+    line = next(s for s in proc.stdout.splitlines() if s.strip().startswith(str(loud)))
+    assert f"{loud}  FAILED TO LOAD: RuntimeError: xxx" in line and "..." in line and len(line) < 500
+    assert f"(at {loud}:1)" in line

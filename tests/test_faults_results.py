@@ -169,6 +169,52 @@ DAMAGES = [
                                      put("suite.description", HOSTILE), put("cases.0.warnings", [HOSTILE]),
                                      put("cases.0.plugins.0.params", {"x": HOSTILE}),
                                      put("environment.hostname", HOSTILE)), None),
+    # a reviewer's hand edits that were tracebacks in report, export or compare
+    ("environment cpu a string", put("environment.cpu", "x"), "environment.cpu"),
+    ("environment cuda a number", put("environment.cuda", 5), "environment.cuda"),
+    ("environment cuda device without a name", put("environment.cuda", {"devices": [{}]}),
+     "environment.cuda.devices[0].name"),
+    ("environment device an unreadable cuda index", both(put("environment.device", "cuda:x"),
+                                                         put("environment.cuda", {"devices": [{"name": "H100"}]})),
+     "environment.device"),
+    ("environment os a number", put("environment.os", 5), "environment.os"),
+    ("environment git a list", put("environment.git", []), "environment.git"),
+    ("a case without workload", drop("cases.0.workload"), None),
+    ("a bare ok case", put("cases.1", {"id": "bare", "status": "ok"}), None),
+    ("a case without plugins, kind or baseline plugins", both(drop("cases.0.plugins"), drop("cases.0.kind"),
+                                                              drop("cases.0.baseline_plugins")), None),
+    ("a plugin without params", put("cases.0.plugins", [{"name": "bf16"}]), None),
+    ("a workload without name, type or spec", put("cases.0.workload", {}), None),
+    ("a batch that is a string", put("cases.0.workload.spec.batch", "big"), None),
+    ("capacity with no side", put("cases.4.capacity.sides", {}), None),
+    ("capacity with one side", drop("cases.4.capacity.sides.optimized"), None),
+    ("capacity without ratios", both(drop("cases.4.capacity.ratio"), drop("cases.4.capacity.throughput_ratio")),
+     None),
+    ("capacity side without probes or stop", both(drop("cases.4.capacity.sides.baseline.probes"),
+                                                  drop("cases.4.capacity.sides.baseline.stopped")), None),
+    ("serving with no side", put("cases.5.serving.sides", {}), None),
+    ("serving with one side", drop("cases.5.serving.sides.optimized"), None),
+    ("serving without rel_tol", drop("cases.5.serving.rel_tol"), None),
+    ("serving slo of no metric", put("cases.5.serving.slo", {}), None),
+    ("serving side without searches", drop("cases.5.serving.sides.baseline.searches"), None),
+    ("serving point without meets_slo", drop("cases.5.serving.sides.baseline.searches.0.points.0.meets_slo"), None),
+    ("serving sweep without rates", drop("cases.5.serving.sweep.rates"), None),
+    ("serving sweep rate null", put("cases.5.serving.sweep.rates.0", None), "cases[5].serving.sweep.rates[0]"),
+    ("serving rate range half null", put("cases.5.serving.sides.baseline.rate_range", [1.0, None]),
+     "cases[5].serving.sides.baseline.rate_range[1]"),
+    ("repeats of an empty record", put("cases.0.repeats", [{}]), None),
+    ("variance without within_cv", put("cases.0.comparison.variance", {"between_cv": 0.1}), None),
+    ("energy without figures", put("cases.0.baseline.energy", {}), None),
+    ("one side without throughput", drop("cases.0.optimized.throughput"), None),
+    ("one side without extra", both(put("cases.1.baseline.extra", {"ttft_s": 0.1}), drop("cases.1.optimized.extra")),
+     None),
+    ("too few requests a number", put("cases.1.baseline.extra", {"too_few_requests": 5}),
+     "cases[1].baseline.extra.too_few_requests"),
+    ("a sample null", put(f"{LAT}.data.0", None), "cases[0].baseline.latency.data[0]"),
+    ("a per-pair ratio null", put("cases.0.comparison.per_pair.0", None), "cases[0].comparison.per_pair[0]"),
+    ("ci95 half null", put("cases.0.comparison.ci95", [1.0, None]), "cases[0].comparison.ci95[1]"),
+    ("run warnings a number", put("warnings", 5), "warnings"),
+    ("a run warning a number", put("warnings", [5]), "warnings[0]"),
 ]
 
 
@@ -214,6 +260,78 @@ def test_a_damaged_results_file_is_rendered_or_refused_in_one_line(tmp_path, cap
         assert field in err, err
     text = "".join(p.read_text() for p in tmp_path.iterdir() if p.name != "damaged.json" and p.is_file())
     assert "nan×" not in text and "inf×" not in text and "nanx" not in text and "infx" not in text
+
+
+# ---- every key a reader may open, systematically: deleted, a string, a number, an empty object or list ----
+
+MUTATIONS = {"deleted": None, "a string": "x", "a number": 5, "an empty object": {}, "an empty list": []}
+
+
+def key_paths(data: Any, where: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key of every nested object in `data` (of a list of records, its first item's; of the cases, every
+    case's), depth first; the samples themselves (`data`) are one key, not one per sample."""
+    out: list[tuple[Any, ...]] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.append((*where, k))
+            if k != "data":
+                out += key_paths(v, (*where, k))
+    elif isinstance(data, list) and data and isinstance(data[0], (dict, list)):
+        for i in range(len(data) if where == ("cases",) else 1):
+            out += key_paths(data[i], (*where, i))
+    return out
+
+
+def mutated(data: Any, path: tuple[Any, ...], mutation: str) -> Any:
+    """A copy of `data` with the key at `path` deleted or replaced as `mutation` says."""
+    data = copy.deepcopy(data)
+    container = data
+    for k in path[:-1]:
+        container = container[k]
+    if mutation == "deleted":
+        del container[path[-1]]
+    else:
+        container[path[-1]] = copy.deepcopy(MUTATIONS[mutation])
+    return data
+
+
+def _accepted(data: Any, path: tuple[Any, ...]) -> bool:
+    """Whether the one reader check takes `data`; a refusal must be an InputError naming a field."""
+    try:
+        results_mod.validate(copy.deepcopy(data))
+        return True
+    except InputError as exc:
+        assert exc.field or "schema_version" in str(exc), (path, str(exc))
+        return False
+
+
+def _no_traceback(tmp_path: Path, capsys, damaged: Path, good: Path) -> None:
+    for args in _readers(tmp_path, damaged, good):
+        rc, out, err = _run(capsys, *args)  # an exception that is not an InputError fails the test here
+        assert rc in (0, 1, 2) and "Traceback" not in out + err, (args, err)
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_every_key_damaged_is_rendered_or_refused(tmp_path, capsys, mutation):
+    """Each key of the base file, in turn, damaged as `mutation` says: the reader check refuses it (InputError
+    naming the field) or every reader renders it. The accepted damages of the cases ride together in one file
+    (each a copy of its case under a new id), the others in a file each."""
+    cases, runs = [], []
+    for path in key_paths(BASE):
+        data = mutated(BASE, path, mutation)
+        if not _accepted(data, path):
+            continue
+        if path[0] == "cases" and len(path) > 2:
+            case = data["cases"][path[1]]
+            case["id"] = f"{BASE['cases'][path[1]]['id']} {'.'.join(map(str, path[2:]))} {mutation}"
+            cases.append(case)
+        elif path[0] != "cases":
+            runs.append(data)
+    assert cases, "no damage of a case was accepted: the test tests nothing"
+    good = _write(tmp_path / "good.json", BASE)
+    runs.append({**BASE, "cases": cases})
+    for i, data in enumerate(runs):
+        _no_traceback(tmp_path, capsys, _write(tmp_path / f"damaged{i}.json", data), good)
 
 
 def test_a_hand_edited_error_names_file_field_and_value(tmp_path, capsys):

@@ -5,6 +5,7 @@ real signals, real processes."""
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,10 +103,24 @@ def _run(*args):
     return harness_cli("--plugins-dir", FAULTY_PLUGINS, "run", *args)
 
 
-def test_a_folder_with_results_is_never_replaced(tmp_path):
-    suite, out = _suite(tmp_path), tmp_path / "run"
-    first = _run(suite, "--out", out)
-    assert first.returncode == 0, first.stderr
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished run of the quick toy suite: (suite file, output folder); tests copy it, never change it."""
+    root = tmp_path_factory.mktemp("finished")
+    suite, out = _suite(root), root / "run"
+    proc = _run(suite, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return suite, out
+
+
+def _copy(finished, tmp_path: Path) -> tuple[Path, Path]:
+    suite, out = finished
+    shutil.copytree(out, tmp_path / "run")
+    return suite, tmp_path / "run"
+
+
+def test_a_folder_with_results_is_never_replaced(tmp_path, finished):
+    suite, out = _copy(finished, tmp_path)
     before = (out / "results.json").read_bytes()
     again = _run(suite, "--out", out)
     assert again.returncode == 2
@@ -263,16 +278,77 @@ def test_a_gate_that_could_never_trip_is_refused(gate):
         check_fail_if({"rows": [], "effects": []}, [gate])
 
 
-def test_a_report_or_export_never_overwrites_a_results_file(tmp_path):
-    suite, out = _suite(tmp_path), tmp_path / "run"
-    assert _run(suite, "--out", out).returncode == 0
+def test_a_report_or_export_never_overwrites_a_measurement(tmp_path, finished):
+    suite, out = _copy(finished, tmp_path)
     results = out / "results.json"
-    before = results.read_bytes()
-    for command in (["report", results, "-o", results], ["export", results, "--format", "csv", "-o", results],
-                    ["compare", results, results, "-o", results]):
+    resorted = tmp_path / "sorted.json"  # what `jq -S` makes of it: schema_version near the end
+    resorted.write_text(json.dumps(json.loads(results.read_text()), sort_keys=True, indent=1))
+    bench = tmp_path / "bench.json"
+    assert harness_cli("export", results, "--format", "pytest-benchmark", "-o", bench).returncode == 0
+    kept = {f: f.read_bytes() for f in (results, resorted, bench, out / "cases" / "toy_noop.processes.json")}
+    attempts = [["report", results, "-o", results], ["export", results, "--format", "csv", "-o", results],
+                ["compare", results, results, "-o", results], ["report", resorted, "-o", resorted],
+                ["compare", results, bench, "-o", bench],
+                ["report", results, "-o", out / "cases" / "toy_noop.processes.json"]]
+    for command in attempts:
         proc = harness_cli(*command)
-        assert proc.returncode == 2 and "is a harness results file" in proc.stderr, (command, proc.stderr)
-    assert results.read_bytes() == before
+        assert proc.returncode == 2 and "replace" in proc.stderr and "Traceback" not in proc.stderr, command
+    assert all(f.read_bytes() == data for f, data in kept.items())
+
+
+def test_an_output_through_a_link_or_onto_a_device_is_written_not_replaced(tmp_path, finished):
+    suite, out = _copy(finished, tmp_path)
+    target, link = tmp_path / "real.csv", tmp_path / "link.csv"
+    target.write_text("old")
+    link.symlink_to(target)
+    assert harness_cli("export", out / "results.json", "--format", "csv", "-o", link).returncode == 0
+    assert link.is_symlink() and target.read_text().startswith("case") or "toy/noop" in target.read_text()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    proc = harness_cli("export", out / "results.json", "--format", "markdown", "-o", fifo)
+    assert proc.returncode == 0, proc.stderr
+    assert "toy/noop" in reader.communicate(timeout=30)[0]
+    assert not fifo.is_file() and fifo.exists()  # still the FIFO
+
+
+SPAWNER = '''
+import subprocess
+import sys
+
+from harness import Optimization, hookimpl
+
+
+class SpawnsHelper(Optimization):
+    """Starts a helper process in apply() and never ends it (bounded to 120 s)."""
+
+    name, kind = "spawns_helper", "inference"
+
+    def apply(self, run):
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+        with open(PIDS, "a") as f:
+            f.write(f"{helper.pid}\\n")
+
+
+@hookimpl
+def register_optimizations(register):
+    register(SpawnsHelper)
+'''
+
+
+def test_a_process_a_plugin_starts_does_not_outlive_its_case(tmp_path):
+    plugins, pids = tmp_path / "plugins", tmp_path / "pids.txt"
+    plugins.mkdir()
+    (plugins / "spawner.py").write_text(SPAWNER.replace("PIDS", repr(str(pids))))
+    suite, out = _suite(tmp_path), tmp_path / "run"
+    suite.write_text(suite.read_text().split("cases:")[0] + "cases:\n  - workload: toy\n    plugins: [spawns_helper]\n")
+    proc = harness_cli("--plugins-dir", FAULTY_PLUGINS, "--plugins-dir", plugins, "run", suite, "--out", out)
+    assert proc.returncode in (0, 1), proc.stderr
+    started = [int(x) for x in pids.read_text().split()]
+    assert started  # in a session of its own: only the worker's own ending of its children reaches it
+    alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive
+    assert "process(es) the case left running" in (out / "cases" / "toy_spawns_helper.p1.log").read_text()
 
 
 def test_resolve_device_takes_the_suites_grammar():

@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="PLUGIN", help="run only cases using PLUGIN (repeatable)")
     p.add_argument("--resume", action="store_true", help="finish the interrupted run in --out without redoing cases")
     p.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no isolation)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: the suite's, else physical cores)")
-    p.add_argument("--repeat", type=positive_int, metavar="N",
+    p.add_argument("--threads", type=threads_arg, help="CPU threads (default: the suite's, else physical cores)")
+    p.add_argument("--repeat", type=repeat_arg, metavar="N",
                    help="measure each case in N processes, one per round over the suite (default: the suite's "
                         "measure.repeat, 5); the interval covers process-to-process variation; 1: one process, "
                         "whose interval covers the noise within it only")
@@ -152,15 +152,32 @@ def add_suite_overrides(p: argparse.ArgumentParser) -> None:
                    help="memory budget of every capacity search (GiB)")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (`--threads 0` would silently mean the default)."""
+def positive_int(text: str, most: int | None = None) -> int:
+    """argparse type: a whole number >= 1 (`--threads 0` would silently mean the default), at most `most`."""
+    shown = repr(text) if len(text) <= 40 else repr(text[:37] + "...")
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})") from None
+    except ValueError:  # also more than 4,300 digits
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {shown})") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {shown})")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most:,} (got {shown})")
     return value
+
+
+def threads_arg(text: str) -> int:
+    """argparse type of --threads: 1 to harness.core.env.MAX_THREADS."""
+    from harness.core.env import MAX_THREADS
+
+    return positive_int(text, MAX_THREADS)
+
+
+def repeat_arg(text: str) -> int:
+    """argparse type of --repeat: 1 to harness.core.timing.MAX_REPEAT processes per case."""
+    from harness.core.timing import MAX_REPEAT
+
+    return positive_int(text, MAX_REPEAT)
 
 
 def positive_float(text: str) -> float:
@@ -216,7 +233,7 @@ def cmd_run(args) -> int:
         env = envmod.detect(suite.device, threads)
     except ValueError as exc:
         raise InputError(str(exc), suite.path if not args.device else None, field="device") from None
-    registry.notify("harness_environment", env=env)
+    registry.extend_environment(env)
     if args.resume and not args.out:
         raise InputError("--resume needs --out: the folder of the run to finish", field="--resume")
     out = args.out or outdir.default_out(suite.name)
@@ -393,7 +410,7 @@ def cmd_report(args) -> int:
     from harness.core.outdir import refuse_results_overwrite
     from harness.report.page import write_report
 
-    refuse_results_overwrite(args.out, "-o")
+    refuse_results_overwrite(args.out, "-o", [args.results])
     print(write_report(args.results, args.out, price_per_hour=args.price_per_hour, prices=load_prices(args)))
     return 0
 
@@ -402,7 +419,7 @@ def cmd_compare(args) -> int:
     from harness.core.outdir import refuse_results_overwrite
     from harness.report import compare
 
-    refuse_results_overwrite(args.out, "-o")
+    refuse_results_overwrite(args.out, "-o", args.results)
     return compare.main(args.results, out=args.out, fail_if=args.fail_if, price_per_hour=args.price_per_hour,
                         prices=load_prices(args), allow_missing=args.allow_missing)
 
@@ -420,7 +437,7 @@ def cmd_export(args) -> int:
     from harness.core.outdir import refuse_results_overwrite
     from harness.report import export
 
-    refuse_results_overwrite(args.out, "-o")
+    refuse_results_overwrite(args.out, "-o", [args.results])
     return export.main(args.results, args.format, args.out)
 
 

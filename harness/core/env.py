@@ -125,14 +125,26 @@ def detect(device: str = "auto", threads: int | None = None) -> dict[str, Any]:
     return env
 
 
+MAX_CUDA_INDEX = 1024  # cuda:N above this names no device any machine has
+MAX_THREADS = 4096  # suite threads / --threads: more than any machine's cores
+
+
 def device_problem(device: Any) -> str | None:
-    """Why `device` is not a device harness can name (auto, cpu, cuda, cuda:N), else None. Checked without
-    looking for the hardware (`resolve_device` looks)."""
+    """Why `device` is not a device harness can name (auto, cpu, cuda, cuda:N with N < MAX_CUDA_INDEX), else
+    None. Checked without looking for the hardware (`resolve_device` looks)."""
     text = device if isinstance(device, str) else ""
     index = text.removeprefix("cuda:") if text.startswith("cuda:") else None
+    if index is not None and index.isascii() and index.isdigit() and (len(index) > 6 or int(index) >= MAX_CUDA_INDEX):
+        return f"device {_shown(text)}: a CUDA device index is below {MAX_CUDA_INDEX:,}"
     if text in ("auto", "cpu", "cuda") or index is not None and index.isascii() and index.isdigit():
         return None
-    return f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
+    return f"unknown device {_shown(device)}: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut to 60 characters: an error echoes what it refuses, not a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resolve_device(device: str, env: dict[str, Any]) -> str:

@@ -174,12 +174,25 @@ def supervise(process, result_path: Path, timeout: float, grace: float = EXIT_GR
         raise
     finally:
         done.set()
+    end_groups(process)
     if hung.is_set():
         return "hung at exit"
     code = process.exitcode
     if code < 0:
         return f"signal {signal.Signals(-code).name}"
     return f"exit {code}"
+
+
+def end_groups(process) -> None:
+    """After the case's processes exited: SIGKILL what is left in their process groups (what they started and
+    did not end, reparented when they exited). Safe against pid reuse: Linux does not give a new process a pid
+    that is still some group's id, so a group that exists is the case's."""
+    pids = [r.pid for r in process.ranks] if isinstance(process, Ranks) else [process.popen.pid]
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _watch_exit(process, result_path: Path, done: threading.Event, hung: threading.Event, grace: float) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import re
 import types
 import typing
 import warnings
@@ -324,5 +326,23 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ParamError(key, f"must be {type_name(tp)} (got {type(value).__name__} {value!r})")
+        raise ParamError(key, f"must be {type_name(tp)} (got {type(value).__name__} {value!r}){yaml_hint(value, tp)}")
     return value
+
+
+_EXPONENT = re.compile(r"([-+]?)(\d*)(\.?)(\d*)[eE]([-+]?)(\d+)")
+
+
+def yaml_hint(value: Any, tp: Any) -> str:
+    """Why YAML gave `value` the wrong type, where that is YAML 1.1's doing: a number with an exponent but no '.'
+    or no exponent sign (1e300, 1.5e3) is text to PyYAML; a date or number where text was meant needs quotes."""
+    match = _EXPONENT.fullmatch(value.strip()) if isinstance(value, str) and tp in (int, float) else None
+    if match and (match[2] or match[4]):
+        sign, whole, _, frac, esign, exp = match.groups()
+        number = f"{sign}{whole or '0'}.{frac or '0'}e{esign or '+'}{exp}"
+        return (f"; write {number} (YAML 1.1, which suites are read with, takes {value.strip()} as text: a number "
+                "with an exponent needs a '.' and a signed exponent)" if tp is float
+                else f"; write it in digits (YAML 1.1 takes {value.strip()} as text)")
+    if tp is str and isinstance(value, (int, float, bool, dt.date)):
+        return "; write it in quotes"
+    return ""

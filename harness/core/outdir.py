@@ -195,16 +195,32 @@ def _sources(record: dict[str, Any], registry, workload_type: str | None) -> lis
     return out
 
 
-def refuse_results_overwrite(path: Path | None, field: str = "--out") -> None:
-    """Refuse (InputError) to write a report, comparison or export over a harness results file: a derived file
-    can be made again, a measurement cannot. A results file begins with its schema_version (results.write_json)."""
-    if path is None or not path.is_file():
+def refuse_results_overwrite(path: Path | None, field: str = "-o", inputs: list[Path] | tuple = ()) -> None:
+    """Refuse (InputError) to write a report, comparison or export over a measurement: one of the command's
+    inputs, a harness results file (its schema_version in the first or last 64 KiB: json.dumps writes it
+    first, a key-sorting editor near the end), or a run's own file (a case's job, result or processes file, any
+    JSON in a run's folder). A derived file can be made again; a measurement cannot."""
+    if path is None:
         return
+    target = os.path.realpath(path)
+    if any(os.path.realpath(p) == target for p in inputs):
+        raise InputError(f"{path} is one of this command's inputs; writing there would replace it: choose another "
+                         "output path", field=field)
+    target = Path(target)
+    if not target.is_file():
+        return
+    in_run = target.suffix == ".json" and any((d / LOCK_NAME).exists() for d in (target.parent, target.parent.parent))
+    if in_run or target.name.endswith((".processes.json", ".result.json", ".job.json")) or _holds_results(target):
+        raise InputError(f"{path} holds a measurement (a harness results file or a run's own file); writing there "
+                         "would replace it: choose another output path", field=field)
+
+
+def _holds_results(path: Path, window: int = 65536) -> bool:
     try:
         with open(path, "rb") as f:
-            head = f.read(256)
+            head = f.read(window)
+            f.seek(max(0, path.stat().st_size - window))
+            tail = f.read(window)
     except OSError:
-        return
-    if head.lstrip(b"{ \n\t").startswith(b'"schema_version"'):
-        raise InputError(f"{path} is a harness results file; writing there would replace a measurement: choose "
-                         "another output path", field=field)
+        return False
+    return b'"schema_version"' in head or b'"schema_version"' in tail

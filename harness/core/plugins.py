@@ -7,6 +7,7 @@ listed in `Registry.errors` under its file or entry-point name, the rest loading
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.metadata
@@ -52,12 +53,30 @@ class Registry:
     def notify(self, hook: str, results: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Call observer hook `hook` (harness_environment, harness_case_finished) of each plugin on its own: one
         that raises is warned about once, naming the plugin and the hook (on stderr, and in `results["warnings"]`
-        when the caller has the results dict), and the other plugins and the run go on."""
+        when the caller has the results dict), and the other plugins and the run go on. Each gets its own copy
+        of the arguments: an observer reads the record, it cannot change what the run writes."""
         for impl in reversed(getattr(self.manager.hook, hook).get_hookimpls()):  # pluggy's order: last first
             try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
+                impl.function(**{name: copy.deepcopy(kwargs[name]) for name in impl.argnames})
             except (Exception, SystemExit) as exc:  # an observer must never stop the run
                 self._observer_failed(impl.plugin_name, hook, exc, results)
+
+    def extend_environment(self, env: dict[str, Any]) -> None:
+        """Run each plugin's harness_environment on its own copy of `env` and keep the keys it added; a key it
+        changed or removed is ignored with a warning (the harness's own keys are what the run relies on)."""
+        for impl in reversed(self.manager.hook.harness_environment.get_hookimpls()):
+            scratch = copy.deepcopy(env)
+            try:
+                impl.function(env=scratch)
+            except (Exception, SystemExit) as exc:
+                self._observer_failed(impl.plugin_name, "harness_environment", exc, None)
+                continue
+            env.update({k: v for k, v in scratch.items() if k not in env})
+            touched = sorted(k for k in env if k not in scratch or scratch[k] != env[k])
+            if touched:
+                print(f"warning: plugin {impl.plugin_name} changed or removed environment key(s) "
+                      f"{', '.join(touched)} in harness_environment: ignored (a plugin may add keys)",
+                      file=sys.stderr, flush=True)
 
     def _observer_failed(self, plugin: str, hook: str, exc: BaseException, results: dict[str, Any] | None) -> None:
         key = (plugin, hook)
@@ -66,7 +85,7 @@ class Registry:
             return
         source = self.manager.plugin_sources.get(plugin, "")
         label = plugin if source in ("", plugin) else f"{plugin} ({source})"
-        message = (f"plugin {label} raised in {hook}: {type(exc).__name__}: {exc}{_file_line(exc, plugin)}; "
+        message = (f"plugin {label} raised in {hook}: {type(exc).__name__}: {_one_line(exc)}{_file_line(exc, plugin)}; "
                    "ignored, the run goes on")
         print(f"warning: {message}", file=sys.stderr, flush=True)
         if results is not None:
@@ -90,10 +109,24 @@ def get_plugin_manager(plugins_dirs: list[str | Path] = ()) -> pluggy.PluginMana
             source = "builtin" if is_builtin(ep) else f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
             where = "" if is_builtin(ep) else f"from {source} (module {ep.value}): "
             _register(pm, ep.name, ep.load, source, where)
+    for path in plugin_files(dirs):
+        _register(pm, str(path), lambda p=path: _import_file(p), str(path), "")
+    return pm
+
+
+def plugin_files(dirs: list[Path]) -> list[Path]:
+    """The *.py files of `dirs`, each folder in order and its files by name, each file once: a folder given twice
+    (plug and plug/, or relative and absolute) or a file reachable through a symlink is one file, loaded under
+    the first name it was found by."""
+    seen: set[Path] = set()
+    files = []
     for directory in dirs:
         for path in sorted(directory.glob("*.py")):
-            _register(pm, str(path), lambda p=path: _import_file(p), str(path), "")
-    return pm
+            real = path.resolve()
+            if real not in seen:
+                seen.add(real)
+                files.append(path)
+    return files
 
 
 def plugins_dir(directory: str | Path) -> Path:
@@ -164,8 +197,12 @@ def _import_file(path: Path):
     return module
 
 
+MAX_MESSAGE = 300  # characters of a plugin's error text shown: pluggy's own messages dump whole modules
+
+
 def _one_line(exc: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
 
 
 def _file_line(exc: BaseException, name: str) -> str:

@@ -47,8 +47,14 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically: a temporary file in the same folder, then a rename; how results,
     reports, exports and the reference cache are written (no reader ever sees half a file). The file's mode is
     what `open` gives a new file (0666 less the umask). OutputError naming `path` and what to do when it cannot
-    be written: a full disk, a read-only or missing folder, a path through a regular file."""
+    be written: a full disk, a read-only or missing folder, a path through a regular file. A symbolic link is
+    followed (its target is written, the link kept); a target that is not a regular file (/dev/stdout, a FIFO,
+    a device) is written into directly, not replaced by one."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        return _write_special(path, data)
     try:
         fd, tmp = _new_temp(path)
     except OSError as exc:
@@ -63,6 +69,14 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise output_error(exc, path) from exc
         raise
+
+
+def _write_special(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise output_error(exc, path) from exc
 
 
 def _new_temp(path: Path) -> tuple[int, Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,15 @@ def record(fields: dict[str, Check], required: tuple[str, ...] = (), null: bool 
     return check
 
 
+def device(x: Any, where: str) -> None:
+    """A device name as the readers parse it: "cpu", "cuda", "cuda:N" (N digits), any other string; or null."""
+    if x is None:
+        return
+    index = x.partition(":")[2] if isinstance(x, str) and x.startswith("cuda") else ""
+    if not isinstance(x, str) or (index and not re.fullmatch(r"[0-9]+", index)):
+        raise bad(where, 'a device name ("cpu", "cuda", "cuda:0")', x)
+
+
 def nullable(inner: Check) -> Check:
     """`inner`, or None."""
     def check(x: Any, where: str) -> None:
@@ -138,20 +148,25 @@ def one_of(*checks: Check, what: str) -> Check:
 
 
 TIME = number(MIN_TIME_S, MAX_TIME_S, f"a time in seconds (> 0, at most {MAX_TIME_S:g})")
+SAMPLE = number(MIN_TIME_S, MAX_TIME_S, f"a time in seconds (> 0, at most {MAX_TIME_S:g})", null=False)
 SPREAD = number(0, MAX_TIME_S, "a time spread in seconds (>= 0)")
 RATIO = number(MIN_RATIO, MAX_RATIO, "a ratio (> 0)")
+# the items of a list of figures are never null: a reader computes with each one (a median, a sum, a bound)
+RATIOS = list_of(number(MIN_RATIO, MAX_RATIO, "a ratio (> 0)", null=False))
 COUNT = number(0, integer=True, what="a whole number >= 0")
+COUNTS = list_of(number(0, integer=True, what="a whole number >= 0", null=False))
 AMOUNT = number(0, what="a number >= 0")
+RANGE = list_of(number(0, what="a number >= 0", null=False), size=2)
 STRINGS = list_of(text(null=False))
-PAIR = list_of(RATIO, size=2)
+PAIR = list_of(number(MIN_RATIO, MAX_RATIO, "a ratio (> 0)", null=False), size=2)
 SCALAR = one_of(number(), text(), boolean, what="a number, a string, true or false")
 
 LATENCY = record({
     "median": TIME, "mean": TIME, "min": TIME, "max": TIME, "q1": TIME, "q3": TIME, "p90": TIME, "p99": TIME,
     "stddev": SPREAD, "iqr": SPREAD, "cv": AMOUNT, "rounds": COUNT, "iterations": number(1, what="a number >= 1"),
-    "outliers": text(), "data": list_of(TIME), "blocks": list_of(number(1, integer=True, what="a whole number >= 1",
+    "outliers": text(), "data": list_of(SAMPLE), "blocks": list_of(number(1, integer=True, what="a whole number >= 1",
                                                                        null=False)),
-    "process_blocks": list_of(number(0, integer=True, what="a whole number >= 0", null=False)),
+    "process_blocks": COUNTS,
 }, required=("median",), null=False)
 
 MEMORY = record({"peak_bytes": AMOUNT, "reserved_bytes": AMOUNT, "source": text(), "breakdown": map_of(number())})
@@ -159,13 +174,14 @@ ENERGY = record({"joules_per_step": AMOUNT, "avg_power_w": AMOUNT, "window_s": A
 
 SIDE = record({
     "latency": LATENCY, "throughput": map_of(AMOUNT), "memory": MEMORY, "energy": ENERGY,
-    "compile_s": number(0, what="a time in seconds (>= 0)"), "extra": map_of(anything), "info": map_of(anything),
+    "compile_s": number(0, what="a time in seconds (>= 0)"), "info": map_of(anything),
+    "extra": record({"too_few_requests": STRINGS}),  # any metric by name; these the readers iterate
     "threads": COUNT, "distributed": boolean,
 }, required=("latency",))
 
 COMPARISON = record({
     "speedup": RATIO, "ci95": PAIR, "verdict": text(), "reason": text(), "pairs": COUNT, "processes": COUNT,
-    "per_pair": list_of(RATIO), "per_round": list_of(RATIO), "process_pairs": list_of(COUNT),
+    "per_pair": RATIOS, "per_round": RATIOS, "process_pairs": COUNTS,
     "min_effect": number(0, 10, "a fraction between 0 and 10"), "equivalence": PAIR, "memory_ratio": AMOUNT,
     "variance": record({"within_cv": AMOUNT, "between_cv": AMOUNT, "df": AMOUNT, "processes": COUNT,
                         "pairs": COUNT}),
@@ -188,7 +204,7 @@ PLUGIN = record({"name": text(null=False), "params": map_of(anything)}, required
 CHECK = record({"name": text(null=False), "passed": boolean, "values": anything, "tolerance": anything},
                required=("name", "passed"), null=False)
 REPEAT = record({"speedup": RATIO, "ci95": PAIR, "verdict": text(), "pairs": COUNT, "foreign_cpu": number(),
-                 "duration_s": AMOUNT, "log": text()}, null=False)
+                 "duration_s": AMOUNT, "log": text(), "processes": COUNT}, null=False)
 
 PROBE = record({"value": number(MIN_RATIO, what="a number > 0", null=False), "status": text(), "fits": boolean,
                 "peak_bytes": AMOUNT, "step_s": AMOUNT}, required=("value",), null=False)
@@ -206,15 +222,16 @@ POINT = record({"rate": number(), "status": text(null=False), "meets_slo": boole
 RATE_SEARCH = record({"rate": AMOUNT, "failing": AMOUNT, "stopped": text(), "elapsed_s": AMOUNT,
                       "points": list_of(POINT, null=False), "offline": nullable(POINT)},
                      required=("points",), null=False)
-SERVING_SIDE = record({"rate": AMOUNT, "rate_range": list_of(AMOUNT, size=2), "busy_probes": COUNT,
+SERVING_SIDE = record({"rate": AMOUNT, "rate_range": RANGE, "busy_probes": COUNT, "failing": AMOUNT,
+                       "stopped": text(), "elapsed_s": AMOUNT, "offline": nullable(POINT),
                        "searches": list_of(RATE_SEARCH), "points": list_of(POINT)}, null=False)
 SERVING = record({
     "slo": map_of(number(MIN_TIME_S, what="a bound in seconds > 0", null=False), null=False),
-    "rel_tol": AMOUNT, "rate_ratio": AMOUNT, "rate_ratio_range": list_of(AMOUNT, size=2), "ratio_repeats": COUNT,
-    "saturation_ratio": AMOUNT, "saturation_ratio_range": list_of(AMOUNT, size=2),
+    "rel_tol": AMOUNT, "rate_ratio": AMOUNT, "rate_ratio_range": RANGE, "ratio_repeats": COUNT,
+    "saturation_ratio": AMOUNT, "saturation_ratio_range": RANGE,
     "sides": map_of(SERVING_SIDE, null=False),
-    "sweep": record({"rates": list_of(AMOUNT, null=False), "points": map_of(list_of(POINT, null=False),
-                                                                            null=False)}),
+    "sweep": record({"rates": list_of(number(0, what="a number >= 0", null=False), null=False),
+                     "points": map_of(list_of(POINT, null=False), null=False)}),
 }, required=("slo", "sides"))
 
 WORKLOAD = record({"name": text(), "type": text(), "spec": map_of(anything)}, null=False)
@@ -227,12 +244,21 @@ CASE = record({
     "warnings": STRINGS, "repeats": list_of(REPEAT), "capacity": CAPACITY, "serving": SERVING,
 }, required=("id", "status"), null=False)
 
+# The environment is shown whole (any keys, any values); these are the ones a reader opens or parses.
+ENVIRONMENT = record({
+    "hostname": SCALAR, "os": text(), "python": SCALAR, "torch": SCALAR, "device": device,
+    "cpu": record({"model": SCALAR, "cores_logical": SCALAR}),
+    "cuda": record({"devices": list_of(record({"name": text(null=False)}, required=("name",), null=False)),
+                    "cuda_version": SCALAR}),
+    "git": record({"commit": SCALAR, "branch": SCALAR, "dirty": SCALAR}),
+})
+
 RESULTS = record({
     "run_id": SCALAR, "harness_version": SCALAR, "started": SCALAR, "finished": SCALAR, "status": text(),
-    "wall_s": AMOUNT, "imported_from": text(),
+    "wall_s": AMOUNT, "imported_from": text(), "warnings": STRINGS,
     "suite": record({"name": SCALAR, "path": text(), "description": text(), "measure": map_of(anything),
                      "device": SCALAR}),
-    "environment": map_of(anything), "cases": list_of(CASE, null=False),
+    "environment": ENVIRONMENT, "cases": list_of(CASE, null=False),
 }, required=("schema_version", "cases"), null=False)
 
 

@@ -70,7 +70,8 @@ def run_checks(sides: dict[str, list], outputs: dict[str, dict[str, Any]]) -> li
 
 
 MISSING = object()  # an attribute absent from its owner
-THREAD_SHARE = 0.05  # a CPU share, used by one side's leftover threads while the other side is timed, that interferes
+THREAD_SHARE = 0.05  # the CPU share one side's leftover threads or processes take while the other is timed that
+# interferes (an idle pool takes none)
 
 
 def _torch_owners() -> list[tuple[str, Any]]:
@@ -155,8 +156,9 @@ class Isolation:
     algorithms) outside `run.contexts` would reach the baseline too. Each side is built from the state as it was
     before any side (`begin`), its changes are read after its build (`applied`), and `use(side)` installs that
     side's state (the untouched one plus its own changes) before each of its blocks: the change is isolated and
-    the case says so. Threads a side leaves running cannot be isolated: `block` measures the CPU they take while
-    the other side is timed, and `judge` withholds the verdict when that is more than THREAD_SHARE of a CPU."""
+    the case says so. Threads and child processes a side leaves running cannot be isolated: `block` measures the
+    CPU they take while the other side is timed, and `judge` withholds the verdict when that is more than
+    THREAD_SHARE of a CPU (an idle pool, a compile worker waiting for work, takes none)."""
 
     def __init__(self, sides: dict[str, list[Optimization]]):
         import threading
@@ -167,6 +169,12 @@ class Isolation:
         self.changes: dict[str, dict[str, Any]] = {}  # side -> {label: its value}
         self.threads: dict[str, list[Any]] = {}  # side -> threads started while it was built
         self.known = set(threading.enumerate())
+        self.processes: dict[str, list[Any]] = {}  # side -> psutil.Process started while it was built
+        self.procs_known = set(_descendants())
+        self.parent: dict[Any, int] = {}  # leftover process -> its parent's pid when first seen
+        self.proc_names: dict[Any, str] = {}
+        self.proc_used: dict[Any, float] = {}  # leftover process -> CPU seconds during the other side's blocks
+        self.proc_stolen: dict[str, float] = {}  # side -> CPU seconds the other side's processes used meanwhile
         self.building: str | None = None
         self.active: str | None = None
         self.stolen: dict[str, float] = {}  # side -> CPU seconds the other side's threads used during its blocks
@@ -242,6 +250,13 @@ class Isolation:
         if self.building:
             self.threads.setdefault(self.building, []).extend(t for t in alive - self.known)
         self.known |= alive
+        procs = _descendants()
+        if self.building:
+            new = [p for p in procs if p not in self.procs_known]
+            self.processes.setdefault(self.building, []).extend(new)
+            for proc in new:
+                self.parent[proc], self.proc_names[proc] = procs[proc]
+        self.procs_known |= set(procs)
         self.building = None
 
     def timing(self) -> None:
@@ -257,14 +272,33 @@ class Isolation:
         def measured():
             self.use(side)
             others = [t for s, ts in self.threads.items() if s != side for t in ts if t.is_alive()]
+            procs = [p for s, ps in self.processes.items() if s != side for p in ps]
+            start_procs = _proc_cpu(procs)
             start_cpu, start = _cpu(others), time.perf_counter()
             yield
             self.timed[side] = self.timed.get(side, 0.0) + time.perf_counter() - start
             end_cpu = _cpu(others)
+            end_procs = _proc_cpu(list(start_procs))
             used = sum(end_cpu[t] - start_cpu[t] for t in end_cpu if t in start_cpu)
             self.stolen[side] = self.stolen.get(side, 0.0) + used
+            self._count_processes(side, start_procs, end_procs)
 
         return measured()
+
+    def _count_processes(self, side: str, start: dict[Any, float], end: dict[Any, float]) -> None:
+        """Add the CPU the other sides' leftover processes used during one of `side`'s blocks. A reading holds
+        the children a process reaped (children_user/system): a leftover that ended and was reaped by another
+        leftover meanwhile moved its whole total into its parent's reading, so its first reading comes off."""
+        pids = {p.pid for p in end}
+        for proc, before in start.items():
+            if proc in end:
+                delta = end[proc] - before
+            elif self.parent.get(proc) in pids:
+                delta = -before
+            else:
+                continue
+            self.proc_used[proc] = self.proc_used.get(proc, 0.0) + delta
+            self.proc_stolen[side] = self.proc_stolen.get(side, 0.0) + delta
 
     def judge(self, comparison: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
         """What the case says of the sides' global state: a warning per isolated change; for leftover threads
@@ -290,7 +324,64 @@ class Isolation:
                                     "returns, or start it only inside the step)")
                     if "interference" not in comparison:
                         comparison.update(verdict="inconclusive", reason=reason, interference=reason)
-        return {"isolated": isolated, "threads": threads}
+        processes = {side: self._judge_processes(side, comparison, warnings)
+                     for side, ps in self.processes.items() if ps and any(v != side for v in self.timed)}
+        return {"isolated": isolated, "threads": threads, "processes": processes}
+
+    def _judge_processes(self, side: str, comparison: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+        """The record of the processes `side` left running, the verdict withheld (a warning too) where they took
+        more than THREAD_SHARE of a CPU while the other side was timed."""
+        victim = next(v for v in self.timed if v != side)
+        share = self.proc_stolen.get(victim, 0.0) / self.timed[victim] if self.timed[victim] else 0.0
+        procs = self.processes[side]
+        record = {"processes": [{"pid": p.pid, "name": self.proc_names[p],
+                                 "cpu_s": round(self.proc_used.get(p, 0.0), 4)} for p in procs],
+                  "cpu_share": share, "during": victim}
+        if share >= THREAD_SHARE:
+            busy = sorted((p for p in procs if self.proc_used.get(p, 0.0) > 0), key=lambda p: -self.proc_used[p])
+            shown = ", ".join(f"{p.pid} ('{self.proc_names[p]}')" for p in busy[:3])
+            shown += f" and {len(busy) - 3} more" if len(busy) > 3 else ""
+            many = len(busy) > 1
+            reason = (f"{self.who(side)} left process{'es' if many else ''} {shown} running during timing: "
+                      f"{'they' if many else 'it'} used {share:.0%} of a CPU while the {victim}'s blocks were timed, "
+                      f"so the {victim} ran with {'them' if many else 'it'}")
+            warnings.append(f"{reason}; no faster/slower verdict (end the process before apply() returns, or "
+                            "start it only inside the step and wait for it there)")
+            if "interference" not in comparison:
+                comparison.update(verdict="inconclusive", reason=reason, interference=reason)
+        return record
+
+
+def _descendants() -> dict[Any, tuple[int, str]]:
+    """Every process this one started that still runs (psutil.Process, equal by pid and start time) -> (its
+    parent's pid, its name)."""
+    import psutil
+
+    out = {}
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return out
+    for proc in children:
+        try:
+            out[proc] = (proc.ppid(), proc.name())
+        except psutil.Error:  # ended meanwhile
+            pass
+    return out
+
+
+def _proc_cpu(procs: list[Any]) -> dict[Any, float]:
+    """CPU seconds each of the live `procs` and the children it reaped have used so far."""
+    import psutil
+
+    out = {}
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            out[proc] = t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:  # ended
+            pass
+    return out
 
 
 def _cpu(threads: list[Any]) -> dict[Any, float]:

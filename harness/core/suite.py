@@ -5,6 +5,7 @@ no alias bombs, recursion or deep nesting); every error names the file, the line
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -15,12 +16,12 @@ from typing import Any
 import yaml
 
 from harness.core import yamlsafe
-from harness.core.env import device_problem
+from harness.core.env import MAX_THREADS, device_problem
 from harness.core.errors import InputError, suggestion
-from harness.core.optimization import ParamError, applies_to, build_params, validate_in_side
+from harness.core.optimization import ParamError, applies_to, build_params, validate_in_side, yaml_hint
 from harness.core.plugins import Registry
 from harness.core.searches import CORE_SEARCHES
-from harness.core.timing import MeasureSettings
+from harness.core.timing import MAX_REPEAT, MeasureSettings
 
 SUITE_KEYS = ("name", "description", "device", "threads", "measure", "workloads", "cases")
 CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s")  # and the searches' blocks
@@ -164,9 +165,13 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
         if key not in data:
             raise doc.error((), f"missing required key '{key}'")
     measure = _measure(doc, data.get("measure") or {})
+    name = _text(doc, ("name",), data["name"], required=True)
+    description = _text(doc, ("description",), data.get("description"))
     threads = data.get("threads", "auto")
-    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise doc.error(("threads",), f"must be 'auto' or a positive integer (got {threads!r})")
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool)
+                              or not 0 < threads <= MAX_THREADS):
+        raise doc.error(("threads",), f"must be 'auto' or a positive integer up to {MAX_THREADS:,} (got {threads!r})"
+                                      f"{yaml_hint(threads, int)}")
     device = data.get("device", "auto")
     if device_problem(device):
         raise doc.error(("device",), device_problem(device))
@@ -183,11 +188,29 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
         cases.extend(expanded)
     if budget_gb is not None and not any(c.capacity for c in cases):
         raise InputError("--budget-gb sets the budget of capacity: blocks, and this suite has none", str(path))
-    suite = Suite(name=str(data["name"]), path=str(path), description=str(data.get("description", "")),
+    suite = Suite(name=name, path=str(path), description=description,
                   device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases,
                   searches=dict(registry.searches))
     apply_overrides(suite, overrides)
     return suite
+
+
+def _text(doc: _Doc, path: tuple, value: Any, required: bool = False) -> str:
+    """A suite's text field: a string (non-empty where `required`); absent or null is "" where it is optional.
+    YAML turns unquoted 2024-01-01, 12 or yes into a date, a number or a boolean: those are refused, not
+    str()-ed into something else."""
+    if value is None and not required:
+        return ""
+    if isinstance(value, str) and (value.strip() or not required):
+        return value
+    if isinstance(value, str):
+        raise doc.error(path, "must be a non-empty string")
+    what = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", bytes: "binary data",
+            list: "a list", dict: "a mapping"}.get(type(value), "a date" if isinstance(value, dt.date) else
+                                                   type(value).__name__)
+    quote = "; write it in quotes" if isinstance(value, (bool, int, float, dt.date)) else ""
+    shown = "" if value is None else " " + (repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "...")
+    raise doc.error(path, f"must be {'a non-empty' if required else 'a'} string (got {what}{shown}){quote}")
 
 
 def _check_unique(doc: _Doc, path: tuple, cases: list[CaseSpec], seen: dict[str, int | None]) -> None:
@@ -203,10 +226,10 @@ def _check_unique(doc: _Doc, path: tuple, cases: list[CaseSpec], seen: dict[str,
 
 def _check_overrides(overrides: dict[str, Any]) -> None:
     """The command line's values, whoever passes them (`harness.core.cli` checks them as it parses, too)."""
-    for key in ("threads", "repeat"):
+    for key, most in (("threads", MAX_THREADS), ("repeat", MAX_REPEAT)):
         value = overrides.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"must be a positive integer (got {value!r})", field=f"--{key}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most):
+            raise InputError(f"must be a positive integer up to {most:,} (got {value!r})", field=f"--{key}")
     budget = overrides.get("budget_gb")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                or not 0 < budget < math.inf):
@@ -260,7 +283,8 @@ def _workloads(doc: _Doc, workloads: Any, registry: Registry, model: str | None)
         raise doc.error(("workloads",), "must be a mapping of workload names to settings")
     out = {}
     for name, values in workloads.items():
-        path = ("workloads", name)
+        path = ("workloads", str(name))
+        _text(doc, path, name, required=True)
         if not isinstance(values, dict) or "type" not in values:
             raise doc.error(path, "needs a 'type' (a registered workload: "
                                   f"{', '.join(registry.workloads) or 'none loaded'})")
@@ -317,6 +341,8 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
     if "workload" not in case:
         raise doc.error(path, "missing required key 'workload'")
     wname = case["workload"]
+    if not isinstance(wname, str):
+        _text(doc, path + ("workload",), wname, required=True)
     if wname not in workloads:
         raise doc.error(path + ("workload",), _unknown("workload", wname, workloads, registry))
     wtype, wspec, kind = workloads[wname]
@@ -413,12 +439,14 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
     searches = _searches(doc, path, case, registry, wname, wtype, wspec, built_opts)
     timeout = case.get("timeout_s")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
+        raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})"
+                                               f"{yaml_hint(timeout, float)}")
     base = f" vs {'+'.join(b.name for b in baseline)}" if baseline else (" alone" if case.get("baseline") == "none"
                                                                         else "")
     return CaseSpec(id=f"{wname}/{'+'.join(labels)}{base}", workload=wname, workload_type=wtype,
                     workload_spec=wspec, kind=kind, plugins=uses, baseline=baseline, processes=processes,
-                    note=str(case.get("note", "")), timeout_s=timeout, line=doc.lines.get(path), searches=searches)
+                    note=_text(doc, path + ("note",), case.get("note")), timeout_s=timeout, line=doc.lines.get(path),
+                    searches=searches)
 
 
 def _searches(doc: _Doc, path: tuple, case: dict, registry: Registry, wname: str, wtype: str, wspec: dict,

@@ -22,6 +22,7 @@ from harness.core.stats import MIN_EFFECT, MIN_PAIRS
 
 CUDA_EVENT_RESOLUTION_S = 0.5e-6
 MIN_PAIRS_PER_PROCESS = 2  # a process's within-process spread needs two pairs
+MAX_REPEAT = 1000  # processes per case: each is a fresh process that builds, warms up and times both sides
 MAX_MIN_EFFECT = 1.0  # 100 %: a 2x speedup; above it min_effect is surely a percent written as a number
 
 
@@ -60,6 +61,8 @@ class MeasureSettings:
         for key in ("warmup_min_iters", "min_pairs", "repeat"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ParamError(key, f"must be at least 1 (got {getattr(self, key)})")
+        if self.repeat is not None and self.repeat > MAX_REPEAT:
+            raise ParamError("repeat", f"must be at most {MAX_REPEAT:,} processes per case (got {self.repeat:,})")
         for key in ("min_samples", "max_samples"):  # a spread, quartiles and percentiles need two samples per side
             if getattr(self, key) is not None and getattr(self, key) < 2:
                 raise ParamError(key, f"must be at least 2 samples per side (got {getattr(self, key)})")

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"could not write the result: {exc}")
             return 4
     close_process_groups()  # after the result is safe: a teardown that hangs is the runner's exit watcher's
+    end_leftovers()
     return 0 if result["status"] == "ok" else 3
 
 
@@ -108,6 +109,23 @@ def runner_alive(pid: int, started: float | None) -> bool:
         return started is None or abs(proc.create_time() - started) < 0.01
     except psutil.Error:
         return False
+
+
+def end_leftovers() -> None:
+    """Kill every process this one started that still runs (a plugin's helper, a pool, a subprocess that
+    escaped into a session of its own): nothing a case starts outlives it."""
+    import psutil
+
+    leftovers = psutil.Process().children(recursive=True)
+    if leftovers:
+        log(f"ending {len(leftovers)} process(es) the case left running: "
+            + ", ".join(f"{p.pid}" for p in leftovers[:8]))
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(leftovers, timeout=5)
 
 
 def close_process_groups() -> None:

@@ -328,6 +328,8 @@ def serving_chart(record: dict[str, Any], salt: str) -> str:
     from harness.report.serving import searches_of
 
     metrics = list(record["slo"])
+    if not metrics:  # an SLO of no metric: nothing to draw against
+        return ""
     fig = _figure(3.6 * len(metrics), 2.6)
     axes = fig.subplots(1, len(metrics), squeeze=False, gridspec_kw={"wspace": 0.5})[0]
     sweep = (record.get("sweep") or {}).get("points") or {}

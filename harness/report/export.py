@@ -87,9 +87,10 @@ def to_pytest_benchmark(results: dict[str, Any]) -> dict[str, Any]:
                             "min_rounds": m.get("pairs", m.get("rounds")), "max_time": None, "min_time": None,
                             "warmup": m.get("warmup_s")},
                 "extra_info": {
-                    "harness_case": case["id"], "harness_side": side, "kind": case["kind"],
-                    "workload": case["workload"], "plugins": case["plugins"] if side == "optimized" else
-                    case.get("baseline_plugins", []), "timer": m.get("timer"), "throughput": s.get("throughput"),
+                    "harness_case": case["id"], "harness_side": side, "kind": case.get("kind"),
+                    "workload": case.get("workload") or {}, "plugins": (case.get("plugins") if side == "optimized"
+                                                                        else case.get("baseline_plugins")) or [],
+                    "timer": m.get("timer"), "throughput": s.get("throughput"),
                     "memory": s.get("memory"), "energy": s.get("energy"), "extra": s.get("extra"),
                     "info": s.get("info"), "compile_s": s.get("compile_s"), "comparison": case.get("comparison"),
                     "checks": case.get("checks"), "warnings": case.get("warnings"),

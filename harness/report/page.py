@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from harness.core import capacity, cost, stats
-from harness.core.results import load, validate, write_text
+from harness.core.results import finite, load, validate, write_text
 from harness.report import charts, serving
 from harness.report.charts import COLORS, MEMORY_CATEGORIES  # noqa: F401  (re-exported)
 from harness.report.formatting import (
@@ -34,6 +34,7 @@ from harness.report.formatting import (
     fmt_time,
     fmt_usd,
     fmt_warmup,
+    is_number,
     measured,
     memory_resolved,
     memory_saved,
@@ -107,11 +108,12 @@ def batch_curves(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Throughput vs batch for each set of ok cases that differ only in spec.batch (a sweep over batch)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in cases:
-        spec = dict(c["workload"].get("spec") or {})
-        if not measured(c) or "batch" not in spec:
+        workload = c.get("workload") or {}
+        spec = dict(workload.get("spec") or {})
+        if not measured(c) or not (is_number(spec.get("batch")) and spec["batch"] > 0):  # a hand edit: no curve
             continue
         spec.pop("batch")
-        key = json.dumps([c["workload"]["name"], spec, c.get("plugins"), c.get("baseline_plugins")], sort_keys=True)
+        key = json.dumps([workload.get("name"), spec, c.get("plugins"), c.get("baseline_plugins")], sort_keys=True)
         groups.setdefault(key, []).append(c)
     curves = []
     for i, group in enumerate(groups.values()):
@@ -195,7 +197,7 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
 def render_report(results: dict[str, Any], price_per_hour: float | None = None,
                   prices: dict[str, float] | None = None) -> str:
     """One self-contained HTML page for a results dict (docs/results.md)."""
-    results = validate(results)
+    results = validate(finite(results)[0])  # as written: a NaN in memory is null in the file
     env = results.get("environment") or {}
     price = cost.price_for(env, price_per_hour, prices)
     cases = [case_view(c, i, price and price[0]) for i, c in enumerate(results["cases"])]
