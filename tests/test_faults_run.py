@@ -18,8 +18,7 @@ import pytest
 from harness.core import outdir
 from tests.conftest import FAULTY_PLUGINS, harness_cli
 
-QUICK = """name: {name}
-device: cpu
+MEASURE = """device: cpu
 threads: 1
 measure:
   repeat: 1
@@ -30,8 +29,10 @@ measure:
   warmup_min_iters: 2
   warmup_min_s: 0.01
   warmup_max_s: 0.1
-  timeout_s: 60
-workloads:
+  timeout_s: {timeout}
+"""
+
+QUICK = "name: {name}\n" + MEASURE.replace("{timeout}", "60") + """workloads:
   toy:
     type: toy
     size: {size}
@@ -45,20 +46,7 @@ cases:
     plugins: [noop]
 """
 
-HANGING = """name: hanging
-device: cpu
-threads: 1
-measure:
-  repeat: 1
-  min_pairs: 3
-  min_samples: 3
-  min_time_s: 0.02
-  max_time_s: 0.3
-  warmup_min_iters: 2
-  warmup_min_s: 0.01
-  warmup_max_s: 0.1
-  timeout_s: 300
-workloads:
+HANGING = "name: hanging\n" + MEASURE.replace("{timeout}", "300") + """workloads:
   toy:
     type: toy
     size: 32
