@@ -321,7 +321,7 @@ def test_a_folder_given_twice_or_a_file_behind_a_symlink_is_loaded_once(tmp_path
     plugins = tmp_path / "plug"
     write(plugins, "mine.py", OPT.format(name="only_once") + "\n@hookimpl\ndef register_optimizations(register):\n"
                               "    register(Good)\n")
-    (plugins / "alias.py").symlink_to(plugins / "mine.py")
+    (plugins / "other.py").symlink_to(plugins / "mine.py")  # found after mine.py: the first name is kept
     (tmp_path / "link").symlink_to(plugins)
     monkeypatch.chdir(tmp_path)
     registry = load_registry(["plug", "plug/", plugins, tmp_path / "link"])
