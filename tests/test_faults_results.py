@@ -490,8 +490,7 @@ def test_a_zero_statistic_in_the_reference_is_not_an_infinite_percentage(tmp_pat
 
 def test_user_text_is_escaped_in_every_export_and_page(tmp_path, capsys):
     data = copy.deepcopy(BASE)
-    for edit in DAMAGES[-1][1:2]:
-        edit(data)
+    dict((name, edit) for name, edit, _ in DAMAGES)["hostile text everywhere"](data)
     path = _write(tmp_path / "hostile.json", data)
     for fmt in ("csv", "markdown", "pytest-benchmark"):
         assert _run(capsys, "export", path, "--format", fmt, "-o", tmp_path / f"x.{fmt}")[0] == 0
