@@ -72,7 +72,7 @@ def test_worker_destroys_the_process_group_a_plugin_made_even_when_the_case_fail
     monkeypatch.setattr(worker, "run_case", failing_case)
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"measure": {}, "env": {"device": "cpu"}}))
-    assert worker.main([str(job), str(tmp_path / "result.json")]) == 3
+    assert worker.run_job(str(job), str(tmp_path / "result.json")) == 3
     assert not dist.is_initialized()
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
 

@@ -50,7 +50,7 @@ def test_harness_run_and_the_pytest_plugin_judge_a_case_by_the_same_checks(tmp_p
     suite = load_suite(suite_path, load_registry())
     job, result = tmp_path / "job.json", tmp_path / "result.json"
     write_json(job, job_for(suite.cases[0], suite, envmod.detect("cpu", 1), 1, []))
-    worker.main([str(job), str(result)])
+    worker.run_job(str(job), str(result))
     by_worker = json.loads(result.read_text())["checks"]
     by_pytest = run_case(FakeBenchmark(), "train", spec, plugins=[{"gradient_accumulation": {"micro_batches": 2}}])
     assert [c["name"] for c in by_worker] == [c["name"] for c in by_pytest["checks"]] != []

@@ -189,6 +189,35 @@ def test_a_worker_that_hangs_after_writing_its_result_is_killed_and_the_result_k
     assert any("had not exited" in w for w in record["warnings"])
 
 
+def test_a_case_run_inline_leaves_the_runners_own_processes_and_limits_alone(tmp_path):
+    """--inline runs the case in the runner's process: what only a case process does (ending the processes it
+    started, its memory limit) must not touch the runner's (its forkserver, say, which the next case needs)."""
+    import resource
+
+    from harness.core import runner
+    from harness.core.plugins import load_registry
+    from harness.core.suite import load_suite
+
+    suite = tmp_path / "suite.yaml"
+    text = (FIXTURES / "faulty.yaml").read_text().split("cases:")[0]
+    suite.write_text(text + "cases:\n  - workload: toy\n    plugins: [noop]\n")
+    loaded = load_suite(suite, load_registry([str(FAULTY_PLUGINS)]))
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    limit = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        record = runner.run_case(loaded.cases[0], loaded, {"device": "cpu"}, 1, tmp_path, [str(FAULTY_PLUGINS)],
+                                 inline=True)
+        assert record["status"] == "ok"
+        assert own.poll() is None  # still running
+        assert resource.getrlimit(resource.RLIMIT_AS) == limit  # not the suite's memory_limit_gb
+        forked = runner.run_case(loaded.cases[0], loaded, {"device": "cpu"}, 1, tmp_path,
+                                 [str(FAULTY_PLUGINS)])
+        assert forked["status"] == "ok"
+    finally:
+        own.kill()
+        own.wait()
+
+
 def test_results_files_are_strict_json_and_say_which_value_was_not_finite(tmp_path):
     """Issue 11 (4): a diverging run's NaN is written as null with a warning, never as a bare NaN."""
     from harness.core.results import write_json

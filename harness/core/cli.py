@@ -282,16 +282,21 @@ def print_summary(results: dict) -> None:
         if c["status"] != "ok":
             rows.append((c["id"], c["status"], "", "", "", "", ""))
             continue
-        cmp = c["comparison"]
+        cmp = c.get("comparison") or {}
+        best = (c.get("recipe") or {}).get("best")
+        if best:  # a recipe (harness.core.recipe): its best configuration against the baseline
+            cmp = {**(best.get("vs_baseline") or {}), "verdict": f"best: {best.get('config') or 'none fits'}"}
         mem = f"{fmt_ratio(cmp['memory_ratio'])}x" if cmp.get("memory_ratio") else "n/a"
         checks = c.get("checks", [])
         load = ((c.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
-        rows.append((c["id"], "ok", fmt_speedup(cmp), cmp["verdict"], "n/a" if load is None else f"{load:.0%}",
-                     mem, f"{sum(ch['passed'] for ch in checks)}/{len(checks)}"))
+        passed = f"{sum(ch['passed'] for ch in checks)}/{len(checks)}"
+        rows.append((c["id"], "ok", fmt_speedup(cmp), cmp.get("verdict", "n/a"),
+                     "n/a" if load is None else f"{load:.0%}", mem, passed))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
-    withheld = [c for c in results["cases"] if c["status"] == "ok" and c["comparison"]["verdict"] == "inconclusive"]
+    withheld = [c for c in results["cases"] if c["status"] == "ok"
+                and (c.get("comparison") or {}).get("verdict") == "inconclusive"]
     if withheld:
         print(f"\n{len(withheld)} verdict(s) withheld:")
         for c in withheld:

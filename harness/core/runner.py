@@ -61,7 +61,7 @@ def case_record(case: CaseSpec) -> dict[str, Any]:
                                         "spec": case.workload_spec},
             "kind": case.kind, "plugins": [dataclasses.asdict(p) for p in case.plugins], "alone": case.alone,
             "baseline_plugins": [dataclasses.asdict(p) for p in case.baseline], "note": case.note,
-            "processes": case.processes}
+            "processes": case.processes, **({"recipe": case.recipe} if case.recipe else {})}
 
 
 def job_for(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, plugins_dirs: list[str],
@@ -104,7 +104,7 @@ def run_case(case: CaseSpec, suite: Suite, env: dict[str, Any], threads: int, wo
     if inline:
         from harness.core import worker
 
-        worker.main([str(job_path), str(result_path)])
+        worker.run_job(str(job_path), str(result_path))
     else:
         status = launch.launch(case.processes, job_path, result_path, log_path, timeout, fresh)
     record["duration_s"] = time.perf_counter() - start
@@ -235,7 +235,8 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
             if record is None:
                 continue
             progress(f"{case.id}: " + one_line(record))
-            figures = fmt_headline(record) if record["status"] == "ok" else ""
+            sep = "\n    " if record.get("recipe") else "; "  # a recipe's summary is several lines
+            figures = fmt_headline(record, sep) if record["status"] == "ok" else ""
             if figures:  # TTFT, TPOT, goodput...: what the time verdict alone hides
                 progress("    " + figures)
             if case.id not in searched and record["status"] == "ok":
@@ -256,6 +257,34 @@ def run_suite(suite: Suite, env: dict[str, Any], out_dir: Path, *, threads: int,
     results["wall_s"] = time.perf_counter() - started
     save()
     return results
+
+
+def combine_recipe(records: list[dict[str, Any]], min_effect: float) -> dict[str, Any]:
+    """One record from a recipe case's processes (harness.core.recipe.analyse): the rounds of every process
+    pooled into the effects, the front and the best configuration; a busy process, or one configuration's
+    leftover threads running while another was timed, withholds every verdict."""
+    from harness.core import recipe
+
+    out = json.loads(json.dumps({k: v for k, v in records[0].items() if k != "recipe_timing"}))
+    loads = [(r.get("measurement") or {}).get("foreign_load") or {} for r in records]
+    busy = "; ".join(f"process {i + 1}: {ld['reason']}" for i, ld in enumerate(loads) if ld.get("busy")) or None
+    leak = next((r["recipe_timing"].get("interference") for r in records if r["recipe_timing"].get("interference")),
+                None)
+    out["recipe"] = recipe.analyse(records[0]["recipe"], records, min_effect, busy or leak)
+    out["recipe"]["round_times"] = recipe.rounds_of(records)
+    out["repeats"] = [{"rounds": len(r["recipe_timing"]["rounds"]), "foreign_cpu": ld.get("foreign_cpu"),
+                       "duration_s": r.get("duration_s"), "phases_s": (r.get("measurement") or {}).get("phases_s"),
+                       "log": r.get("log")} for r, ld in zip(records, loads)]
+    out["measurement"]["pairs"] = sum((r.get("measurement") or {}).get("pairs") or 0 for r in records)
+    out["measurement"]["order"] = [o for r in records for o in (r.get("measurement") or {}).get("order") or []]
+    out["measurement"]["processes_repeated"] = len(records)
+    out["measurement"]["foreign_load"] = combine_loads(loads)
+    out["warnings"] = combined_warnings(records, out)
+    if len(records) == 1:
+        out["warnings"].append("one process (--repeat 1): the intervals cover the noise within that process only, "
+                               "not what changes between processes (docs/measurement.md)")
+    out["duration_s"] = sum(r.get("duration_s") or 0.0 for r in records)
+    return out
 
 
 def needs_process(case: CaseSpec, done: list[dict[str, Any]], repeat: int, rounds: int, suite: Suite) -> bool:
@@ -347,6 +376,8 @@ def combine_processes(records: list[dict[str, Any]], min_effect: float) -> dict[
     if bad is not None:
         where = f"process {records.index(bad) + 1} of {len(records)}: " if len(records) > 1 else ""
         return {**bad, "error": f"{where}{bad.get('error')}"}
+    if records[0].get("recipe_timing"):
+        return combine_recipe(records, min_effect)
     out = json.loads(json.dumps(records[0]))
     for key in ("baseline", "optimized"):
         if not isinstance(out.get(key), dict):

@@ -24,7 +24,7 @@ from harness.core.searches import CORE_SEARCHES
 from harness.core.timing import MAX_REPEAT, MeasureSettings
 
 SUITE_KEYS = ("name", "description", "device", "threads", "measure", "workloads", "cases")
-CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s")  # and the searches' blocks
+CASE_KEYS = ("workload", "plugins", "baseline", "sweep", "note", "timeout_s", "recipe")  # and the searches' blocks
 
 
 @dataclass
@@ -55,6 +55,8 @@ class CaseSpec:
     # the case's search blocks by key (`capacity:`, a workload's own such as `serving:`), each as its search's
     # `check` returned it (harness.core.searches)
     searches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the case's `recipe:` block as harness.core.recipe.check returned it (factors, configurations, design), if any
+    recipe: dict[str, Any] | None = None
 
     @property
     def capacity(self) -> dict[str, Any] | None:
@@ -346,6 +348,8 @@ def _cases(doc: _Doc, path: tuple, case: Any, workloads: dict, registry: Registr
     if wname not in workloads:
         raise doc.error(path + ("workload",), _unknown("workload", wname, workloads, registry))
     wtype, wspec, kind = workloads[wname]
+    if "recipe" in case:
+        return [_recipe_case(doc, path, case, wname, wtype, wspec, kind, registry)]
     plugins = _plugin_list(doc, path + ("plugins",), case.get("plugins"), registry)
     alone = case.get("baseline") == "none"
     baseline = [] if alone else _plugin_list(doc, path + ("baseline",), case.get("baseline"), registry)
@@ -447,6 +451,42 @@ def _case(doc, path, case, wname, wtype, wspec, kind, uses, baseline, registry) 
                     workload_spec=wspec, kind=kind, plugins=uses, baseline=baseline, processes=processes,
                     note=_text(doc, path + ("note",), case.get("note")), timeout_s=timeout, line=doc.lines.get(path),
                     searches=searches)
+
+
+def _recipe_case(doc: _Doc, path: tuple, case: dict, wname: str, wtype: str, wspec: dict, kind: str,
+                 registry: Registry) -> CaseSpec:
+    """A case with a `recipe:` block (harness.core.recipe): every configuration of its optimizations, one case."""
+    from harness.core import recipe
+
+    for key in ("plugins", "sweep", *registry.searches):
+        if key in case:
+            raise doc.error(path + (key,), f"a recipe case names its optimizations in recipe.optimizations; '{key}' "
+                                           "does not go with it (a recipe's capacity search is recipe.capacity)")
+    if case.get("baseline") == "none":
+        raise doc.error(path + ("baseline",), "a recipe compares every configuration with its baseline; "
+                                              "'baseline: none' does not go with it")
+    baseline = _plugin_list(doc, path + ("baseline",), case.get("baseline"), registry)
+    probe = _case(doc, path, {**case, "plugins": None}, wname, wtype, wspec, kind, baseline or [], baseline,
+                  registry) if baseline else None
+    try:
+        block = recipe.check(case["recipe"], registry, registry.workloads[wtype], wname, wspec,
+                             [dataclasses.asdict(u) for u in (probe.baseline if probe else [])])
+    except ParamError as exc:
+        raise doc.error(path + ("recipe", *[int(p) if p.isdigit() else p for p in exc.field.split(".") if p]),
+                        str(exc)) from None
+    if not block["configs"][1:]:
+        raise doc.error(path + ("recipe",), "every configuration but the baseline is forbidden by its plugins' "
+                                            "rules: " + "; ".join(f"{s['label']}: {s['reason']}"
+                                                                  for s in block["skipped"][:3]))
+    timeout = case.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise doc.error(path + ("timeout_s",), f"must be a positive number of seconds (got {timeout!r})")
+    factors = [PluginUse(f["name"], f["params"]) for f in block["factors"]]
+    base = f" vs {'+'.join(b.name for b in baseline)}" if baseline else ""
+    return CaseSpec(id=f"{wname}/recipe({'+'.join(f['label'] for f in block['factors'])}){base}", workload=wname,
+                    workload_type=wtype, workload_spec=wspec, kind=kind, plugins=factors,
+                    baseline=probe.baseline if probe else [], note=_text(doc, path + ("note",), case.get("note")),
+                    timeout_s=timeout, line=doc.lines.get(path), recipe=block)
 
 
 def _searches(doc: _Doc, path: tuple, case: dict, registry: Registry, wname: str, wtype: str, wspec: dict,

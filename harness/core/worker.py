@@ -39,6 +39,9 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The case process: `run_job`, watched by its runner, under the case's memory limit, and ending what the
+    case started (`end_leftovers`). Only for a process of its own: in another process (the runner's, with
+    --inline; a test's) call `run_job`, which neither kills nor limits what is not the case's."""
     job_path, result_path = (argv or sys.argv[1:])[:2]
     with open(job_path) as f:
         job = json.load(f)
@@ -48,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (int(limit_gb * 2**30), int(limit_gb * 2**30)))
+    code = run_job(job_path, result_path)
+    end_leftovers()
+    return code
+
+
+def run_job(job_path: str, result_path: str) -> int:
+    """Run the job file's case and write its result (rank 0): 0 when it passed, 3 when it did not, 4 when the
+    result could not be written. An exception becomes a recorded failed/oom/unsupported result."""
+    with open(job_path) as f:
+        job = json.load(f)
     rank = int(os.environ.get("RANK", "0"))
     try:
         result = run_case(job, started_s(job_path))
@@ -63,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"could not write the result: {exc}")
             return 4
     close_process_groups()  # after the result is safe: a teardown that hangs is the runner's exit watcher's
-    end_leftovers()
     return 0 if result["status"] == "ok" else 3
 
 
@@ -183,8 +195,13 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
 
     workload = registry.workloads[case["workload_type"]]()
     spec = build_params(workload.Spec, case["workload_spec"])
-    pairs = (("optimized", case["plugins"]),) if case.get("alone") else (("baseline", case["baseline"]),
-                                                                        ("optimized", case["plugins"]))
+    recipe = case.get("recipe")
+    if recipe:  # every configuration of the design a side, the baseline first (harness.core.recipe)
+        pairs = tuple((c["label"], c["plugins"]) for c in recipe["configs"])
+    elif case.get("alone"):
+        pairs = (("optimized", case["plugins"]),)
+    else:
+        pairs = (("baseline", case["baseline"]), ("optimized", case["plugins"]))
     sides = build_sides(registry, {side: [(u["name"], u["params"]) for u in uses] for side, uses in pairs}, env,
                         type(workload))
     ctx = RunContext(device=device, env=env, seed=job.get("seed", 0), rank=dist.rank,
@@ -238,7 +255,13 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
             baseline.outputs["noise"] = noise
     checks = []
     if dist.rank == 0 and not timing_only:
-        checks = run_checks(sides, {side.name: side.outputs for side in built})
+        if recipe:
+            for side in built[1:]:
+                side.checks = run_checks({"baseline": sides["baseline"], "optimized": sides[side.name]},
+                                         {"baseline": baseline.outputs, "optimized": side.outputs})
+                checks += [{**c, "name": f"{side.name}: {c['name']}"} for c in side.checks]
+        else:
+            checks = run_checks(sides, {side.name: side.outputs for side in built})
     for side in built:
         side.outputs = None
     gc.collect()
@@ -270,7 +293,8 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
     phase("extras")
     result = None
     if dist.rank == 0:
-        result = summarize_case(by_name, timing, checks, settings, clocks_log, load_record, machine, isolation)
+        summarize = summarize_recipe if recipe else summarize_case
+        result = summarize(by_name, timing, checks, settings, clocks_log, load_record, machine, isolation)
         result["measurement"].update(phases_s=phases, timing_only=timing_only)
     isolation.restore()
     dist.barrier()
@@ -290,6 +314,7 @@ class Side:
     peak: dict[str, Any] | None = None  # memory.peak_of one timed step
     warm: Any = None  # timing.Warmup
     extra: dict[str, Any] = field(default_factory=dict)  # run.extra_metrics at the median
+    checks: list[dict[str, Any]] = field(default_factory=list)  # a recipe configuration's, against the baseline
 
 
 class Machine:
@@ -353,7 +378,7 @@ def time_pairs(sides: dict[str, Side], settings: MeasureSettings, machine: Machi
                 clocks_log.append(gpu_state(device, cuda))
 
     def decided(blocks) -> bool:
-        if "baseline" not in blocks:  # one side alone: its samples are the result, nothing to decide
+        if set(blocks) != {"baseline", "optimized"}:  # one side alone, or a recipe's: nothing to decide here
             return True
         return stats.compare(blocks["baseline"], blocks["optimized"], settings.min_effect)["verdict"] != "inconclusive"
 
@@ -494,6 +519,43 @@ def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log,
         "gpu_state": [s for s in clocks_log if s],
         "side_effects": side_effects,
     }
+    return out
+
+
+def summarize_recipe(sides: dict[str, Side], timing, checks, settings, clocks_log, load_record,
+                     machine: Machine, isolation: Isolation | None = None) -> dict[str, Any]:
+    """A recipe process's result (harness.core.recipe): each configuration's latency, throughput, memory and
+    checks, and each round's block medians by configuration (`recipe_timing`); the runner estimates the effects
+    from the rounds of all processes."""
+    import dataclasses
+
+    second = list(sides)[1]  # the warnings, load and measurement record of an ordinary case, from two sides
+    pair = dataclasses.replace(timing, blocks={"baseline": timing.blocks["baseline"],
+                                               "optimized": timing.blocks[second]})
+    out = summarize_case({"baseline": sides["baseline"], "optimized": sides[second]}, pair, checks,
+                         settings, clocks_log, load_record, machine, None)
+    configs = {}
+    for name, side in sides.items():
+        blocks = timing.blocks[name]
+        samples = [s for b in blocks for s in b]
+        latency = stats.summarize(samples, side.warm.iterations, [len(b) for b in blocks])
+        median = latency["median"]
+        configs[name] = {"latency": latency,
+                         "throughput": {f"{unit}_per_s": count / median for unit, count in side.run.units.items()},
+                         "compile_s": side.first_call_s if side.first_call_s is not None else side.warm.first_call_s,
+                         "memory": side_memory(side.run, side.peak or {"side_peak": None, "source": None}),
+                         "checks": side.checks, "info": side.run.info, "extra": side.extra}
+    rounds = [{name: statistics.median(timing.blocks[name][i]) for name in sides} for i in range(len(timing.orders))]
+    leftover: dict[str, Any] = {}
+    side_effects = isolation.judge(leftover, out["warnings"]) if isolation else None
+    for key in ("baseline", "optimized", "comparison"):
+        out.pop(key, None)
+    out["recipe_timing"] = {"configs": configs, "rounds": rounds, "interference": leftover.get("interference")}
+    out["measurement"].update(design="recipe rounds: every configuration one block per round, random order",
+                              order=[",".join(str(list(sides).index(s)) for s in o) for o in timing.orders],
+                              side_effects=side_effects,
+                              warmup_s={name: s.warm.seconds for name, s in sides.items() if s.warm},
+                              warmup_settled={name: s.warm.settled for name, s in sides.items() if s.warm})
     return out
 
 

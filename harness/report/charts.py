@@ -19,7 +19,8 @@ from harness.report.formatting import fmt_ratio
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
 COLORS = {"baseline": "#7a7a7a", "optimized": "#1f6fb4"}
 VERDICT_COLORS = {"faster": "#176e1d", "slower": "#b3261e", "no significant difference": "#7a7a7a",
-                  "inconclusive": "#d9730d", "larger": "#176e1d", "smaller": "#b3261e"}  # larger/smaller: effects
+                  "inconclusive": "#d9730d", "larger": "#176e1d", "smaller": "#b3261e",  # larger/smaller: effects
+                  "super-additive": "#176e1d", "sub-additive": "#b3261e", "no significant interaction": "#7a7a7a"}
 OTHER_COLOR = "#7a7a7a"  # a verdict of no known kind (n/a)
 FLAG_COLOR = "#b3261e"  # pairs timed while the machine was busy
 
@@ -381,4 +382,46 @@ def sweep_chart(record: dict[str, Any], salt: str) -> str:
     ax.set_ylabel("requests/s")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
+    return _svg(fig, salt)
+
+
+def pareto_chart(points: list[dict[str, Any]], front: list[str], best: str | None, budget_bytes: float | None,
+                 unit: str, salt: str) -> str:
+    """A recipe's configurations: objective against peak memory, the Pareto front joined, the best one ringed,
+    those that broke an invariant as red crosses, the budget a dashed line.
+
+    points: {"config", "objective", "peak_bytes", "valid"}; front: the front's configs in memory order."""
+    drawn = [p for p in points if _is_number(p.get("objective")) and _is_number(p.get("peak_bytes"))]
+    if not drawn:
+        return ""
+    fig = _figure(7.0, 3.6)
+    ax = fig.add_subplot()
+    mib = 2.0**20
+    for p in drawn:
+        x, y = p["peak_bytes"] / mib, p["objective"]
+        if p["valid"]:
+            dot = ax.scatter([x], [y], s=30, color=COLORS["optimized"] if p["config"] in front else OTHER_COLOR,
+                             zorder=3)
+        else:
+            dot = ax.scatter([x], [y], s=40, marker="x", color=FLAG_COLOR, zorder=3)
+        dot.set_gid(f"pareto-{'front' if p['config'] in front else 'valid' if p['valid'] else 'invalid'}")
+    by_config = {p["config"]: p for p in drawn}
+    line = [by_config[c] for c in front if c in by_config]
+    if len(line) > 1:
+        ax.plot([p["peak_bytes"] / mib for p in line], [p["objective"] for p in line], color=COLORS["optimized"],
+                linewidth=1.2, zorder=2)
+    for p in line:
+        ax.annotate(_plain(_short(p["config"], 40)), (p["peak_bytes"] / mib, p["objective"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    if best in by_config:
+        b = by_config[best]
+        ax.scatter([b["peak_bytes"] / mib], [b["objective"]], s=140, facecolors="none", edgecolors="#176e1d",
+                   linewidths=1.8, zorder=4).set_gid("pareto-best")
+    if budget_bytes and _is_number(budget_bytes):
+        ax.axvline(budget_bytes / mib, color="#333333", linestyle="--", linewidth=0.9)
+        ax.text(budget_bytes / mib, ax.get_ylim()[1], " budget", fontsize=7, va="top")
+    ax.set_xlabel("peak memory the configuration added (MiB)", fontsize=8)
+    ax.set_ylabel(_plain(unit), fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
     return _svg(fig, salt)

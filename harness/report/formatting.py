@@ -101,6 +101,10 @@ def headline(case: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
 
 def fmt_headline(case: dict[str, Any], sep: str = "; ") -> str:
     """'TTFT 1.20 ms → 0.90 ms; TPOT ...' (one value for a case timed alone); '' when the case has none."""
+    if isinstance((case.get("recipe") or {}).get("configs"), dict):
+        from harness.core import recipe
+
+        return sep.join(recipe.headline(case))
     parts = []
     for key, label, base, opt in headline(case):
         pair = fmt_extra(key, opt) if timed_alone(case) else f"{fmt_extra(key, base)} → {fmt_extra(key, opt)}"
@@ -215,11 +219,15 @@ def one_line(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         first = (record.get("error") or "").splitlines()[0][:160] if record.get("error") else ""
         return f"{record['status'].upper()}: {first}"
-    c = record["comparison"]
     checks = record.get("checks", [])
     passed = sum(ch["passed"] for ch in checks)
     load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
     load_text = f", foreign CPU {load:.0%}" if load is not None else ""
+    if isinstance((record.get("recipe") or {}).get("configs"), dict):
+        rec = record["recipe"]
+        return (f"recipe: {len(rec['configs'])} configurations over {rec.get('rounds')} rounds, "
+                f"{passed}/{len(checks)} checks passed{load_text}")
+    c = record["comparison"]
     if record.get("alone"):
         lat = record["optimized"]["latency"]
         return (f"timed alone: median {lat['median'] * 1e3:.3g} ms, p90 {lat['p90'] * 1e3:.3g} ms over "
@@ -235,6 +243,11 @@ def process_line(record: dict[str, Any]) -> str:
         return one_line(record)
     c = record.get("comparison") or {}
     load = ((record.get("measurement") or {}).get("foreign_load") or {}).get("foreign_cpu")
+    if record.get("recipe_timing"):
+        timing = record["recipe_timing"]
+        load_text = f", foreign CPU {load:.0%}" if load is not None else ""
+        return (f"{len(timing['configs'])} configurations, {len(timing['rounds'])} rounds{load_text} "
+                f"({record.get('duration_s') or 0:.1f} s)")
     figure = (f"{fmt_ratio(c['speedup'])}x over {c.get('pairs')} pairs" if c.get("speedup") else
               f"median {record['optimized']['latency']['median'] * 1e3:.3g} ms")
     return f"{figure}" + (f", foreign CPU {load:.0%}" if load is not None else "") + \

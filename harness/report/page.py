@@ -176,7 +176,9 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
             "serving_svg": charts.serving_chart(case["serving"], f"srv{index}") if case.get("serving") else "",
             "sweep_svg": charts.sweep_chart(case["serving"], f"swp{index}")
             if (case.get("serving") or {}).get("sweep") else "",
-            "extra_keys": [], "info_keys": [], "categories": []}
+            "extra_keys": [], "info_keys": [], "categories": [], "recipe": recipe_view(case, index)}
+    if view["recipe"]:
+        view["status"] = "ok (recipe)" if passed == len(checks) else "ok, a configuration's invariant FAILED"
     if ok:
         view["pairs_svg"] = pairs_chart(case, f"pairs{index}")
         samples = {label: (case[key].get("latency") or {}).get("data") for label, key in SIDES}
@@ -192,6 +194,38 @@ def case_view(case: dict[str, Any], index: int, price: float | None) -> dict[str
         present = {k for _, key in SIDES for k in ((case[key].get("memory") or {}).get("breakdown") or {})}
         view["categories"] = [k for k in MEMORY_CATEGORIES if k in present] + sorted(present - set(MEMORY_CATEGORIES))
     return view
+
+
+def recipe_view(case: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """What the template shows of a recipe (harness.core.recipe, docs/recipes.md): each configuration with its
+    objective, memory, invariant and speedup, on the front or not; the effects and interactions; the charts."""
+    rec = case.get("recipe")
+    if case.get("status") != "ok" or not isinstance(rec, dict) or not isinstance(rec.get("configs"), dict):
+        return None
+    front = [p.get("config") for p in rec.get("front") or [] if isinstance(p, dict)]
+    best = rec.get("best") if isinstance(rec.get("best"), dict) else {}
+    configs = [{"label": label, **c} for label, c in rec["configs"].items() if isinstance(c, dict)]
+    configs.sort(key=lambda c: -(c.get("objective") or 0))
+    effects = rec.get("effects") if isinstance(rec.get("effects"), dict) else {}
+    terms = [t for t in (effects.get("main") or []) + (effects.get("interactions") or []) if isinstance(t, dict)]
+    rows = [{"label": ("× " if len(t.get("factors") or []) > 1 else "") + str(t.get("term")),
+             "speedup": t.get("factor") if is_number(t.get("factor")) else None,
+             "ci": t.get("ci95") if isinstance(t.get("ci95"), list) and len(t["ci95"]) == 2 else None,
+             "verdict": t.get("verdict"), "busy": False,
+             "text": f"{fmt_ratio(t.get('factor'))}× {t.get('verdict')}"} for t in terms]
+    unit = str(rec.get("objective") or "objective")
+    budget = rec.get("budget_gb")
+    points = [{"config": c["label"], "objective": c.get("objective"), "peak_bytes": c.get("peak_bytes"),
+               "valid": bool(c.get("valid"))} for c in configs]
+    return {"configs": configs, "front": front, "best": best, "terms": terms, "unit": unit,
+            "design": rec.get("design") if isinstance(rec.get("design"), dict) else {},
+            "skipped": [s for s in rec.get("skipped") or [] if isinstance(s, dict)],
+            "effects_svg": charts.forest_plot(rows, None, f"eff{index}", xlabel="main effect: speedup of turning it "
+                                              "on · interaction (×): speedup(both) ÷ product of each alone "
+                                              "(log scale; right of 1 = faster / super-additive)"),
+            "pareto_svg": charts.pareto_chart(points, front, best.get("config"),
+                                              budget * 2**30 if is_number(budget) else None, unit_label(unit),
+                                              f"par{index}")}
 
 
 def render_report(results: dict[str, Any], price_per_hour: float | None = None,
@@ -210,7 +244,7 @@ def render_report(results: dict[str, Any], price_per_hour: float | None = None,
         device=cost.device_name(env), price=price,
         breakeven=cost.training_vs_inference(results, price and price[0]),
         curves=batch_curves(results["cases"]), forest=forest(results["cases"]), sides=SIDES,
-        sized=[v for v in cases if v["case"].get("capacity")],
+        sized=[v for v in cases if v["case"].get("capacity")], recipes=[v for v in cases if v["recipe"]],
         categories=MEMORY_CATEGORIES,
     )
 
