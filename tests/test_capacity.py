@@ -140,7 +140,7 @@ def test_budget_and_model_overrides_apply_to_every_case_and_are_recorded(tmp_pat
         suite_with(tmp_path, "[activation_checkpointing]", "{dim: batch, budget_gb: 1}",
                    model=f"hf:{tmp_path / 'hf'}")
     (tmp_path / "plain.yaml").write_text(SUITE.format(plugins="[activation_checkpointing]", capacity="null"))
-    with pytest.raises(InputError, match="--budget-gb sets the budget of capacity: blocks, and this suite has none"):
+    with pytest.raises(InputError, match="--budget-gb sets the budget of capacity: blocks and recipes"):
         load_suite(tmp_path / "plain.yaml", load_registry(), budget_gb=1.0)
 
 

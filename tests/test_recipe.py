@@ -120,3 +120,9 @@ def test_a_recipe_runs_and_a_configuration_that_breaks_its_invariant_never_wins(
     assert "best within 1 GiB: " in proc.stderr + proc.stdout
     html = (out / "report.html").read_text()
     assert "Recipe" in html and "wrong_scale" in html and "invariant failed" in html
+
+
+def test_budget_gb_on_the_command_line_sets_the_recipes_budget(tmp_path, registry):
+    (case,) = load_suite(suite_with(tmp_path, "[lora]", "      budget_gb: 1\n"), registry,
+                         overrides={"budget_gb": 0.25}).cases
+    assert case.recipe["budget_gb"] == 0.25

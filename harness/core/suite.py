@@ -183,13 +183,15 @@ def load_suite(path: str | Path, registry: Registry, model: str | None = None,
     cases: list[CaseSpec] = []
     seen: dict[str, int | None] = {}
     for i, case in enumerate(data["cases"]):
-        if budget_gb is not None and isinstance(case, dict) and isinstance(case.get("capacity"), dict):
-            case = {**case, "capacity": {**case["capacity"], "budget_gb": budget_gb}}
+        for block in ("capacity", "recipe"):  # --budget-gb: the budget of every capacity search and recipe
+            if budget_gb is not None and isinstance(case, dict) and isinstance(case.get(block), dict):
+                case = {**case, block: {**case[block], "budget_gb": budget_gb}}
         expanded = _cases(doc, ("cases", i), case, workloads, registry, MAX_CASES - len(cases))
         _check_unique(doc, ("cases", i), expanded, seen)
         cases.extend(expanded)
-    if budget_gb is not None and not any(c.capacity for c in cases):
-        raise InputError("--budget-gb sets the budget of capacity: blocks, and this suite has none", str(path))
+    if budget_gb is not None and not any(c.capacity or c.recipe for c in cases):
+        raise InputError("--budget-gb sets the budget of capacity: blocks and recipes, and this suite has neither",
+                         str(path))
     suite = Suite(name=name, path=str(path), description=description,
                   device=device, threads=None if threads == "auto" else threads, measure=measure, cases=cases,
                   searches=dict(registry.searches))

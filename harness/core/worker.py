@@ -256,10 +256,7 @@ def run_case(job: dict[str, Any], start_s: float | None = None) -> dict[str, Any
     checks = []
     if dist.rank == 0 and not timing_only:
         if recipe:
-            for side in built[1:]:
-                side.checks = run_checks({"baseline": sides["baseline"], "optimized": sides[side.name]},
-                                         {"baseline": baseline.outputs, "optimized": side.outputs})
-                checks += [{**c, "name": f"{side.name}: {c['name']}"} for c in side.checks]
+            checks = recipe_checks(recipe, sides, {side.name: side.outputs for side in built}, by_name)
         else:
             checks = run_checks(sides, {side.name: side.outputs for side in built})
     for side in built:
@@ -519,6 +516,29 @@ def summarize_case(sides: dict[str, Side], timing, checks, settings, clocks_log,
         "gpu_state": [s for s in clocks_log if s],
         "side_effects": side_effects,
     }
+    return out
+
+
+def recipe_checks(recipe: dict[str, Any], sides: dict[str, list], outputs: dict[str, dict[str, Any]],
+                  by_name: dict[str, Side]) -> list[dict[str, Any]]:
+    """Each optimization of each recipe configuration checked against the configuration it changes: the same
+    one without it (compile's "loss close to eager" is then eager with LoRA too, checkpointing's "gradients
+    equal" bf16 against bf16), or the baseline where the design does not hold that one. Sets each side's
+    `checks`; returns them all, each named "CONFIG: CHECK"."""
+    by_levels = {tuple(c["levels"]): c["label"] for c in recipe["configs"]}
+    names = [f["name"] for f in recipe["factors"]]
+    out = []
+    for config in recipe["configs"][1:]:
+        label, levels = config["label"], config["levels"]
+        for i, on in enumerate(levels):
+            if not on:
+                continue
+            parent = by_levels.get(tuple(0 if j == i else v for j, v in enumerate(levels)), "baseline")
+            opt = next(o for o in sides[label] if o.name == names[i])
+            for check in opt.check(outputs[parent], outputs[label]):
+                row = {**check.as_dict(), "against": parent}
+                by_name[label].checks.append(row)
+                out.append({**row, "name": f"{label}: {row['name']}"})
     return out
 
 
