@@ -20,7 +20,7 @@ from typing import Any
 from harness.core import factorial, stats
 from harness.core.optimization import ParamError, applies_to, build_params, validate_in_side
 
-RECIPE_KEYS = ("optimizations", "budget_gb", "objective", "capacity")
+RECIPE_KEYS = ("optimizations", "budget_gb", "objective")
 MAX_FACTORS = 10  # the largest resolution-V design harness.core.factorial knows
 BASELINE = "baseline"
 
@@ -104,9 +104,6 @@ def check(raw: Any, registry: Any, workload: type, wname: str, wspec: dict[str, 
     if not isinstance(objective, str) or not (objective in ("auto", "time") or objective.endswith("_per_s")):
         raise ParamError("objective", f"must be 'auto' (the workload's first throughput), 'time' or a throughput "
                                       f"such as tokens_per_s or samples_per_s (got {objective!r})")
-    capacity = raw.get("capacity", False)
-    if not isinstance(capacity, bool):
-        raise ParamError("capacity", f"must be true or false (got {capacity!r})")
     try:
         design = factorial.design([f.label for f in factors])
     except ValueError as exc:
@@ -124,7 +121,7 @@ def check(raw: Any, registry: Any, workload: type, wname: str, wspec: dict[str, 
     return {"factors": [dataclasses.asdict(f) for f in factors], "configs": configs,
             "skipped": [{"label": config_label([f for f, lv in zip(factors, levels) if lv]), "levels": list(levels),
                          "reason": why} for levels, why in forbidden.items()],
-            "design": reduced.as_dict(), "budget_gb": budget, "objective": objective, "capacity": capacity}
+            "design": reduced.as_dict(), "budget_gb": budget, "objective": objective}
 
 
 def config_label(on: list[Factor]) -> str:

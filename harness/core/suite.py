@@ -463,7 +463,7 @@ def _recipe_case(doc: _Doc, path: tuple, case: dict, wname: str, wtype: str, wsp
     for key in ("plugins", "sweep", *registry.searches):
         if key in case:
             raise doc.error(path + (key,), f"a recipe case names its optimizations in recipe.optimizations; '{key}' "
-                                           "does not go with it (a recipe's capacity search is recipe.capacity)")
+                                           "does not go with it")
     if case.get("baseline") == "none":
         raise doc.error(path + ("baseline",), "a recipe compares every configuration with its baseline; "
                                               "'baseline: none' does not go with it")
