@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -214,7 +215,7 @@ def _normalized(design: Design, blocks: Blocks) -> list[list[dict[Config, float]
                     raise ValueError(f"configuration {config} is not a run of the design")
                 if t is None:
                     continue
-                if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+                if not (isinstance(t, numbers.Real) and math.isfinite(t) and t > 0):
                     raise ValueError(f"block time of {config} must be a positive number of seconds (got {t!r})")
                 clean[config] = float(t)
             rounds.append(clean)
@@ -295,39 +296,48 @@ def estimate(design: Design, blocks: Blocks, min_effect: float = stats.MIN_EFFEC
     degrees of freedom), not_estimable, main: [term], interactions: [term]}, each term {term, factors, factor,
     ci95, verdict, reason, df, aliases}."""
     sums = _round_sums(design, _normalized(design, blocks))
-    rounds, names = len(sums["count"]), design.names
-    out = {"model": MODEL, "rounds": rounds, "processes": len(np.unique(sums["process"])), "resamples": resamples,
-           "min_effect": min_effect, "residual_sd": None}
-    terms = design.terms()
+    rounds, names, terms = len(sums["count"]), design.names, design.terms()
     ok = _estimable(sums["gram"].sum(axis=0)) if rounds else [False] * len(terms)
-    keep = np.flatnonzero(ok)
-    out["not_estimable"] = [t for t, good in zip(terms, ok) if not good]
-    coef, dfs = np.full(len(terms), np.nan), dict.fromkeys(range(len(terms)))
-    boot = np.full((resamples, len(terms)), np.nan)
-    if len(keep):
-        gram, cross = sums["gram"].sum(axis=0)[np.ix_(keep, keep)], sums["cross"].sum(axis=0)[keep]
-        coef[keep] = _solve(gram, cross)
-        rss = float(sums["yy"].sum() - coef[keep] @ cross)  # centred: y'y - b'X'y at the least-squares b
-        spare = int(sums["count"].sum()) - rounds - len(keep)
-        out["residual_sd"] = math.sqrt(max(rss, 0.0) / spare) if spare > 0 else None
-        weights = _round_weights(sums["process"], resamples, np.random.default_rng(seed))
-        g = (weights @ sums["gram"].reshape(rounds, -1)).reshape(resamples, len(terms), len(terms))
-        boot[:, keep] = _solve(g[:, keep][:, :, keep], (weights @ sums["cross"])[:, keep])
-        dfs.update(zip(keep.tolist(), _process_dfs(sums, keep)))
+    fit = _fit(sums, np.flatnonzero(ok), resamples, seed)
     results = []
     for j, (term, idx) in enumerate(zip(terms, _terms(len(names)))):
-        scale = -2.0 if len(idx) == 1 else -4.0
-        row = _term_result(term, scale * coef[j], scale * boot[:, j], dfs[j], rounds, min_effect, busy, len(idx) > 1)
+        scale = -2.0 if len(idx) == 1 else -4.0  # log factor = -2 b (main effect), -4 b (interaction)
+        row = _term_result(scale * fit["coef"][j], scale * fit["boot"][:, j], fit["df"][j], rounds, min_effect,
+                           busy, interaction=len(idx) > 1)
         if not ok[j]:
             row["reason"] = _not_estimable_reason(design, term, rounds)
         results.append({"term": term, "factors": [names[i] for i in idx], **row,
                         "aliases": list(design.aliases.get(term, []))})
-    out["main"] = [r for r in results if len(r["factors"]) == 1]
-    out["interactions"] = [r for r in results if len(r["factors"]) == 2]
+    return {"model": MODEL, "rounds": rounds, "processes": len(np.unique(sums["process"])), "resamples": resamples,
+            "min_effect": min_effect, "residual_sd": fit["residual_sd"],
+            "not_estimable": [t for t, good in zip(terms, ok) if not good],
+            "main": [r for r in results if len(r["factors"]) == 1],
+            "interactions": [r for r in results if len(r["factors"]) == 2]}
+
+
+def _fit(sums: dict[str, np.ndarray], keep: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
+    """Coefficients of the kept terms (NaN elsewhere), their bootstrap draws [resamples, terms], each one's df
+    for the t-widening and the residual sd of log time. A resampled round enters as many times as drawn: the
+    normal equations are sums over rounds, so each resample is one weighted sum and one solve."""
+    p = sums["gram"].shape[-1]
+    out = {"coef": np.full(p, np.nan), "boot": np.full((resamples, p), np.nan), "df": [None] * p,
+           "residual_sd": None}
+    if not len(keep):
+        return out
+    gram, cross = sums["gram"].sum(axis=0)[np.ix_(keep, keep)], sums["cross"].sum(axis=0)[keep]
+    out["coef"][keep] = _solve(gram, cross)
+    rss = float(sums["yy"].sum() - out["coef"][keep] @ cross)  # centred: y'y - b'X'y at the least-squares b
+    spare = int(sums["count"].sum()) - len(sums["count"]) - len(keep)
+    out["residual_sd"] = math.sqrt(max(rss, 0.0) / spare) if spare > 0 else None
+    weights = _round_weights(sums["process"], resamples, np.random.default_rng(seed))
+    drawn = (weights @ sums["gram"].reshape(weights.shape[1], -1)).reshape(resamples, p, p)
+    out["boot"][:, keep] = _solve(drawn[:, keep][:, :, keep], (weights @ sums["cross"])[:, keep])
+    for j, df in zip(keep.tolist(), _process_dfs(sums, keep)):
+        out["df"][j] = df
     return out
 
 
-def _term_result(term: str, center: float, draws: np.ndarray, df: float | None, rounds: int, min_effect: float,
+def _term_result(center: float, draws: np.ndarray, df: float | None, rounds: int, min_effect: float,
                  busy: str | None, interaction: bool) -> dict[str, Any]:
     """One term's factor, interval (log scale in, factors out), df and verdict."""
     if not math.isfinite(center):
