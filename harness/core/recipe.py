@@ -197,7 +197,7 @@ def analyse(block: dict[str, Any], records: list[dict[str, Any]], min_effect: fl
                               reason=c["invalid_reason"]) for label, c in configs.items()]
     budget = block.get("budget_gb")
     front = factorial.pareto_front(points)
-    best = factorial.best_within(points, budget * 2**30 if budget else math.inf, _ratio_groups(rounds, objective),
+    best = factorial.best_within(points, budget * 2**30 if budget else math.inf, rounds,
                                  min_effect=min_effect, busy=busy, baseline=BASELINE)
     return {"factors": block["factors"], "design": block["design"], "skipped": block["skipped"],
             "budget_gb": budget, "objective": objective, "configs": configs, "effects": effects,
@@ -232,17 +232,15 @@ def _blocks_by_levels(rounds: list[list[dict[str, float]]], by_label: dict[str, 
             for proc in rounds]
 
 
-def _ratio_groups(rounds: list[list[dict[str, float]]], objective: str):
-    """(a, b) -> per-process lists of per-round time ratios t_b / t_a (> 1: a faster), for the winner against the
-    runner-up. Same work per step on both (a recipe's configurations share the workload)."""
-    def groups(a: str, b: str) -> list[list[float]]:
-        return [[rd[b] / rd[a] for rd in proc if a in rd and b in rd] for proc in rounds]
-    return groups
-
-
 def headline(record: dict[str, Any]) -> list[str]:
-    """The recipe's summary for the terminal: best within budget, runner-up, the interactions that are not
-    'no significant interaction', the front."""
+    """The recipe's summary for the terminal: best within budget against the baseline and the runner-up, every
+    main effect, the interactions that are not 'no significant interaction', the front. Ratios as everywhere
+    (harness.report.formatting.fmt_ratio)."""
+    from harness.report.formatting import fmt_ratio, fmt_speedup
+
+    def with_verdict(comparison: dict[str, Any]) -> str:
+        return f"{fmt_speedup(comparison)} {comparison.get('verdict')}" if comparison else "n/a"
+
     rec = record.get("recipe") or {}
     if not rec.get("configs"):
         return []
@@ -252,8 +250,9 @@ def headline(record: dict[str, Any]) -> list[str]:
     if best.get("config"):
         sp = best.get("vs_baseline") or {}
         ru = best.get("vs_runner_up") or {}
-        lines.append(f"best{budget}: {best['config']} ({rec['objective']}), {_fmt(sp)} over the baseline"
-                     + (f"; over the runner-up {best.get('runner_up')}: {_fmt(ru)}" if best.get("runner_up") else ""))
+        lines.append(f"best{budget}: {best['config']} ({rec['objective']}), {with_verdict(sp)} over the baseline"
+                     + (f"; over the runner-up {best.get('runner_up')}: {with_verdict(ru)}"
+                        if best.get("runner_up") else ""))
     else:
         lines.append(f"best{budget}: {best.get('reason') or 'none'}")
     effects = rec.get("effects") or {}
@@ -261,20 +260,13 @@ def headline(record: dict[str, Any]) -> list[str]:
         for term in terms:
             if what == "interaction" and term.get("verdict") == "no significant interaction":
                 continue
-            shown = (f"{term['factor']:.3g}x [{term['ci95'][0]:.3g}, {term['ci95'][1]:.3g}] " if term.get("factor")
-                     else "")
+            shown = (f"{fmt_ratio(term['factor'])}x [{fmt_ratio(term['ci95'][0])}, {fmt_ratio(term['ci95'][1])}] "
+                     if term.get("factor") else "")
             lines.append(f"{what} {term['term']}: {shown}{term.get('verdict')}")
     front = rec.get("front") or []
     if front:
         lines.append("front: " + "; ".join(f"{p['config']} {_mib(p.get('peak_bytes'))}" for p in front))
     return lines
-
-
-def _fmt(comparison: dict[str, Any]) -> str:
-    if not comparison or comparison.get("speedup") is None:
-        return "n/a"
-    lo, hi = comparison.get("ci95") or (math.nan, math.nan)
-    return f"{comparison['speedup']:.2f}x [{lo:.2f}, {hi:.2f}] {comparison.get('verdict')}"
 
 
 def _mib(value: Any) -> str:
