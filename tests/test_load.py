@@ -24,15 +24,20 @@ def _idle_foreign(meter) -> float:
     return meter.window(a, meter.snapshot())["foreign_cpu"]
 
 
-def test_an_orphaned_busy_process_is_foreign_and_our_own_work_is_not():
+def test_an_orphaned_busy_process_is_foreign_and_our_own_work_is_not(tmp_path):
     meter = load.LoadMeter()
     idle = _idle_foreign(meter)
     a = meter.snapshot()
     _spin_here(0.6)  # this process: the case's own CPU time
     b = meter.snapshot()
-    # a busy loop whose parent exits at once: reparented to init, outside this process tree (bounded: 1.2 s)
-    subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{SPIN.format(s=1.2)}" >/dev/null 2>&1 &'], check=True)
-    time.sleep(0.2)
+    # a busy loop whose parent exits at once: reparented to init, outside this process tree (bounded: 1.2 s);
+    # read once it spins (it touches `ready`), not after a fixed wait a slow interpreter start can outlast
+    ready = tmp_path / "ready"
+    code = f"open({str(ready)!r}, 'w').close()\n" + SPIN.format(s=1.2)
+    subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}" >/dev/null 2>&1 &'], check=True)
+    deadline = time.perf_counter() + 30
+    while not ready.exists() and time.perf_counter() < deadline:
+        time.sleep(0.01)
     c = meter.snapshot()
     time.sleep(0.8)
     d = meter.snapshot()
